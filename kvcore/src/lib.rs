@@ -1,0 +1,37 @@
+//! kvcore: the embeddable core of the kv store.
+//!
+//! Everything a node needs that is not networking: typed [`Value`]s validated against their
+//! [`Encoding`], the concurrent [`Store`] with a memory budget, the pluggable
+//! [`Partitioner`](partition::Partitioner) and the [`ClusterMap`] snapshot that says which nodes
+//! own a key. Programs can embed it directly:
+//!
+//! ```
+//! use kvcore::{Encoding, Store, StoreConfig, Value};
+//! use serde_json::json;
+//!
+//! let store = Store::new(StoreConfig { max_memory: Some(64 << 20), ..Default::default() });
+//! let value = Value::from_json(Encoding::Integer, &json!("42")).unwrap();
+//! store.set("answer", value).unwrap();
+//! assert_eq!(store.get("answer").unwrap().value.to_json(), json!(42));
+//! ```
+//!
+//! # Layout
+//! - [`value`]: encodings and the compact encoded [`Value`].
+//! - [`key`]: key validation and size [`Limits`].
+//! - [`store`]: the sharded in-memory [`Store`] with byte accounting.
+//! - [`partition`]: the [`Partitioner`](partition::Partitioner) trait and one module per strategy.
+//! - [`cluster`]: [`NodeId`], [`NodeInfo`] and the [`ClusterMap`].
+//! - [`error`]: the crate's [`Error`], each variant with a stable code.
+
+pub mod cluster;
+pub mod error;
+pub mod key;
+pub mod partition;
+pub mod store;
+pub mod value;
+
+pub use cluster::{ClusterMap, NodeId, NodeInfo};
+pub use error::{Error, Result};
+pub use key::{validate_key, Limits, MAX_KEY_BYTES};
+pub use store::{Conflict, Entry, Precondition, Store, StoreConfig, StoreStats, Version};
+pub use value::{Encoding, Value};
