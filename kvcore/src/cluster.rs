@@ -138,7 +138,12 @@ impl ClusterMap {
 
     /// The same membership under a new epoch, with `node` added (or its address updated).
     pub fn with_node(&self, node: NodeInfo) -> Result<Self> {
-        let mut nodes: Vec<NodeInfo> = self.nodes.iter().filter(|n| n.id != node.id).cloned().collect();
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != node.id)
+            .cloned()
+            .collect();
         nodes.push(node);
         ClusterMap::new(self.epoch + 1, nodes, self.partitioner.clone())
     }
@@ -196,6 +201,10 @@ mod tests {
         assert_eq!((grown.epoch(), grown.len()), (2, 3));
         let shrunk = grown.without_node(NodeId(0)).unwrap();
         assert_eq!((shrunk.epoch(), shrunk.len()), (3, 2));
-        assert!(shrunk.without_node(NodeId(1)).unwrap().without_node(NodeId(7)).is_err());
+        assert!(shrunk
+            .without_node(NodeId(1))
+            .unwrap()
+            .without_node(NodeId(7))
+            .is_err());
     }
 }

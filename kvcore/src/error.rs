@@ -15,7 +15,9 @@ pub enum Error {
         reason: String,
     },
     /// The encoding name is not one of the known encodings.
-    #[error("unknown encoding {name:?}: expected one of string, integer, float, boolean, binary, json")]
+    #[error(
+        "unknown encoding {name:?}: expected one of string, integer, float, boolean, binary, json"
+    )]
     UnknownEncoding {
         /// The name that was given.
         name: String,

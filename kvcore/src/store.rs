@@ -355,7 +355,9 @@ mod tests {
         assert_eq!(s.get("k2"), None);
         assert_eq!(s.used_bytes(), before);
         // An existing key cannot grow past the budget either, and keeps its value.
-        assert!(s.set("k1", Value::string("x".repeat(2 * ENTRY_OVERHEAD as usize))).is_err());
+        assert!(s
+            .set("k1", Value::string("x".repeat(2 * ENTRY_OVERHEAD as usize)))
+            .is_err());
         assert_eq!(s.get("k1").unwrap().value.as_str(), Some("12345678"));
         // Exactly filling the budget is allowed; shrinking and deleting always are.
         s.set("k2", Value::string("12345678")).unwrap();
@@ -368,7 +370,8 @@ mod tests {
     fn preconditions_report_conflicts_as_values() {
         let s = Store::new(StoreConfig::default());
         assert_eq!(
-            s.put("k", Value::integer(1), Precondition::IfAbsent).unwrap(),
+            s.put("k", Value::integer(1), Precondition::IfAbsent)
+                .unwrap(),
             Ok(Version(1))
         );
         let c = s
@@ -408,7 +411,10 @@ mod tests {
             limits: Limits { max_value_bytes: 3 },
             ..Default::default()
         });
-        assert_eq!(s.set("", Value::integer(1)).unwrap_err().code(), "invalid_key");
+        assert_eq!(
+            s.set("", Value::integer(1)).unwrap_err().code(),
+            "invalid_key"
+        );
         assert_eq!(
             s.set("k", Value::string("long")).unwrap_err().code(),
             "value_too_large"

@@ -111,7 +111,10 @@ impl Value {
 
     /// A `boolean` value.
     pub fn boolean(b: bool) -> Self {
-        Self::raw(Encoding::Boolean, Bytes::from_static(if b { &[1] } else { &[0] }))
+        Self::raw(
+            Encoding::Boolean,
+            Bytes::from_static(if b { &[1] } else { &[0] }),
+        )
     }
 
     /// A `binary` value.
@@ -155,9 +158,14 @@ impl Value {
                 },
                 J::String(s) => match s.parse::<i64>() {
                     Ok(i) => Ok(Value::integer(i)),
-                    Err(_) => fail(format!("{s:?} is not an integer in the signed 64-bit range")),
+                    Err(_) => fail(format!(
+                        "{s:?} is not an integer in the signed 64-bit range"
+                    )),
                 },
-                other => fail(format!("expected a number or numeric string, got {}", kind(other))),
+                other => fail(format!(
+                    "expected a number or numeric string, got {}",
+                    kind(other)
+                )),
             },
             Encoding::Float => {
                 let f = match json {
@@ -367,7 +375,10 @@ mod tests {
             (Encoding::Binary, json!(12)),
         ] {
             let e = err(enc, j.clone());
-            assert!(matches!(e, Error::InvalidValue { encoding, .. } if encoding == enc), "{enc} {j}: {e}");
+            assert!(
+                matches!(e, Error::InvalidValue { encoding, .. } if encoding == enc),
+                "{enc} {j}: {e}"
+            );
         }
     }
 
