@@ -1,0 +1,359 @@
+//! The HTTP/JSON API: routing, request parsing and response bodies.
+//!
+//! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use kvcore::{Encoding, Entry, Precondition, Value, Version};
+use kvnet::{Envelope, HOPS_HEADER, MAX_HOPS, RPC_PATH};
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+
+use crate::error::Error;
+use crate::node::{Counters, Node};
+
+/// Largest request body accepted: a 1 MiB value plus its JSON or base64 framing.
+pub const MAX_BODY_BYTES: usize = 1536 * 1024;
+
+/// The response type of every handler.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Answers one HTTP request. Never panics on any input; every outcome is a JSON response.
+pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
+    let response = match route(node, req).await {
+        Ok(response) => response,
+        Err(e) => error_response(&e),
+    };
+    let counters = node.counters();
+    if response.status().is_client_error() {
+        Counters::bump(&counters.client_errors);
+    } else if response.status().is_server_error() {
+        Counters::bump(&counters.server_errors);
+    }
+    response
+}
+
+async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let not_allowed = |allowed: &'static str| Error::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.clone(),
+        allowed,
+    };
+
+    if let Some(raw) = path.strip_prefix("/get/") {
+        return match method {
+            Method::GET => get(node, &decode_key(raw)?).await,
+            _ => Err(not_allowed("GET")),
+        };
+    }
+    if let Some(raw) = path.strip_prefix("/kv/") {
+        let key = decode_key(raw)?;
+        return match method {
+            Method::GET => get(node, &key).await,
+            Method::PUT => {
+                let body: PutBody = read_json(req).await?;
+                let precondition = body.precondition()?;
+                set(node, key, body.value, body.encoding, precondition).await
+            }
+            Method::DELETE => delete(node, &key).await,
+            _ => Err(not_allowed("GET, PUT, DELETE")),
+        };
+    }
+    match path.as_str() {
+        "/set" => match method {
+            Method::POST | Method::PUT => {
+                let body: SetBody = read_json(req).await?;
+                let precondition = body.precondition()?;
+                set(node, body.key, body.value, body.encoding, precondition).await
+            }
+            _ => Err(not_allowed("POST, PUT")),
+        },
+        "/health" => match method {
+            Method::GET => Ok(health(node)),
+            _ => Err(not_allowed("GET")),
+        },
+        "/cluster" => match method {
+            Method::GET => Ok(cluster(node)),
+            _ => Err(not_allowed("GET")),
+        },
+        "/stats" => match method {
+            Method::GET => Ok(stats(node)),
+            _ => Err(not_allowed("GET")),
+        },
+        RPC_PATH => match method {
+            Method::POST => peer(node, req).await,
+            _ => Err(not_allowed("POST")),
+        },
+        "/get" | "/kv" | "/get/" | "/kv/" => Err(kvcore::Error::InvalidKey {
+            reason: "key must not be empty".into(),
+        }
+        .into()),
+        _ => Err(Error::NoRoute { path }),
+    }
+}
+
+/// Body of `POST /set`: the seed's `{"key", "value", "encoding"}`, plus optional preconditions.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    key: String,
+    value: Json,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    if_absent: bool,
+}
+
+/// Body of `PUT /kv/{key}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: Json,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    if_absent: bool,
+}
+
+fn precondition(if_version: Option<u64>, if_absent: bool) -> Result<Precondition, Error> {
+    match (if_version, if_absent) {
+        (Some(_), true) => Err(Error::BadRequest {
+            code: "invalid_request",
+            message: "if_version and if_absent cannot be combined".into(),
+        }),
+        (Some(v), false) => Ok(Precondition::IfVersion(Version(v))),
+        (None, true) => Ok(Precondition::IfAbsent),
+        (None, false) => Ok(Precondition::None),
+    }
+}
+
+impl SetBody {
+    fn precondition(&self) -> Result<Precondition, Error> {
+        precondition(self.if_version, self.if_absent)
+    }
+}
+
+impl PutBody {
+    fn precondition(&self) -> Result<Precondition, Error> {
+        precondition(self.if_version, self.if_absent)
+    }
+}
+
+async fn get(node: &Node, key: &str) -> Result<HttpResponse, Error> {
+    match node.get(key).await? {
+        Some(entry) => Ok(json_response(StatusCode::OK, &entry_json(key, &entry))),
+        None => Err(Error::NotFound { key: key.into() }),
+    }
+}
+
+async fn set(
+    node: &Node,
+    key: String,
+    value: Json,
+    encoding: Option<String>,
+    precondition: Precondition,
+) -> Result<HttpResponse, Error> {
+    let encoding = match encoding {
+        Some(name) => name.parse::<Encoding>()?,
+        None => Encoding::default(),
+    };
+    kvcore::validate_key(&key)?;
+    let value = Value::from_json(encoding, &value)?;
+    match node.set(&key, value.clone(), precondition).await? {
+        Ok(version) => {
+            let entry = Entry { value, version };
+            Ok(json_response(StatusCode::OK, &entry_json(&key, &entry)))
+        }
+        Err(conflict) => {
+            let (code, message) = match precondition {
+                Precondition::IfAbsent => ("key_exists", format!("key {key:?} already exists")),
+                _ => (
+                    "version_mismatch",
+                    format!(
+                        "key {key:?} is at version {}, not the expected one",
+                        conflict.current.as_ref().map_or(0, |e| e.version.0)
+                    ),
+                ),
+            };
+            let current = conflict.current.map(|e| entry_json(&key, &e));
+            let body = json!({
+                "error": {"code": code, "message": message},
+                "current": current,
+            });
+            Ok(json_response(StatusCode::CONFLICT, &body))
+        }
+    }
+}
+
+async fn delete(node: &Node, key: &str) -> Result<HttpResponse, Error> {
+    match node.delete(key).await? {
+        Some(old) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"key": key, "deleted": true, "version": old.version}),
+        )),
+        None => Err(Error::NotFound { key: key.into() }),
+    }
+}
+
+fn health(node: &Node) -> HttpResponse {
+    let map = node.map();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "node": node.id(),
+            "epoch": map.epoch(),
+            "uptime_seconds": node.uptime().as_secs(),
+        }),
+    )
+}
+
+fn cluster(node: &Node) -> HttpResponse {
+    let map = node.map();
+    let nodes: Vec<Json> = map
+        .nodes()
+        .iter()
+        .map(|n| json!({"id": n.id, "addr": n.addr, "state": "up"}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "node": node.id(),
+            "epoch": map.epoch(),
+            "partitioner": map.partitioner().name(),
+            "replication_factor": 1,
+            "nodes": nodes,
+        }),
+    )
+}
+
+fn stats(node: &Node) -> HttpResponse {
+    let s = node.store().stats();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "node": node.id(),
+            "keys": s.keys,
+            "bytes": s.bytes,
+            "max_memory": s.max_memory,
+            "requests": node.counters().snapshot(),
+        }),
+    )
+}
+
+/// `POST /internal/v1/rpc`: a request from a peer, with its hop count in [`HOPS_HEADER`].
+async fn peer(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
+    let hops = req
+        .headers()
+        .get(HOPS_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<u8>().ok())
+        .filter(|h| (1..=MAX_HOPS).contains(h))
+        .ok_or_else(|| Error::BadRequest {
+            code: "invalid_request",
+            message: format!("peer requests need a {HOPS_HEADER} header between 1 and {MAX_HOPS}"),
+        })?;
+    let envelope: Envelope = read_json(req).await?;
+    let result = node.handle_peer(hops, envelope).await;
+    Ok(json_response(StatusCode::OK, &result))
+}
+
+/// Percent-decodes a key from a URL path segment.
+fn decode_key(raw: &str) -> Result<String, Error> {
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    let key = String::from_utf8(bytes).map_err(|_| kvcore::Error::InvalidKey {
+        reason: "key is not valid UTF-8 once percent-decoded".into(),
+    })?;
+    kvcore::validate_key(&key)?;
+    Ok(key)
+}
+
+/// Reads the body (refusing it once it passes [`MAX_BODY_BYTES`]) and parses it as JSON.
+async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Error> {
+    let too_large = Error::BodyTooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large);
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
+        Err(e) => {
+            return Err(Error::BadRequest {
+                code: "invalid_request",
+                message: format!("could not read the request body: {e}"),
+            })
+        }
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::BadRequest {
+            code: "malformed_json",
+            message: "the request body is empty; expected a JSON object".into(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        let code = match e.classify() {
+            Category::Data => "invalid_request",
+            Category::Syntax | Category::Eof | Category::Io => "malformed_json",
+        };
+        Error::BadRequest {
+            code,
+            message: format!("invalid request body: {e}"),
+        }
+    })
+}
+
+fn entry_json(key: &str, entry: &Entry) -> Json {
+    json!({
+        "key": key,
+        "value": entry.value.to_json(),
+        "encoding": entry.value.encoding(),
+        "version": entry.version,
+    })
+}
+
+fn error_response(e: &Error) -> HttpResponse {
+    let mut response = json_response(
+        e.status(),
+        &json!({"error": {"code": e.code(), "message": e.to_string()}}),
+    );
+    if let Error::MethodNotAllowed { allowed, .. } = e {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allowed));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| {
+        // Unreachable in practice (all bodies are maps with string keys); still answer in JSON.
+        br#"{"error":{"code":"internal","message":"the response could not be encoded"}}"#.to_vec()
+    });
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,96 @@
+//! The HTTP server loop: accept, serve each connection with hyper, drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::api;
+use crate::node::Node;
+
+/// Timeouts of the HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: Duration,
+    /// In-flight requests get this long to finish after shutdown is signalled.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `node`'s HTTP API on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish (up to [`ServerConfig::shutdown_grace`]).
+///
+/// Tests call this with a listener bound to port 0.
+pub async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    // Without a timer hyper silently disables its header read timeout.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(5);
+                    conn
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: wait for connections to close rather than
+                    // exit, backing off so the loop does not spin.
+                    tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let service = service_fn(move |req| {
+            let node = node.clone();
+            async move { Ok::<_, Infallible>(api::handle(&node, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown grace period of {:?} passed with requests still in flight",
+            config.shutdown_grace
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests of kvserver over real HTTP.
