@@ -128,7 +128,7 @@ impl From<kvcore::Error> for RemoteError {
     }
 }
 
-/// What a peer answers: `{"ok": {...}}` or `{"err": {"code", "message"}}`.
+/// What a peer answers: `{"Ok": {...}}` or `{"Err": {"code", "message"}}`.
 pub type PeerResult = Result<PeerReply, RemoteError>;
 
 /// Encodes a value for the wire.

@@ -50,14 +50,22 @@ impl Counters {
 /// `/stats`' view of the counters.
 #[derive(Debug, Serialize)]
 pub struct CountersSnapshot {
-    gets: u64,
-    sets: u64,
-    deletes: u64,
-    local: u64,
-    forwarded: u64,
-    peer: u64,
-    client_errors: u64,
-    server_errors: u64,
+    /// Client reads.
+    pub gets: u64,
+    /// Client writes.
+    pub sets: u64,
+    /// Client deletes.
+    pub deletes: u64,
+    /// Client requests served from this node's own store.
+    pub local: u64,
+    /// Client requests forwarded to the owning node.
+    pub forwarded: u64,
+    /// Requests received from peers.
+    pub peer: u64,
+    /// Requests answered with a 4xx status.
+    pub client_errors: u64,
+    /// Requests answered with a 5xx status.
+    pub server_errors: u64,
 }
 
 impl Counters {

@@ -11,17 +11,30 @@
 //! stable output; `ahash` and `std`'s `DefaultHasher` make no such promise and are used for
 //! in-memory tables only. Golden-value tests pin the placement.
 //!
+//! The [`default_partitioner`] is [`Slots`]; `docs/partitioning.md` compares the strategies
+//! with measurements.
+//!
 //! # Layout
-//! One file per strategy: [`rendezvous`] (highest random weight).
+//! One file per strategy:
+//! - [`slots`]: a fixed table of 2^20 slots, each ranked by rendezvous; the default.
+//! - [`rendezvous`]: highest random weight over all members for every key.
+//! - [`ring`]: a consistent-hash ring with virtual nodes.
+//! - [`maglev`]: Maglev's permutation-filled lookup table.
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::cluster::NodeId;
 
+pub mod maglev;
 pub mod rendezvous;
+pub mod ring;
+pub mod slots;
 
+pub use maglev::Maglev;
 pub use rendezvous::Rendezvous;
+pub use ring::Ring;
+pub use slots::Slots;
 
 /// A placement strategy.
 ///
@@ -31,7 +44,8 @@ pub trait Partitioner: Send + Sync + fmt::Debug {
     /// A short stable name (`"rendezvous"`, `"ring"`, ...), shown by `/cluster`.
     fn name(&self) -> &'static str;
 
-    /// Lookup state for a membership. `nodes` is non-empty, sorted and free of duplicates.
+    /// Lookup state for a membership. `nodes` should be non-empty; its order and any duplicates
+    /// are ignored (the [`ClusterMap`](crate::ClusterMap) passes it sorted and distinct).
     fn layout(&self, nodes: &[NodeId]) -> Box<dyn Layout>;
 }
 
@@ -65,17 +79,32 @@ pub fn node_seed(id: NodeId) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&id.0.to_le_bytes())
 }
 
-/// The partitioner used when none is chosen.
+/// The partitioner used when none is chosen: [`Slots`], the one that meets every balance,
+/// movement and lookup-cost target in `docs/partitioning.md`.
 pub fn default_partitioner() -> Arc<dyn Partitioner> {
-    Arc::new(Rendezvous)
+    Arc::new(Slots)
 }
 
-/// Every built-in partitioner.
+/// Every built-in partitioner, the default first.
 pub fn all() -> Vec<Arc<dyn Partitioner>> {
-    vec![Arc::new(Rendezvous)]
+    vec![
+        Arc::new(Slots),
+        Arc::new(Rendezvous),
+        Arc::new(Ring::default()),
+        Arc::new(Maglev),
+    ]
 }
 
 /// The built-in partitioner with this [`name`](Partitioner::name).
 pub fn by_name(name: &str) -> Option<Arc<dyn Partitioner>> {
     all().into_iter().find(|p| p.name() == name)
+}
+
+/// The members of `nodes` in id order without duplicates, so every layout is a function of the
+/// node set alone.
+pub(crate) fn sorted_members(nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut ids = nodes.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }

@@ -1,12 +1,49 @@
 //! Rendezvous (highest random weight) hashing: a key's owners are the nodes with the highest
-//! `mix64(key_hash ^ node_seed)` scores.
+//! [`score`]s for its hash.
 //!
 //! Balance is as good as the hash (no virtual nodes to tune) and movement is optimal: a joining
 //! node takes exactly the keys it now scores highest on, and a leaving node's keys go to their
-//! next-best node. Lookup is O(nodes).
+//! next-best node. No state beyond the node seeds, but every lookup scores every node, so its cost
+//! grows linearly with the cluster; [`Slots`](super::Slots) precomputes the same ranking for a
+//! fixed set of slots to get constant-time lookups.
+//!
+//! # Ranking
+//! Nodes are ranked by `score(hash, node_seed(id)) >> TIE_BITS`, highest first, and then by the
+//! larger node id. Dropping the low bits lets the hot loop pack a node's index into them and rank
+//! with plain integer `max`/`min`, which compile to branch-free conditional moves; because indexes
+//! follow id order, the packed comparison is exactly the (score, id) order above, whatever the
+//! membership.
 
-use super::{mix64, node_seed, Layout, Partitioner};
+use super::{node_seed, sorted_members, Layout, Partitioner};
 use crate::cluster::NodeId;
+
+/// Low bits of a [`score`] that do not take part in the ranking; they hold the node index in the
+/// packed form used by the lookup loop.
+pub const TIE_BITS: u32 = 16;
+
+const TIE_MASK: u64 = (1 << TIE_BITS) - 1;
+
+/// Largest membership the packed loop can index; bigger clusters take the general path, which
+/// ranks identically.
+const MAX_PACKED_NODES: usize = 1 << TIE_BITS;
+
+/// Largest `n` with a branch-free specialised top-`n` selection.
+const MAX_FAST_N: usize = 4;
+
+/// The rendezvous score of the node with seed `seed` for the key hash `hash`: one 64×64→128-bit
+/// multiply of `hash ^ seed` by a fixed odd constant, folded to 64 bits by xoring the halves.
+///
+/// A full finaliser such as [`mix64`](super::mix64) costs two dependent multiplies per node; the
+/// folded multiply costs one, and since `hash` is already an XXH3 output and `seed` a hashed id,
+/// it only has to decorrelate nodes from each other, which the report's balance figures confirm.
+/// Stable: it is plain integer arithmetic.
+#[inline]
+pub fn score(hash: u64, seed: u64) -> u64 {
+    // 2^64 / golden ratio, odd: a good multiplicative mixing constant.
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let p = u128::from(hash ^ seed) * u128::from(K);
+    (p as u64) ^ ((p >> 64) as u64)
+}
 
 /// Highest-random-weight placement.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,35 +55,150 @@ impl Partitioner for Rendezvous {
     }
 
     fn layout(&self, nodes: &[NodeId]) -> Box<dyn Layout> {
-        Box::new(RendezvousLayout {
-            nodes: nodes.iter().map(|&id| (node_seed(id), id)).collect(),
-        })
+        Box::new(RendezvousLayout::new(sorted_members(nodes)))
     }
 }
 
-#[derive(Debug)]
-struct RendezvousLayout {
-    nodes: Vec<(u64, NodeId)>,
+/// The node seeds of one membership, in id order, with a ranking routine shared with
+/// [`Slots`](super::Slots) (which ranks slots where this ranks keys).
+#[derive(Debug, Clone)]
+pub(crate) struct RendezvousLayout {
+    ids: Vec<NodeId>,
+    seeds: Vec<u64>,
+}
+
+impl RendezvousLayout {
+    /// `ids` must be sorted and distinct.
+    pub(crate) fn new(ids: Vec<NodeId>) -> Self {
+        let seeds = ids.iter().map(|&id| node_seed(id)).collect();
+        RendezvousLayout { ids, seeds }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(crate) fn id(&self, index: usize) -> NodeId {
+        self.ids[index]
+    }
+
+    /// Calls `emit` with the member indexes of the best `n` nodes for `hash`, best first.
+    #[inline]
+    pub(crate) fn rank(&self, hash: u64, n: usize, mut emit: impl FnMut(usize)) {
+        let n = n.min(self.ids.len());
+        if n == 0 {
+            return;
+        }
+        if n > MAX_FAST_N || self.ids.len() > MAX_PACKED_NODES {
+            return self.rank_general(hash, n, emit);
+        }
+        let mut best = [0u64; MAX_FAST_N];
+        match n {
+            1 => best[..1].copy_from_slice(&self.top::<1>(hash)),
+            2 => best[..2].copy_from_slice(&self.top::<2>(hash)),
+            3 => best[..3].copy_from_slice(&self.top::<3>(hash)),
+            _ => best = self.top::<4>(hash),
+        }
+        for packed in &best[..n] {
+            emit((packed & TIE_MASK) as usize);
+        }
+    }
+
+    /// The `K` largest packed `(score, index)` values, largest first. Needs `K <= len`.
+    ///
+    /// Every node goes through the same compare-exchange chain: a branchy "insert if better than
+    /// the K-th" mispredicts about K·ln(nodes/K) times per lookup, which cost more than the
+    /// scoring itself at 64 nodes.
+    #[inline]
+    fn top<const K: usize>(&self, hash: u64) -> [u64; K] {
+        // Zero is below every real value except (score 0, index 0), which it equals, so starting
+        // from zeros cannot change which indexes come out once at least K nodes were seen.
+        let mut best = [0u64; K];
+        for (index, &seed) in self.seeds.iter().enumerate() {
+            let mut v = (score(hash, seed) & !TIE_MASK) | index as u64;
+            for b in best.iter_mut() {
+                let hi = (*b).max(v);
+                v = (*b).min(v);
+                *b = hi;
+            }
+        }
+        best
+    }
+
+    /// Any `n` and membership size: sorts `(score, id)` explicitly.
+    fn rank_general(&self, hash: u64, n: usize, mut emit: impl FnMut(usize)) {
+        let mut all: Vec<(u64, NodeId, usize)> = self
+            .seeds
+            .iter()
+            .zip(&self.ids)
+            .enumerate()
+            .map(|(index, (&seed, &id))| (score(hash, seed) >> TIE_BITS, id, index))
+            .collect();
+        let by_rank = |a: &(u64, NodeId, usize), b: &(u64, NodeId, usize)| (b.0, b.1).cmp(&(a.0, a.1));
+        if n < all.len() {
+            all.select_nth_unstable_by(n - 1, by_rank);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(by_rank);
+        for &(_, _, index) in &all {
+            emit(index);
+        }
+    }
 }
 
 impl Layout for RendezvousLayout {
     fn owners(&self, hash: u64, n: usize, out: &mut Vec<NodeId>) {
-        let n = n.min(self.nodes.len());
-        if n == 0 {
-            return;
-        }
-        // Keep the n best (score, id) pairs, best first; ties break on the node id so the answer
-        // never depends on membership order.
-        let mut best: Vec<(u64, NodeId)> = Vec::with_capacity(n + 1);
-        for &(seed, id) in &self.nodes {
-            let score = (mix64(hash ^ seed), id);
-            if best.len() == n && score <= best[n - 1] {
-                continue;
+        let ids = &self.ids;
+        self.rank(hash, n, |index| out.push(ids[index]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ranking rule written as directly as possible.
+    fn reference(ids: &[NodeId], hash: u64, n: usize) -> Vec<NodeId> {
+        let mut ranked: Vec<(u64, NodeId)> = ids
+            .iter()
+            .map(|&id| (score(hash, node_seed(id)) >> TIE_BITS, id))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        ranked.into_iter().take(n).map(|(_, id)| id).collect()
+    }
+
+    #[test]
+    fn fast_and_general_paths_follow_the_ranking_rule() {
+        for size in [1u32, 2, 3, 4, 5, 9, 64] {
+            let ids: Vec<NodeId> = (0..size).map(|i| NodeId(i * 7 + 3)).collect();
+            let layout = RendezvousLayout::new(ids.clone());
+            for k in 0..500u64 {
+                let hash = super::super::mix64(k);
+                for n in 0..=7 {
+                    let mut fast = Vec::new();
+                    layout.owners(hash, n, &mut fast);
+                    let mut general = Vec::new();
+                    layout.rank_general(hash, n.min(ids.len()).max(1), |i| general.push(ids[i]));
+                    general.truncate(n);
+                    let want = reference(&ids, hash, n);
+                    assert_eq!(fast, want, "size {size}, n {n}, hash {hash:#x}");
+                    assert_eq!(general, want, "size {size}, n {n}, hash {hash:#x}");
+                }
             }
-            let pos = best.partition_point(|b| *b > score);
-            best.insert(pos, score);
-            best.truncate(n);
         }
-        out.extend(best.into_iter().map(|(_, id)| id));
+    }
+
+    #[test]
+    fn equal_scores_go_to_the_larger_id() {
+        // Two nodes whose seeds are equal would always tie; emulate that by ranking one hash
+        // against a layout whose seeds were overwritten.
+        let mut layout = RendezvousLayout::new(vec![NodeId(1), NodeId(5), NodeId(9)]);
+        layout.seeds = vec![42; 3];
+        let mut out = Vec::new();
+        layout.owners(7, 3, &mut out);
+        assert_eq!(out, [NodeId(9), NodeId(5), NodeId(1)]);
+        let mut general = Vec::new();
+        layout.rank_general(7, 3, |i| general.push(layout.ids[i]));
+        assert_eq!(general, out);
     }
 }

@@ -1,1 +1,7 @@
-//! Integration tests of kvserver over real HTTP.
+//! Integration tests of kvserver over real HTTP, on port 0.
+
+mod api;
+mod budget;
+mod cluster;
+mod process;
+mod util;

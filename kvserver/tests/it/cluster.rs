@@ -1,0 +1,145 @@
+//! Multi-node behaviour: forwarding, placement, unreachable and slow owners.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use kvnet::{HttpForwarder, HttpForwarderConfig};
+use kvserver::{LocalCluster, Node, NodeConfig, ServerConfig, Transport};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::util::Http;
+
+async fn every_key_through_every_node(transport: Transport) {
+    let cluster = LocalCluster::builder()
+        .nodes(4)
+        .transport(transport)
+        .start()
+        .await
+        .unwrap();
+    let http = Http::new();
+    let keys: Vec<String> = (0..64).map(|i| format!("key-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let body = json!({"key": key, "value": i, "encoding": "integer"}).to_string();
+        let (status, set) = http
+            .post(&format!("{}/set", cluster.url(i % 4)), &body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{set}");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        for n in 0..4 {
+            let (status, got) = http.get(&format!("{}/get/{key}", cluster.url(n))).await;
+            assert_eq!(status, StatusCode::OK, "{key} through node {n}: {got}");
+            assert_eq!(got["value"], i, "{key} through node {n}");
+        }
+    }
+    // Each key is stored exactly once, on its owner, and every node holds some.
+    for n in 0..4 {
+        let node = cluster.node(n);
+        let owned = keys.iter().filter(|k| node.owner(k) == node.id()).count();
+        assert_eq!(node.store().len(), owned, "node {n}");
+        assert!(owned > 0, "node {n} owns none of 64 keys");
+        for key in &keys {
+            assert_eq!(
+                node.store().get(key).is_some(),
+                node.owner(key) == node.id()
+            );
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_set_through_any_node_are_read_through_every_node_over_http() {
+    every_key_through_every_node(Transport::Http).await;
+}
+
+#[tokio::test]
+async fn keys_set_through_any_node_are_read_through_every_node_in_process() {
+    every_key_through_every_node(Transport::InProcess).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_owner_gives_503_and_the_rest_keeps_working() {
+    let mut cluster = LocalCluster::builder().nodes(3).start().await.unwrap();
+    let http = Http::new();
+    let owned_by = |n: u32| {
+        let node = cluster.node(0).clone();
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(move |k| node.owner(k).0 == n)
+            .unwrap()
+    };
+    let (on_two, on_one) = (owned_by(2), owned_by(1));
+    cluster.stop_node(2).await;
+    let body = json!({"key": on_two, "value": "v"}).to_string();
+    let (status, err) = http.post(&format!("{}/set", cluster.url(0)), &body).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("owner_unavailable"))
+    );
+    let (status, err) = http.get(&format!("{}/get/{on_two}", cluster.url(1))).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("owner_unavailable"))
+    );
+    // Keys owned by live nodes are unaffected.
+    let body = json!({"key": on_one, "value": "v"}).to_string();
+    let (status, _) = http.post(&format!("{}/set", cluster.url(0)), &body).await;
+    assert_eq!(status, StatusCode::OK);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_owner_gives_504_and_writes_are_reported_as_unknown() {
+    // Node 1 accepts connections but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = NodeConfig {
+        seed_keys: false,
+        forward_timeout: Duration::from_millis(300),
+        ..NodeConfig::new(0, vec![addr.to_string(), silent_addr.to_string()])
+    };
+    let forwarder = Arc::new(HttpForwarder::new(HttpForwarderConfig {
+        request_timeout: config.forward_timeout,
+        ..Default::default()
+    }));
+    let node = Arc::new(Node::new(&config, forwarder).unwrap());
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| node.owner(k).0 == 1)
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kvserver::run(
+        listener,
+        node,
+        ServerConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = Http::new();
+    let body = json!({"key": key, "value": "v"}).to_string();
+    let (status, err) = http.post(&format!("http://{addr}/set"), &body).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (StatusCode::GATEWAY_TIMEOUT, &json!("outcome_unknown"))
+    );
+    let (status, err) = http.get(&format!("http://{addr}/get/{key}")).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (StatusCode::GATEWAY_TIMEOUT, &json!("owner_timeout"))
+    );
+    let _ = stop.send(());
+    server.await.unwrap();
+    accepting.abort();
+}

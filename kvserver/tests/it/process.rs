@@ -1,0 +1,114 @@
+//! A cluster of separate `kvserver node` processes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::util::{poll, Http};
+
+/// Kills the processes when the test ends, even when it fails.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Free ports on 127.0.0.1, found by binding port 0 (released just before the nodes bind them).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+#[tokio::test]
+async fn node_processes_form_a_cluster() {
+    let ports = free_ports(3);
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut children = Processes(Vec::new());
+    for (i, peer) in peers.iter().enumerate() {
+        let child = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+            .args([
+                "node",
+                "--id",
+                &i.to_string(),
+                "--listen",
+                peer,
+                "--peers",
+                &peers.join(","),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        children.0.push(child);
+    }
+    let http = Http::new();
+    for peer in &peers {
+        poll("node health", Duration::from_secs(20), || async {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Empty<bytes::Bytes>>();
+            let uri = format!("http://{peer}/health").parse().unwrap();
+            client
+                .get(uri)
+                .await
+                .ok()
+                .filter(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+    }
+    // Seed keys are served by every process.
+    for peer in &peers {
+        let (status, a) = http.get(&format!("http://{peer}/get/a")).await;
+        assert_eq!((status, &a["value"]), (StatusCode::OK, &json!("alpha")));
+    }
+    for i in 0..30 {
+        let body = json!({"key": format!("p{i}"), "value": i, "encoding": "integer"}).to_string();
+        let (status, answer) = http
+            .post(&format!("http://{}/set", peers[i % 3]), &body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    for i in 0..30 {
+        for peer in &peers {
+            let (status, got) = http.get(&format!("http://{peer}/get/p{i}")).await;
+            assert_eq!((status, &got["value"]), (StatusCode::OK, &json!(i)));
+        }
+    }
+    let mut stored = 0;
+    for peer in &peers {
+        let (_, stats) = http.get(&format!("http://{peer}/stats")).await;
+        stored += stats["keys"].as_u64().unwrap();
+    }
+    assert_eq!(stored, 32, "30 keys and 2 seed keys, each stored once");
+    // SIGKILL one node: requests for its keys fail fast with 503; the others still answer.
+    children.0[1].start_kill().unwrap();
+    children.0[1].wait().await.unwrap();
+    let (status, _) = http.get(&format!("http://{}/get/a", peers[0])).await;
+    assert!(
+        status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+        "{status}"
+    );
+    let mut unavailable = 0;
+    for i in 0..30 {
+        let (status, got) = http.get(&format!("http://{}/get/p{i}", peers[0])).await;
+        match status {
+            StatusCode::OK => assert_eq!(got["value"], i),
+            StatusCode::SERVICE_UNAVAILABLE => unavailable += 1,
+            other => panic!("{other}: {got}"),
+        }
+    }
+    assert!(unavailable > 0 && unavailable < 30, "{unavailable}");
+}

@@ -1,0 +1,133 @@
+//! A small HTTP client and polling helpers for the tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP client that returns status and parsed JSON body, asserting every body is JSON.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new() -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    pub async fn call(&self, method: Method, url: &str, body: Option<&str>) -> (StatusCode, Json) {
+        self.call_with(method, url, body, &[]).await
+    }
+
+    /// Like [`call`](Self::call), with extra request headers.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Json) {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+            .unwrap();
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status();
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "{method} {url}"
+        );
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json: Json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {url}: body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, json)
+    }
+
+    pub async fn get(&self, url: &str) -> (StatusCode, Json) {
+        self.call(Method::GET, url, None).await
+    }
+
+    pub async fn post(&self, url: &str, body: &str) -> (StatusCode, Json) {
+        self.call(Method::POST, url, Some(body)).await
+    }
+
+    pub async fn put(&self, url: &str, body: &str) -> (StatusCode, Json) {
+        self.call(Method::PUT, url, Some(body)).await
+    }
+
+    pub async fn delete(&self, url: &str) -> (StatusCode, Json) {
+        self.call(Method::DELETE, url, None).await
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the server answers until it
+/// closes the connection (the request should carry `Connection: close`).
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("server answered and closed within 10 s")
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, panicking after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        every.tick().await;
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+    }
+}
+
+/// Percent-encodes a key for use in a URL path.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::new();
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
