@@ -43,7 +43,8 @@ count=$((10#$count))
     "Use 'kvserver cluster --nodes $count --base-port PORT' for larger clusters."
 last_port=$((prefix * 10 + count - 1))
 ((prefix >= 1 && last_port <= 65535)) ||
-    die "PREFIX $prefix gives ports ${prefix}0..$last_port, outside 1..65535; try a prefix of 1..6552"
+    die "PREFIX $prefix gives ports $((prefix * 10))..$last_port, outside 1..65535;" \
+        "with $count nodes the prefix must be 1..$(((65536 - count) / 10))"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ -n ${KVSERVER:-} ]]; then
@@ -70,6 +71,7 @@ log_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvserver-run.XXXXXX")
 
 pids=()
 stopping=
+# shellcheck disable=SC2317 # only ever called by the EXIT trap
 stop_nodes() {
     [[ -z $stopping ]] || return 0
     stopping=1
@@ -85,7 +87,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 for ((i = 0; i < count; i++)); do
-    "$bin" node --id "$i" --listen "${peers[i]}" --peers "$peer_list" "$@" \
+    NO_COLOR=1 "$bin" node --id "$i" --listen "${peers[i]}" --peers "$peer_list" "$@" \
         >"$log_dir/node-$i.log" 2>&1 &
     pids+=($!)
 done

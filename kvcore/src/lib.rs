@@ -20,6 +20,7 @@
 //! - [`key`]: key validation and size [`Limits`].
 //! - [`store`]: the sharded in-memory [`Store`] with byte accounting.
 //! - [`partition`]: the [`Partitioner`](partition::Partitioner) trait and one module per strategy.
+//! - [`replica`]: [`Ballot`] and [`Register`], the per-key state of a replica.
 //! - [`cluster`]: [`NodeId`], [`NodeInfo`] and the [`ClusterMap`].
 //! - [`error`]: the crate's [`Error`], each variant with a stable code.
 
@@ -27,11 +28,13 @@ pub mod cluster;
 pub mod error;
 pub mod key;
 pub mod partition;
+pub mod replica;
 pub mod store;
 pub mod value;
 
 pub use cluster::{ClusterMap, NodeId, NodeInfo};
 pub use error::{Error, Result};
 pub use key::{validate_key, Limits, MAX_KEY_BYTES};
+pub use replica::{Ballot, Register, ReplicaState};
 pub use store::{Conflict, Entry, Precondition, Store, StoreConfig, StoreStats, Version};
 pub use value::{Encoding, Value};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::key::{validate_key, Limits};
+use crate::replica::{Ballot, Register, ReplicaState};
 use crate::value::Value;
 
 /// Number of independently locked shards; a power of two so the shard is a mask of the hash.
@@ -16,7 +17,7 @@ const SHARDS: usize = 64;
 
 /// Bytes charged per entry on top of its key and value bytes: the table slot holding the key and
 /// entry headers, plus the heap headers of the key and value allocations.
-pub const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<(Box<str>, Entry)>() + 16) as u64;
+pub const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<(Box<str>, Slot)>() + 16) as u64;
 
 /// The version of a stored entry. Versions of one key only grow; `0` is never a stored version.
 ///
@@ -90,13 +91,25 @@ pub struct StoreStats {
     pub max_memory: Option<u64>,
 }
 
-type Shard = HashMap<Box<str>, Entry, ahash::RandomState>;
+/// What the store keeps per key: the replica register plus the highest promised ballot.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    promised: Ballot,
+    register: Register,
+}
+
+type Shard = HashMap<Box<str>, Slot, ahash::RandomState>;
 
 /// A concurrent in-memory map from keys to versioned [`Value`]s.
 ///
 /// Memory is accounted per entry as key bytes + encoded value bytes + [`ENTRY_OVERHEAD`]. With a
 /// budget set, a write that would take the total over it fails with [`Error::MemoryFull`] and
 /// changes nothing; reads, deletes and writes that shrink an entry always go through.
+///
+/// Besides the plain map operations ([`get`](Store::get), [`set`](Store::set),
+/// [`put`](Store::put), [`delete`](Store::delete)) the store is the acceptor of the replication
+/// protocol: [`prepare`](Store::prepare), [`accept`](Store::accept), [`repair`](Store::repair) and
+/// [`restore`](Store::restore) apply its rules atomically per key.
 ///
 /// ```
 /// use kvcore::{Store, StoreConfig, Value};
@@ -157,13 +170,17 @@ impl Store {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The entry stored under `key`.
-    pub fn get(&self, key: &str) -> Option<Entry> {
+    fn read_slot<T>(&self, key: &str, f: impl FnOnce(Option<&Slot>) -> T) -> T {
         let shard = self
             .shard(key)
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
-        shard.get(key).cloned()
+        f(shard.get(key))
+    }
+
+    /// The entry stored under `key`.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.read_slot(key, |slot| slot.and_then(|s| s.register.entry()))
     }
 
     /// Stores `value` under `key` whatever was there, returning the new version.
@@ -184,33 +201,17 @@ impl Store {
         validate_key(key)?;
         self.config.limits.check_value(&value)?;
         let mut shard = self.write(key);
-        let current = shard.get(key);
-        let holds = match precondition {
-            Precondition::None => true,
-            Precondition::IfVersion(v) => current.map(|e| e.version) == Some(v),
-            Precondition::IfAbsent => current.is_none(),
-        };
-        if !holds {
-            return Ok(Err(Conflict {
-                current: current.cloned(),
-            }));
+        let slot = shard.get(key);
+        let current = slot.and_then(|s| s.register.entry());
+        if !precondition.holds(current.as_ref()) {
+            return Ok(Err(Conflict { current }));
         }
-        let version = current.map_or(Version(1), |e| e.version.next());
-        self.replace(&mut shard, key, Entry { value, version })?;
+        let mut next = slot.cloned().unwrap_or_default();
+        next.register.version = next.register.version.next();
+        next.register.value = Some(value);
+        let version = next.register.version;
+        self.replace(&mut shard, key, next, true)?;
         Ok(Ok(version))
-    }
-
-    /// Stores `entry` under `key` if its version is newer than what is there (used to apply a
-    /// replica's copy). Returns whether it was stored.
-    pub fn merge(&self, key: &str, entry: Entry) -> Result<bool> {
-        validate_key(key)?;
-        self.config.limits.check_value(&entry.value)?;
-        let mut shard = self.write(key);
-        if shard.get(key).is_some_and(|e| e.version >= entry.version) {
-            return Ok(false);
-        }
-        self.replace(&mut shard, key, entry)?;
-        Ok(true)
     }
 
     /// Removes `key`, returning what it held.
@@ -218,26 +219,178 @@ impl Store {
         let mut shard = self.write(key);
         let (k, old) = shard.remove_entry(key)?;
         self.used
-            .fetch_sub(footprint(&k, &old.value), Ordering::Relaxed);
-        Some(old)
+            .fetch_sub(slot_footprint(&k, &old), Ordering::Relaxed);
+        old.register.entry()
     }
 
-    /// Inserts or replaces under the shard's write lock, charging the size difference.
-    fn replace(&self, shard: &mut Shard, key: &str, entry: Entry) -> Result<()> {
-        let new = footprint(key, &entry.value);
-        let old = shard.get(key).map_or(0, |e| footprint(key, &e.value));
+    /// The register of `key` on this replica (the default, empty register if it has none).
+    pub fn register(&self, key: &str) -> Register {
+        self.read_slot(key, |slot| {
+            slot.map(|s| s.register.clone()).unwrap_or_default()
+        })
+    }
+
+    /// Phase 1 of a proposal: promises `ballot` if it is higher than anything promised or
+    /// accepted for `key`, returning the accepted register; otherwise returns the higher ballot.
+    ///
+    /// `grow` is how many value bytes the proposal may add; if the budget cannot take them the
+    /// promise is refused with [`Error::MemoryFull`] and nothing changes, so a write that cannot
+    /// fit is refused before any replica accepts it.
+    pub fn prepare(
+        &self,
+        key: &str,
+        ballot: Ballot,
+        grow: usize,
+    ) -> Result<Result<Register, Ballot>> {
+        validate_key(key)?;
+        let mut shard = self.write(key);
+        let slot = shard.get(key).cloned().unwrap_or_default();
+        let highest = slot.promised.max(slot.register.ballot);
+        if ballot <= highest {
+            return Ok(Err(highest));
+        }
+        let current = slot_footprint(key, &slot);
+        let after =
+            key.len() as u64 + (slot.register.value_len().max(grow)) as u64 + ENTRY_OVERHEAD;
+        if after > current {
+            self.check_room(after - current)?;
+        }
+        let register = slot.register.clone();
+        self.replace(
+            &mut shard,
+            key,
+            Slot {
+                promised: ballot,
+                ..slot
+            },
+            false,
+        )?;
+        Ok(Ok(register))
+    }
+
+    /// Phase 2 of a proposal: accepts `register` (whose ballot is the proposal's) unless a higher
+    /// ballot was promised, returning that ballot if so.
+    pub fn accept(&self, key: &str, register: Register) -> Result<Result<(), Ballot>> {
+        validate_key(key)?;
+        if let Some(value) = &register.value {
+            self.config.limits.check_value(value)?;
+        }
+        let mut shard = self.write(key);
+        let slot = shard.get(key).cloned().unwrap_or_default();
+        if register.ballot < slot.promised || register.ballot < slot.register.ballot {
+            return Ok(Err(slot.promised.max(slot.register.ballot)));
+        }
+        let next = Slot {
+            promised: register.ballot,
+            register,
+        };
+        self.replace(&mut shard, key, next, true)?;
+        Ok(Ok(()))
+    }
+
+    /// Brings a lagging replica up to a register known to be chosen (held by a quorum). Applied
+    /// only if it is newer than what is accepted here and no higher ballot was promised, exactly
+    /// as a late copy of the original accept would be. Returns whether it was applied.
+    pub fn repair(&self, key: &str, register: Register) -> Result<bool> {
+        validate_key(key)?;
+        let mut shard = self.write(key);
+        let slot = shard.get(key).cloned().unwrap_or_default();
+        if register.ballot <= slot.register.ballot || register.ballot < slot.promised {
+            return Ok(false);
+        }
+        let next = Slot {
+            promised: slot.promised,
+            register,
+        };
+        self.replace(&mut shard, key, next, true)?;
+        Ok(true)
+    }
+
+    /// Merges a peer's copy of `key` into a replica that is recovering: the higher promise and
+    /// the newer accepted register win. Never refused for the budget (a recovering replica must
+    /// hold what its peers hold); returns whether anything changed.
+    pub fn restore(&self, state: ReplicaState) -> Result<bool> {
+        validate_key(&state.key)?;
+        let key = state.key.as_str();
+        let mut shard = self.write(key);
+        let slot = shard.get(key).cloned().unwrap_or_default();
+        let mut next = slot.clone();
+        next.promised = slot.promised.max(state.promised);
+        if state.register.ballot > slot.register.ballot {
+            next.register = state.register;
+        }
+        let changed =
+            next.promised != slot.promised || next.register.ballot != slot.register.ballot;
+        if changed {
+            self.replace(&mut shard, key, next, false)?;
+        }
+        Ok(changed)
+    }
+
+    /// Copies the state of every key in shard `shard` (0..[`Store::SHARDS`]) that `filter`
+    /// accepts. Used to bring a recovering replica up to date, one shard at a time.
+    pub fn scan_shard(
+        &self,
+        shard: usize,
+        mut filter: impl FnMut(&str) -> bool,
+    ) -> Vec<ReplicaState> {
+        let Some(shard) = self.shards.get(shard) else {
+            return Vec::new();
+        };
+        let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+        shard
+            .iter()
+            .filter(|(k, _)| filter(k))
+            .map(|(k, slot)| ReplicaState {
+                key: k.to_string(),
+                promised: slot.promised,
+                register: slot.register.clone(),
+            })
+            .collect()
+    }
+
+    /// Number of shards, for [`scan_shard`](Store::scan_shard).
+    pub const SHARDS: usize = SHARDS;
+
+    /// Inserts or replaces under the shard's write lock, charging the size difference. With
+    /// `enforce` the budget is checked; without, the slot is stored regardless (the caller
+    /// checked room earlier, or must not refuse).
+    fn replace(&self, shard: &mut Shard, key: &str, slot: Slot, enforce: bool) -> Result<()> {
+        let new = slot_footprint(key, &slot);
+        let old = shard.get(key).map_or(0, |s| slot_footprint(key, s));
         if new > old {
-            self.reserve(new - old)?;
+            if enforce {
+                self.reserve(new - old)?;
+            } else {
+                self.used.fetch_add(new - old, Ordering::Relaxed);
+            }
         } else {
             self.used.fetch_sub(old - new, Ordering::Relaxed);
         }
         match shard.get_mut(key) {
-            Some(slot) => *slot = entry,
+            Some(existing) => *existing = slot,
             None => {
-                shard.insert(key.into(), entry);
+                shard.insert(key.into(), slot);
             }
         }
         Ok(())
+    }
+
+    fn check_room(&self, bytes: u64) -> Result<()> {
+        match self.config.max_memory {
+            Some(max) => {
+                let used = self.used.load(Ordering::Relaxed);
+                if used.saturating_add(bytes) > max {
+                    return Err(Error::MemoryFull {
+                        needed: bytes,
+                        available: max.saturating_sub(used),
+                        max_memory: max,
+                    });
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Charges `bytes` against the budget, or fails without charging anything.
@@ -258,11 +411,16 @@ impl Store {
             })
     }
 
-    /// Number of keys.
+    /// Number of keys that hold a value.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|s| {
+                let s = s.read().unwrap_or_else(|p| p.into_inner());
+                s.values()
+                    .filter(|slot| slot.register.value.is_some())
+                    .count()
+            })
             .sum()
     }
 
@@ -285,14 +443,37 @@ impl Store {
         }
     }
 
-    /// Calls `f` with every key and entry, one shard at a time (a shard is read-locked while it
-    /// is visited, so `f` must not write to the store).
+    /// Calls `f` with every key and its entry, one shard at a time (a shard is read-locked while
+    /// it is visited, so `f` must not write to the store).
     pub fn for_each(&self, mut f: impl FnMut(&str, &Entry)) {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(|p| p.into_inner());
-            for (k, e) in shard.iter() {
-                f(k, e);
+            for (k, slot) in shard.iter() {
+                if let Some(entry) = slot.register.entry() {
+                    f(k, &entry);
+                }
             }
+        }
+    }
+
+    /// Calls `f` with every key and its register, tombstones included.
+    pub fn for_each_register(&self, mut f: impl FnMut(&str, &Register)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (k, slot) in shard.iter() {
+                f(k, &slot.register);
+            }
+        }
+    }
+}
+
+impl Precondition {
+    /// Whether the precondition holds for the key's current entry.
+    pub fn holds(&self, current: Option<&Entry>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::IfVersion(v) => current.map(|e| e.version) == Some(*v),
+            Precondition::IfAbsent => current.is_none(),
         }
     }
 }
@@ -300,6 +481,10 @@ impl Store {
 /// Bytes an entry is charged.
 pub fn footprint(key: &str, value: &Value) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
+}
+
+fn slot_footprint(key: &str, slot: &Slot) -> u64 {
+    key.len() as u64 + slot.register.value_len() as u64 + ENTRY_OVERHEAD
 }
 
 #[cfg(test)]
@@ -391,18 +576,96 @@ mod tests {
         );
     }
 
+    fn ballot(round: u64, node: u32) -> Ballot {
+        Ballot {
+            round,
+            node: crate::NodeId(node),
+        }
+    }
+
+    fn reg(b: Ballot, version: u64, v: Option<i64>) -> Register {
+        Register {
+            ballot: b,
+            version: Version(version),
+            value: v.map(Value::integer),
+        }
+    }
+
     #[test]
-    fn merge_keeps_the_newest_version() {
+    fn acceptor_promises_only_higher_ballots_and_reports_the_accepted_register() {
         let s = Store::new(StoreConfig::default());
-        let e = |v, n| Entry {
-            value: Value::integer(v),
-            version: Version(n),
+        assert_eq!(
+            s.prepare("k", ballot(1, 0), 8).unwrap(),
+            Ok(Register::default())
+        );
+        assert_eq!(s.prepare("k", ballot(1, 0), 8).unwrap(), Err(ballot(1, 0)));
+        assert_eq!(s.prepare("k", ballot(0, 9), 8).unwrap(), Err(ballot(1, 0)));
+        // A promise-only slot holds no value.
+        assert_eq!(s.get("k"), None);
+        assert_eq!(s.len(), 0);
+        assert_eq!(
+            s.accept("k", reg(ballot(1, 0), 1, Some(5))).unwrap(),
+            Ok(())
+        );
+        assert_eq!(s.get("k").unwrap().value.as_i64(), Some(5));
+        // A higher promise blocks older accepts; the accepted register is reported to it.
+        assert_eq!(
+            s.prepare("k", ballot(2, 1), 8).unwrap(),
+            Ok(reg(ballot(1, 0), 1, Some(5)))
+        );
+        assert_eq!(
+            s.accept("k", reg(ballot(1, 0), 2, Some(6))).unwrap(),
+            Err(ballot(2, 1))
+        );
+        assert_eq!(s.accept("k", reg(ballot(2, 1), 2, None)).unwrap(), Ok(()));
+        assert_eq!(s.get("k"), None);
+        assert_eq!(s.register("k").version, Version(2));
+        // An accept without a prior promise is fine if nothing higher was promised.
+        assert_eq!(
+            s.accept("k", reg(ballot(3, 0), 3, Some(1))).unwrap(),
+            Ok(())
+        );
+        assert_eq!(s.register("k").ballot, ballot(3, 0));
+    }
+
+    #[test]
+    fn prepare_refuses_writes_that_cannot_fit_before_anything_is_accepted() {
+        let s = store_with_budget(ENTRY_OVERHEAD + 20);
+        assert!(s.prepare("k", ballot(1, 0), 8).unwrap().is_ok());
+        let e = s.prepare("k", ballot(2, 0), 64).unwrap_err();
+        assert_eq!(e.code(), "memory_full");
+        // Nothing changed: the refused prepare did not promise.
+        assert!(s.prepare("k", ballot(2, 0), 8).unwrap().is_ok());
+    }
+
+    #[test]
+    fn repair_and_restore_only_move_replicas_forward() {
+        let s = Store::new(StoreConfig::default());
+        s.prepare("k", ballot(5, 0), 0).unwrap().unwrap();
+        // Repair never overrides a higher promise.
+        assert!(!s.repair("k", reg(ballot(4, 1), 1, Some(1))).unwrap());
+        assert!(s.repair("k", reg(ballot(5, 1), 1, Some(1))).unwrap());
+        assert!(!s.repair("k", reg(ballot(5, 1), 1, Some(1))).unwrap());
+        let state = |p: Ballot, r: Register| ReplicaState {
+            key: "k".into(),
+            promised: p,
+            register: r,
         };
-        assert!(s.merge("k", e(5, 5)).unwrap());
-        assert!(!s.merge("k", e(3, 3)).unwrap());
-        assert!(!s.merge("k", e(9, 5)).unwrap());
-        assert_eq!(s.get("k").unwrap(), e(5, 5));
-        assert!(s.merge("k", e(6, 6)).unwrap());
+        assert!(!s
+            .restore(state(ballot(1, 0), reg(ballot(1, 0), 9, Some(9))))
+            .unwrap());
+        assert!(s
+            .restore(state(ballot(9, 2), reg(ballot(6, 2), 2, Some(2))))
+            .unwrap());
+        assert_eq!(s.register("k"), reg(ballot(6, 2), 2, Some(2)));
+        assert_eq!(s.prepare("k", ballot(8, 0), 0).unwrap(), Err(ballot(9, 2)));
+        let scanned: Vec<_> = (0..Store::SHARDS)
+            .flat_map(|i| s.scan_shard(i, |_| true))
+            .collect();
+        assert_eq!(
+            scanned,
+            vec![state(ballot(9, 2), reg(ballot(6, 2), 2, Some(2)))]
+        );
     }
 
     #[test]

@@ -17,12 +17,15 @@
 //! - [`forward`]: the [`Forwarder`] and [`PeerHandler`] traits and [`ForwardError`].
 //! - [`http`]: the HTTP transport.
 //! - [`local`]: the in-process transport.
+//! - [`fault`]: [`Faults`] and [`FaultyForwarder`], injected drops, delays and partitions.
 
+pub mod fault;
 pub mod forward;
 pub mod http;
 pub mod local;
 pub mod message;
 
+pub use fault::{Faults, FaultyForwarder};
 pub use forward::{BoxFuture, ForwardError, Forwarder, PeerHandler};
 pub use http::{HttpForwarder, HttpForwarderConfig};
 pub use local::InProcessNetwork;

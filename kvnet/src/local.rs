@@ -114,6 +114,8 @@ mod tests {
                     PeerRequest::Ping => Ok(PeerReply::Pong {
                         node: NodeId(hops as u32),
                         epoch: envelope.epoch,
+                        incarnation: envelope.incarnation,
+                        ready: true,
                     }),
                     _ => Err(RemoteError::new("nope", "only pings")),
                 }
@@ -132,6 +134,7 @@ mod tests {
         Envelope {
             from: NodeId(0),
             epoch: 5,
+            incarnation: 1,
             request: PeerRequest::Ping,
         }
     }
@@ -146,7 +149,9 @@ mod tests {
             reply,
             PeerReply::Pong {
                 node: NodeId(2),
-                epoch: 5
+                epoch: 5,
+                incarnation: 1,
+                ready: true,
             }
         );
 

@@ -4,7 +4,7 @@
 //! travels in the [`HOPS_HEADER`], and the reply body is a [`PeerResult`]. The in-process
 //! transport uses the very same encoding.
 
-use kvcore::{Entry, NodeId, Precondition, Value, Version};
+use kvcore::{Ballot, Entry, NodeId, Precondition, Register, ReplicaState, Value, Version};
 use serde::{Deserialize, Serialize};
 
 /// Path of the peer endpoint on every node.
@@ -25,6 +25,11 @@ pub struct Envelope {
     pub from: NodeId,
     /// The epoch of the sender's cluster map.
     pub epoch: u64,
+    /// The sender's incarnation: a number that grows every time the sender's process starts.
+    /// Receivers remember the highest seen per node, which fences off messages from a
+    /// restarted node's previous life.
+    #[serde(default)]
+    pub incarnation: u64,
     /// What is asked.
     pub request: PeerRequest,
 }
@@ -53,6 +58,56 @@ pub enum PeerRequest {
         /// The key.
         key: String,
     },
+    /// Add to an integer key (a missing key counts as 0).
+    Incr {
+        /// The key.
+        key: String,
+        /// The amount.
+        by: i64,
+    },
+    /// Replication phase 1: promise `ballot` and report the accepted register.
+    Prepare {
+        /// The key.
+        key: String,
+        /// The proposal's ballot.
+        ballot: Ballot,
+        /// Value bytes the proposal may add, checked against the replica's memory budget.
+        grow: usize,
+    },
+    /// Replication phase 2: accept `register` (carrying the proposal's ballot).
+    Accept {
+        /// The key.
+        key: String,
+        /// The new register.
+        register: Register,
+        /// The incarnation of every replica whose promise the proposal counted: a replica that
+        /// knows a newer incarnation of one of them refuses, since that replica has restarted
+        /// and forgotten its promise.
+        promisers: Vec<(NodeId, u64)>,
+    },
+    /// Read a replica's accepted register without promising anything.
+    Read {
+        /// The key.
+        key: String,
+    },
+    /// Bring a lagging replica up to a register held by a quorum.
+    Repair {
+        /// The key.
+        key: String,
+        /// The chosen register.
+        register: Register,
+    },
+    /// Copy of one store shard's keys that the sender replicates, for a recovering node.
+    Sync {
+        /// The shard to copy.
+        shard: u32,
+    },
+    /// The accepted ballots of one store shard's keys whose primary is the sender, for
+    /// anti-entropy.
+    Digest {
+        /// The shard.
+        shard: u32,
+    },
     /// Liveness probe.
     Ping,
 }
@@ -63,8 +118,13 @@ impl PeerRequest {
         match self {
             PeerRequest::Get { key }
             | PeerRequest::Set { key, .. }
-            | PeerRequest::Delete { key } => Some(key),
-            PeerRequest::Ping => None,
+            | PeerRequest::Delete { key }
+            | PeerRequest::Incr { key, .. }
+            | PeerRequest::Prepare { key, .. }
+            | PeerRequest::Accept { key, .. }
+            | PeerRequest::Read { key }
+            | PeerRequest::Repair { key, .. } => Some(key),
+            PeerRequest::Sync { .. } | PeerRequest::Digest { .. } | PeerRequest::Ping => None,
         }
     }
 }
@@ -88,6 +148,11 @@ pub enum PeerReply {
         /// The current entry.
         current: Option<Entry>,
     },
+    /// An increment; the new entry.
+    Incremented {
+        /// The entry after the increment.
+        entry: Entry,
+    },
     /// A delete; what the key held.
     Deleted {
         /// The removed entry.
@@ -99,6 +164,48 @@ pub enum PeerReply {
         node: NodeId,
         /// Its map epoch.
         epoch: u64,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Whether it has caught up after starting and votes as a replica.
+        ready: bool,
+    },
+    /// The ballot was promised; this is the replica's accepted register.
+    Promised {
+        /// The replica's incarnation, for [`PeerRequest::Accept::promisers`].
+        incarnation: u64,
+        /// What the replica accepted last.
+        register: Register,
+    },
+    /// A higher ballot was already promised or accepted.
+    Rejected {
+        /// That ballot.
+        promised: Ballot,
+    },
+    /// The register was accepted.
+    Accepted,
+    /// A replica's accepted register.
+    Register {
+        /// The register.
+        register: Register,
+    },
+    /// Whether a repair was applied.
+    Repaired {
+        /// Whether it was.
+        applied: bool,
+    },
+    /// One shard's accepted ballots.
+    Digest {
+        /// Key and accepted ballot.
+        ballots: Vec<(String, Ballot)>,
+        /// The next shard to ask for, `None` after the last.
+        next: Option<u32>,
+    },
+    /// One shard's replica states.
+    Synced {
+        /// The states.
+        states: Vec<ReplicaState>,
+        /// The next shard to ask for, `None` after the last.
+        next: Option<u32>,
     },
 }
 
@@ -193,12 +300,30 @@ mod tests {
                 precondition: Precondition::None,
             },
             PeerRequest::Delete { key: "k".into() },
+            PeerRequest::Incr {
+                key: "k".into(),
+                by: -2,
+            },
+            PeerRequest::Accept {
+                key: "k".into(),
+                register: Register {
+                    ballot: Ballot {
+                        round: 3,
+                        node: NodeId(1),
+                    },
+                    version: Version(2),
+                    value: None,
+                },
+                promisers: vec![(NodeId(1), 5), (NodeId(2), 6)],
+            },
+            PeerRequest::Sync { shard: 3 },
             PeerRequest::Ping,
         ];
         for request in requests {
             let env = Envelope {
                 from: NodeId(3),
                 epoch: 9,
+                incarnation: 77,
                 request,
             };
             assert_eq!(decode::<Envelope>(&encode(&env)).unwrap(), env);

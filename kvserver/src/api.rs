@@ -15,8 +15,20 @@ use serde_json::{json, Value as Json};
 use crate::error::Error;
 use crate::node::{Counters, Node};
 
-/// Largest request body accepted: a 1 MiB value plus its JSON or base64 framing.
+/// Largest request body accepted with the default value limit: a 1 MiB value plus its JSON or
+/// base64 framing. A larger `max_value_bytes` raises it to 1.5 times that.
 pub const MAX_BODY_BYTES: usize = 1536 * 1024;
+
+fn body_limit(node: &Node) -> usize {
+    MAX_BODY_BYTES.max(
+        node.store()
+            .config()
+            .limits
+            .max_value_bytes
+            .saturating_mul(3)
+            / 2,
+    )
+}
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -52,11 +64,19 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
         };
     }
     if let Some(raw) = path.strip_prefix("/kv/") {
+        if let Some(raw) = raw.strip_suffix("/incr") {
+            if method == Method::POST {
+                let key = decode_key(raw)?;
+                let body: IncrBody = read_json(node, req).await?;
+                let entry = node.incr(&key, body.by).await?;
+                return Ok(json_response(StatusCode::OK, &entry_json(&key, &entry)));
+            }
+        }
         let key = decode_key(raw)?;
         return match method {
             Method::GET => get(node, &key).await,
             Method::PUT => {
-                let body: PutBody = read_json(req).await?;
+                let body: PutBody = read_json(node, req).await?;
                 let precondition = body.precondition()?;
                 set(node, key, body.value, body.encoding, precondition).await
             }
@@ -67,7 +87,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
     match path.as_str() {
         "/set" => match method {
             Method::POST | Method::PUT => {
-                let body: SetBody = read_json(req).await?;
+                let body: SetBody = read_json(node, req).await?;
                 let precondition = body.precondition()?;
                 set(node, body.key, body.value, body.encoding, precondition).await
             }
@@ -109,6 +129,18 @@ struct SetBody {
     if_version: Option<u64>,
     #[serde(default)]
     if_absent: bool,
+}
+
+/// Body of `POST /kv/{key}/incr`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrBody {
+    #[serde(default = "one")]
+    by: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// Body of `PUT /kv/{key}`.
@@ -178,10 +210,13 @@ async fn set(
                 Precondition::IfAbsent => ("key_exists", format!("key {key:?} already exists")),
                 _ => (
                     "version_mismatch",
-                    format!(
-                        "key {key:?} is at version {}, not the expected one",
-                        conflict.current.as_ref().map_or(0, |e| e.version.0)
-                    ),
+                    match &conflict.current {
+                        Some(e) => format!(
+                            "key {key:?} is at version {}, not the expected one",
+                            e.version
+                        ),
+                        None => format!("key {key:?} does not exist"),
+                    },
                 ),
             };
             let current = conflict.current.map(|e| entry_json(&key, &e));
@@ -206,11 +241,17 @@ async fn delete(node: &Node, key: &str) -> Result<HttpResponse, Error> {
 
 fn health(node: &Node) -> HttpResponse {
     let map = node.map();
+    let (status, state) = if node.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering")
+    };
     json_response(
-        StatusCode::OK,
+        status,
         &json!({
-            "status": "ok",
+            "status": state,
             "node": node.id(),
+            "incarnation": node.incarnation(),
             "epoch": map.epoch(),
             "uptime_seconds": node.uptime().as_secs(),
         }),
@@ -222,7 +263,18 @@ fn cluster(node: &Node) -> HttpResponse {
     let nodes: Vec<Json> = map
         .nodes()
         .iter()
-        .map(|n| json!({"id": n.id, "addr": n.addr, "state": "up"}))
+        .map(|n| {
+            let state = if n.id == node.id() {
+                if node.is_ready() {
+                    "up"
+                } else {
+                    "recovering"
+                }
+            } else {
+                node.membership().state(n.id).as_str()
+            };
+            json!({"id": n.id, "addr": n.addr, "state": state})
+        })
         .collect();
     json_response(
         StatusCode::OK,
@@ -230,7 +282,8 @@ fn cluster(node: &Node) -> HttpResponse {
             "node": node.id(),
             "epoch": map.epoch(),
             "partitioner": map.partitioner().name(),
-            "replication_factor": 1,
+            "replication_factor": node.replication_factor(),
+            "under_replicated": node.under_replicated(),
             "nodes": nodes,
         }),
     )
@@ -245,6 +298,7 @@ fn stats(node: &Node) -> HttpResponse {
             "keys": s.keys,
             "bytes": s.bytes,
             "max_memory": s.max_memory,
+            "under_replicated": node.under_replicated(),
             "requests": node.counters().snapshot(),
         }),
     )
@@ -262,7 +316,7 @@ async fn peer(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error
             code: "invalid_request",
             message: format!("peer requests need a {HOPS_HEADER} header between 1 and {MAX_HOPS}"),
         })?;
-    let envelope: Envelope = read_json(req).await?;
+    let envelope: Envelope = read_json(node, req).await?;
     let result = node.handle_peer(hops, envelope).await;
     Ok(json_response(StatusCode::OK, &result))
 }
@@ -278,10 +332,12 @@ fn decode_key(raw: &str) -> Result<String, Error> {
 }
 
 /// Reads the body (refusing it once it passes [`MAX_BODY_BYTES`]) and parses it as JSON.
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Error> {
-    let too_large = Error::BodyTooLarge {
-        limit: MAX_BODY_BYTES,
-    };
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    node: &Node,
+    req: Request<Incoming>,
+) -> Result<T, Error> {
+    let limit = body_limit(node);
+    let too_large = Error::BodyTooLarge { limit };
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

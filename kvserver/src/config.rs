@@ -18,8 +18,19 @@ pub struct NodeConfig {
     pub max_value_bytes: usize,
     /// Name of the partitioner placing keys (see `kvcore::partition::all`).
     pub partitioner: String,
+    /// Copies of each key, on its first `replicas` owners (capped at the cluster size). 1 is pure
+    /// sharding; 3 survives one replica down with every operation still linearizable.
+    pub replicas: usize,
     /// Deadline for a request forwarded to a peer.
     pub forward_timeout: Duration,
+    /// Deadline for a whole client operation, retries included.
+    pub op_timeout: Duration,
+    /// How often peers are pinged.
+    pub heartbeat_interval: Duration,
+    /// A peer that has not answered for this long is considered down.
+    pub down_after: Duration,
+    /// How often each node checks that the keys it is primary for have all their copies.
+    pub anti_entropy_interval: Duration,
     /// Whether the node writes the seed keys `a` and `b` it owns when it starts.
     pub seed_keys: bool,
     /// How long a client may take to send request headers before the connection is closed.
@@ -37,7 +48,12 @@ impl NodeConfig {
             max_memory: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             partitioner: partition::default_partitioner().name().to_owned(),
+            replicas: 3,
             forward_timeout: Duration::from_secs(2),
+            op_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_millis(250),
+            down_after: Duration::from_millis(1000),
+            anti_entropy_interval: Duration::from_secs(2),
             seed_keys: true,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
@@ -50,6 +66,11 @@ impl NodeConfig {
             seed_keys: false,
             ..NodeConfig::new(0, vec!["127.0.0.1:0".into()])
         }
+    }
+
+    /// Copies kept of each key in this cluster: `replicas` capped at the number of nodes.
+    pub fn replication_factor(&self) -> usize {
+        self.replicas.min(self.peers.len()).max(1)
     }
 
     /// Checks the configuration, explaining the first problem found.
@@ -87,8 +108,14 @@ impl NodeConfig {
         if self.max_value_bytes == 0 {
             return Err("the value size limit must be positive".into());
         }
-        if self.forward_timeout.is_zero() {
-            return Err("the forward timeout must be positive".into());
+        if self.forward_timeout.is_zero() || self.op_timeout.is_zero() {
+            return Err("timeouts must be positive".into());
+        }
+        if self.replicas == 0 {
+            return Err("--replicas must be at least 1".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.down_after <= self.heartbeat_interval {
+            return Err("the failure detector needs down_after > heartbeat_interval > 0".into());
         }
         Ok(())
     }

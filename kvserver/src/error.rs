@@ -68,14 +68,20 @@ pub enum Error {
         /// What the transport reported.
         reason: String,
     },
+    /// Fewer than a majority of the key's replicas answered; nothing was changed.
+    #[error("{message}")]
+    QuorumUnavailable {
+        /// Detail.
+        message: String,
+    },
     /// A peer request reached a node that does not own the key, with no hops left to forward it.
     #[error("{message}")]
     Misdirected {
         /// Detail.
         message: String,
     },
-    /// The owner answered with an error code this node does not know (a newer peer, say).
-    #[error("{0}")]
+    /// An error answered by the replica that handled the request, passed on as it is.
+    #[error("{}", .0.message)]
     Remote(RemoteError),
 }
 
@@ -117,6 +123,7 @@ impl Error {
             Error::OwnerTimeout { .. } => "owner_timeout",
             Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Misdirected { .. } => "misdirected",
+            Error::QuorumUnavailable { .. } => "quorum_unavailable",
             Error::Remote(r) => &r.code,
         }
     }
@@ -129,7 +136,9 @@ impl Error {
             Error::NotFound { .. } | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::OwnerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::OwnerUnavailable { .. } | Error::QuorumUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::OwnerTimeout { .. } | Error::OutcomeUnknown { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -164,11 +173,13 @@ fn core_status(e: &kvcore::Error) -> StatusCode {
 fn remote_status(code: &str) -> StatusCode {
     match code {
         "invalid_key" | "unknown_encoding" | "invalid_value" | "malformed_json"
-        | "invalid_request" => StatusCode::BAD_REQUEST,
+        | "invalid_request" | "not_an_integer" | "overflow" => StatusCode::BAD_REQUEST,
         "value_too_large" | "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "memory_full" => StatusCode::INSUFFICIENT_STORAGE,
         "not_found" => StatusCode::NOT_FOUND,
-        "owner_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "owner_unavailable" | "quorum_unavailable" | "recovering" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         "owner_timeout" | "outcome_unknown" => StatusCode::GATEWAY_TIMEOUT,
         "misdirected" => StatusCode::MISDIRECTED_REQUEST,
         _ => StatusCode::BAD_GATEWAY,

@@ -26,7 +26,10 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod local;
+pub mod membership;
 pub mod node;
+mod recovery;
+mod replication;
 pub mod server;
 
 pub use config::{parse_size, NodeConfig};

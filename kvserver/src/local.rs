@@ -1,16 +1,17 @@
 //! In-process clusters: N nodes in one Tokio runtime, each serving HTTP on its own port.
 //!
-//! This is what `kvserver cluster` runs, and what tests (ours and yours) use to spin a cluster up:
+//! This is what `kvserver cluster` runs, and what tests (ours and yours) use to spin a cluster
+//! up, crash and restart nodes, and inject network faults:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! use kvserver::LocalCluster;
 //!
-//! let cluster = LocalCluster::builder().nodes(3).start().await.unwrap();
+//! let cluster = LocalCluster::builder().nodes(3).replicas(3).start().await.unwrap();
 //! println!("node 0 answers on {}", cluster.url(0));
-//! let owner = cluster.node(0).owner("user:42");
-//! assert!((owner.0 as usize) < cluster.len());
+//! let replicas = cluster.node(0).owners("user:42");
+//! assert_eq!(replicas.len(), 3);
 //! cluster.shutdown().await;
 //! # }
 //! ```
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvnet::{Forwarder, HttpForwarder, HttpForwarderConfig, InProcessNetwork, PeerHandler};
+use kvnet::{Faults, Forwarder, HttpForwarder, HttpForwarderConfig, InProcessNetwork, PeerHandler};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,6 +48,8 @@ pub struct LocalClusterBuilder {
     host: String,
     base_port: u16,
     transport: Transport,
+    faults: Option<Faults>,
+    ready_timeout: Duration,
     template: NodeConfig,
 }
 
@@ -75,6 +78,18 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Sends every peer message through these injected faults.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Copies of each key (default 3, capped at the number of nodes).
+    pub fn replicas(mut self, r: usize) -> Self {
+        self.template.replicas = r;
+        self
+    }
+
     /// Memory budget of each node's store.
     pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
         self.template.max_memory = bytes;
@@ -93,9 +108,28 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// Deadline of requests forwarded between nodes.
+    /// Deadline of requests between nodes.
     pub fn forward_timeout(mut self, timeout: Duration) -> Self {
         self.template.forward_timeout = timeout;
+        self
+    }
+
+    /// Deadline of a whole client operation.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.template.op_timeout = timeout;
+        self
+    }
+
+    /// Heartbeat period and how long a silent peer takes to be considered down.
+    pub fn failure_detector(mut self, heartbeat: Duration, down_after: Duration) -> Self {
+        self.template.heartbeat_interval = heartbeat;
+        self.template.down_after = down_after;
+        self
+    }
+
+    /// How often nodes check their keys' copies.
+    pub fn anti_entropy_interval(mut self, interval: Duration) -> Self {
+        self.template.anti_entropy_interval = interval;
         self
     }
 
@@ -105,7 +139,8 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// Binds every node's port, then starts the nodes. Must run inside a Tokio runtime.
+    /// Binds every node's port, starts the nodes, and waits until they have all caught up with
+    /// each other. Must run inside a Tokio runtime.
     pub async fn start(self) -> io::Result<LocalCluster> {
         if self.nodes == 0 {
             return Err(io::Error::new(
@@ -136,45 +171,27 @@ impl LocalClusterBuilder {
             .map(TcpListener::local_addr)
             .collect::<io::Result<_>>()?;
         let peers: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
-        let network = InProcessNetwork::new(self.template.forward_timeout);
-        let mut nodes = Vec::with_capacity(self.nodes);
+        let mut cluster = LocalCluster {
+            nodes: Vec::with_capacity(self.nodes),
+            network: InProcessNetwork::new(self.template.forward_timeout),
+            transport: self.transport,
+            faults: self.faults,
+            template: NodeConfig {
+                peers,
+                ..self.template
+            },
+        };
         for (i, listener) in listeners.into_iter().enumerate() {
-            let config = NodeConfig {
-                id: kvcore::NodeId(i as u32),
-                peers: peers.clone(),
-                ..self.template.clone()
-            };
-            let forwarder: Arc<dyn Forwarder> = match self.transport {
-                Transport::Http => Arc::new(HttpForwarder::new(HttpForwarderConfig {
-                    request_timeout: config.forward_timeout,
-                    ..Default::default()
-                })),
-                Transport::InProcess => Arc::new(network.clone()),
-            };
-            let node = Arc::new(
-                Node::new(&config, forwarder)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-            );
-            if self.transport == Transport::InProcess {
-                let handler: Arc<dyn PeerHandler> = node.clone();
-                network.register(peers[i].clone(), Arc::downgrade(&handler));
-            }
-            let (stop, stopped) = oneshot::channel::<()>();
-            let server_config = ServerConfig {
-                header_read_timeout: config.header_read_timeout,
-                shutdown_grace: config.shutdown_grace,
-            };
-            let task = tokio::spawn(server::run(listener, node.clone(), server_config, async {
-                let _ = stopped.await;
-            }));
-            nodes.push(LocalNode {
-                addr: addrs[i],
-                node,
-                stop: Some(stop),
-                task: Some(task),
-            });
+            let running = cluster.launch(i, listener)?;
+            cluster.nodes.push(running);
         }
-        Ok(LocalCluster { nodes, network })
+        if !cluster.wait_ready(self.ready_timeout).await {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the nodes did not catch up with each other in time",
+            ));
+        }
+        Ok(cluster)
     }
 }
 
@@ -191,6 +208,9 @@ struct LocalNode {
 pub struct LocalCluster {
     nodes: Vec<LocalNode>,
     network: InProcessNetwork,
+    transport: Transport,
+    faults: Option<Faults>,
+    template: NodeConfig,
 }
 
 impl fmt::Debug for LocalCluster {
@@ -202,18 +222,66 @@ impl fmt::Debug for LocalCluster {
 }
 
 impl LocalCluster {
-    /// A builder with the defaults: 4 nodes on free ports of 127.0.0.1, HTTP between them.
+    /// A builder with the defaults: 4 nodes on free ports of 127.0.0.1, 3 replicas per key,
+    /// HTTP between them.
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder {
             nodes: 4,
             host: "127.0.0.1".into(),
             base_port: 0,
             transport: Transport::Http,
+            faults: None,
+            ready_timeout: Duration::from_secs(30),
             template: NodeConfig {
                 seed_keys: false,
                 ..NodeConfig::new(0, vec![])
             },
         }
+    }
+
+    /// Starts node `i` on `listener` with a fresh store and incarnation.
+    fn launch(&self, i: usize, listener: TcpListener) -> io::Result<LocalNode> {
+        let addr = listener.local_addr()?;
+        let config = NodeConfig {
+            id: kvcore::NodeId(i as u32),
+            ..self.template.clone()
+        };
+        let base: Arc<dyn Forwarder> = match self.transport {
+            Transport::Http => Arc::new(HttpForwarder::new(HttpForwarderConfig {
+                request_timeout: config.forward_timeout,
+                connect_timeout: config.forward_timeout.min(Duration::from_millis(500)),
+                ..Default::default()
+            })),
+            Transport::InProcess => Arc::new(self.network.clone()),
+        };
+        let forwarder: Arc<dyn Forwarder> = match &self.faults {
+            Some(faults) => Arc::new(faults.wrap(SharedForwarder(base))),
+            None => base,
+        };
+        let node = Arc::new(
+            Node::new(&config, forwarder)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        );
+        if self.transport == Transport::InProcess {
+            let handler: Arc<dyn PeerHandler> = node.clone();
+            self.network
+                .register(addr.to_string(), Arc::downgrade(&handler));
+        }
+        node.start();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server_config = ServerConfig {
+            header_read_timeout: config.header_read_timeout,
+            shutdown_grace: config.shutdown_grace,
+        };
+        let task = tokio::spawn(server::run(listener, node.clone(), server_config, async {
+            let _ = stopped.await;
+        }));
+        Ok(LocalNode {
+            addr,
+            node,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     /// Number of nodes.
@@ -246,12 +314,36 @@ impl LocalCluster {
         &self.nodes[i].node
     }
 
-    /// Stops node `i`'s server (in-flight requests finish) and makes it unreachable to its
-    /// peers, as if its process had exited.
+    /// Whether node `i` is running (not stopped by [`stop_node`](Self::stop_node)).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].task.is_some()
+    }
+
+    /// Polls until every running node has caught up, or `timeout` passes; returns which.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut every = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            every.tick().await;
+            let ready = (0..self.len())
+                .filter(|&i| self.is_running(i))
+                .all(|i| self.node(i).is_ready());
+            if ready {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// Stops node `i` as a crash would: its server and background tasks end, its memory is
+    /// gone, and its peers can no longer reach it.
     pub async fn stop_node(&mut self, i: usize) {
         let addr = self.nodes[i].addr.to_string();
         self.network.unregister(&addr);
         let n = &mut self.nodes[i];
+        n.node.stop();
         if let Some(stop) = n.stop.take() {
             let _ = stop.send(());
         }
@@ -260,10 +352,37 @@ impl LocalCluster {
         }
     }
 
+    /// Starts node `i` again on its old address, empty and with a new incarnation, as a
+    /// restarted process would be. It catches up from its peers in the background; see
+    /// [`Node::is_ready`].
+    pub async fn restart_node(&mut self, i: usize) -> io::Result<()> {
+        if self.is_running(i) {
+            self.stop_node(i).await;
+        }
+        let listener = TcpListener::bind(self.nodes[i].addr).await?;
+        self.nodes[i] = self.launch(i, listener)?;
+        Ok(())
+    }
+
     /// Stops every node and waits for in-flight requests to finish.
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop_node(i).await;
         }
+    }
+}
+
+/// Lets a shared forwarder be wrapped by value.
+#[derive(Debug)]
+struct SharedForwarder(Arc<dyn Forwarder>);
+
+impl Forwarder for SharedForwarder {
+    fn send<'a>(
+        &'a self,
+        to: &'a kvcore::NodeInfo,
+        hops: u8,
+        envelope: kvnet::Envelope,
+    ) -> kvnet::BoxFuture<'a, Result<kvnet::PeerReply, kvnet::ForwardError>> {
+        self.0.send(to, hops, envelope)
     }
 }

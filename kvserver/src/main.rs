@@ -35,7 +35,12 @@ struct Common {
     /// Largest accepted value, e.g. 1MiB.
     #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "1MiB")]
     max_value_size: u64,
-    /// How keys are placed on nodes: rendezvous, ring, ... (every node must use the same).
+    /// Copies of each key, capped at the number of nodes. 1 is pure sharding; with 3 every
+    /// operation stays linearizable while one of a key's replicas is down.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// How keys are placed on nodes (every node must use the same): one of
+    /// the names listed by `kvcore::partition::all`, e.g. slots, rendezvous, ring, maglev.
     #[arg(long, value_name = "NAME")]
     partitioner: Option<String>,
     /// Deadline for a request forwarded to another node, in milliseconds.
@@ -90,6 +95,7 @@ impl Common {
             config.partitioner = p.clone();
         }
         config.forward_timeout = Duration::from_millis(self.forward_timeout_ms);
+        config.replicas = self.replicas;
         config.seed_keys = !self.no_seed;
         config.validate()?;
         Ok(config)
@@ -133,14 +139,16 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
         .max_value_bytes(template.max_value_bytes)
         .partitioner(template.partitioner.clone())
         .forward_timeout(template.forward_timeout)
+        .replicas(template.replicas)
         .seed_keys(template.seed_keys)
         .start()
         .await
         .map_err(|e| e.to_string())?;
     let map = cluster.node(0).map();
     println!(
-        "kvserver: {} nodes up (partitioner {}, max memory per node {})",
+        "kvserver: {} nodes up ({} replicas per key, partitioner {}, max memory per node {})",
         cluster.len(),
+        cluster.node(0).replication_factor(),
         map.partitioner().name(),
         template
             .max_memory
@@ -175,6 +183,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         ..Default::default()
     }));
     let node = Arc::new(Node::new(&config, forwarder)?);
+    node.start();
     tracing::info!(
         id = %config.id,
         listen = %args.listen,
@@ -185,7 +194,8 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
     };
-    kvserver::run(listener, node, server_config, shutdown_signal()).await;
+    kvserver::run(listener, node.clone(), server_config, shutdown_signal()).await;
+    node.stop();
     tracing::info!("node stopped");
     Ok(())
 }

@@ -4,7 +4,9 @@ use hyper::{Method, StatusCode};
 use kvserver::LocalCluster;
 use serde_json::json;
 
-use crate::util::{encode_key, raw_exchange, Http};
+use std::time::Duration;
+
+use crate::util::{encode_key, poll, raw_exchange, Http};
 
 async fn two_nodes() -> LocalCluster {
     LocalCluster::builder().nodes(2).start().await.unwrap()
@@ -362,7 +364,12 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
 
 #[tokio::test]
 async fn a_forged_hop_count_cannot_make_a_request_loop() {
-    let cluster = LocalCluster::builder().nodes(3).start().await.unwrap();
+    let cluster = LocalCluster::builder()
+        .nodes(3)
+        .replicas(1)
+        .start()
+        .await
+        .unwrap();
     let http = Http::new();
     // A key node 0 does not own, sent to node 0 as a peer request with the hop budget spent.
     let key = (0..)
@@ -405,6 +412,7 @@ async fn a_forged_hop_count_cannot_make_a_request_loop() {
 async fn health_cluster_and_stats_describe_the_node() {
     let cluster = LocalCluster::builder()
         .nodes(3)
+        .replicas(2)
         .seed_keys(true)
         .start()
         .await
@@ -415,21 +423,40 @@ async fn health_cluster_and_stats_describe_the_node() {
         (status, &health["status"], &health["node"]),
         (StatusCode::OK, &json!("ok"), &json!(1))
     );
-    let (_, map) = http.get(&format!("{}/cluster", cluster.url(2))).await;
+    // Heartbeats bring every node's view to "all up" shortly after start.
+    let url = cluster.url(2);
+    let map = poll("all nodes up", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let (_, map) = http.get(&format!("{url}/cluster")).await;
+            let states = map["nodes"].as_array()?.iter().map(|n| n["state"].clone());
+            states.into_iter().all(|s| s == "up").then_some(map)
+        }
+    })
+    .await;
     assert_eq!(map["epoch"], 1);
     assert_eq!(
         map["partitioner"],
         kvcore::partition::default_partitioner().name()
     );
-    assert_eq!(map["replication_factor"], 1);
+    assert_eq!(map["replication_factor"], 2);
     let nodes = map["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     for (i, n) in nodes.iter().enumerate() {
         assert_eq!(n["id"], i);
         assert_eq!(n["addr"], cluster.addr(i).to_string());
-        assert_eq!(n["state"], "up");
     }
-    // The seed keys are served through every node, and each is stored once.
+    // The seed keys are served through every node, and stored on both their replicas.
+    let url = cluster.url(0);
+    poll("seed keys", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let (a, _) = http.get(&format!("{url}/get/a")).await;
+            let (b, _) = http.get(&format!("{url}/get/b")).await;
+            (a == StatusCode::OK && b == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
     for n in 0..3 {
         for (key, value) in kvserver::SEED_KEYS {
             let (status, got) = http.get(&format!("{}/get/{key}", cluster.url(n))).await;
@@ -446,6 +473,6 @@ async fn health_cluster_and_stats_describe_the_node() {
         assert!(stats["requests"]["gets"].as_u64().unwrap() >= 2);
         assert_eq!(stats["max_memory"], json!(null));
     }
-    assert_eq!(keys, 2);
+    assert_eq!(keys, 4);
     cluster.shutdown().await;
 }

@@ -37,6 +37,7 @@ async fn fill(http: &Http, url: &str) -> usize {
 async fn a_full_node_refuses_writes_with_507_and_keeps_serving_reads() {
     let cluster = LocalCluster::builder()
         .nodes(1)
+        .replicas(1)
         .max_memory(Some(BUDGET))
         .start()
         .await
@@ -74,6 +75,7 @@ async fn a_full_node_refuses_writes_with_507_and_keeps_serving_reads() {
 async fn a_cluster_stores_more_than_one_node_could() {
     let one = LocalCluster::builder()
         .nodes(1)
+        .replicas(1)
         .max_memory(Some(BUDGET))
         .start()
         .await
@@ -84,6 +86,7 @@ async fn a_cluster_stores_more_than_one_node_could() {
 
     let four = LocalCluster::builder()
         .nodes(4)
+        .replicas(1)
         .max_memory(Some(BUDGET))
         .start()
         .await

@@ -9,11 +9,12 @@ use kvserver::{LocalCluster, Node, NodeConfig, ServerConfig, Transport};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::util::Http;
+use crate::util::{poll, Http};
 
-async fn every_key_through_every_node(transport: Transport) {
+async fn every_key_through_every_node(transport: Transport, replicas: usize) {
     let cluster = LocalCluster::builder()
         .nodes(4)
+        .replicas(replicas)
         .transport(transport)
         .start()
         .await
@@ -34,35 +35,63 @@ async fn every_key_through_every_node(transport: Transport) {
             assert_eq!(got["value"], i, "{key} through node {n}");
         }
     }
-    // Each key is stored exactly once, on its owner, and every node holds some.
-    for n in 0..4 {
-        let node = cluster.node(n);
-        let owned = keys.iter().filter(|k| node.owner(k) == node.id()).count();
-        assert_eq!(node.store().len(), owned, "node {n}");
-        assert!(owned > 0, "node {n} owns none of 64 keys");
-        for key in &keys {
-            assert_eq!(
-                node.store().get(key).is_some(),
-                node.owner(key) == node.id()
-            );
+    // Keys live only on their replicas: on all of them once the last accepts have landed, and
+    // on at least a majority the moment a write is acknowledged. Every node holds some.
+    let copies = |key: &str| {
+        (0..4)
+            .filter(|&n| cluster.node(n).store().get(key).is_some())
+            .count()
+    };
+    for key in &keys {
+        let replicas = cluster.node(0).owners(key);
+        assert_eq!(replicas.len(), replicas_wanted(replicas.len(), 4));
+        for n in 0..4 {
+            if !replicas.contains(&cluster.node(n).id()) {
+                assert!(
+                    cluster.node(n).store().get(key).is_none(),
+                    "{key} on non-replica {n}"
+                );
+            }
         }
+        assert!(copies(key) > replicas.len() / 2, "{key}");
+    }
+    poll("every copy", Duration::from_secs(10), || async {
+        keys.iter().all(|k| copies(k) == replicas).then_some(())
+    })
+    .await;
+    for n in 0..4 {
+        assert!(
+            cluster.node(n).store().len() > 0,
+            "node {n} holds none of 64 keys"
+        );
     }
     cluster.shutdown().await;
 }
 
+fn replicas_wanted(r: usize, nodes: usize) -> usize {
+    r.min(nodes)
+}
+
 #[tokio::test]
 async fn keys_set_through_any_node_are_read_through_every_node_over_http() {
-    every_key_through_every_node(Transport::Http).await;
+    every_key_through_every_node(Transport::Http, 1).await;
+    every_key_through_every_node(Transport::Http, 3).await;
 }
 
 #[tokio::test]
 async fn keys_set_through_any_node_are_read_through_every_node_in_process() {
-    every_key_through_every_node(Transport::InProcess).await;
+    every_key_through_every_node(Transport::InProcess, 1).await;
+    every_key_through_every_node(Transport::InProcess, 3).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_owner_gives_503_and_the_rest_keeps_working() {
-    let mut cluster = LocalCluster::builder().nodes(3).start().await.unwrap();
+    let mut cluster = LocalCluster::builder()
+        .nodes(3)
+        .replicas(1)
+        .start()
+        .await
+        .unwrap();
     let http = Http::new();
     let owned_by = |n: u32| {
         let node = cluster.node(0).clone();
@@ -106,6 +135,7 @@ async fn a_silent_owner_gives_504_and_writes_are_reported_as_unknown() {
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
         seed_keys: false,
+        replicas: 1,
         forward_timeout: Duration::from_millis(300),
         ..NodeConfig::new(0, vec![addr.to_string(), silent_addr.to_string()])
     };

@@ -46,6 +46,8 @@ async fn node_processes_form_a_cluster() {
                 peer,
                 "--peers",
                 &peers.join(","),
+                "--replicas",
+                "1",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,0 +1,426 @@
+//! Linearizable single-key operations over the key's replicas: CASPaxos.
+//!
+//! Every key is an independent register replicated on its `R` owners; an operation is a
+//! function from the register's current state to its next. A replica coordinating an operation
+//! runs two phases against all replicas and needs a majority in each:
+//!
+//! 1. **Prepare** with a fresh ballot. Each replica promises to ignore lower ballots and answers
+//!    with the register it accepted last. The state with the highest ballot among a majority is
+//!    the current one.
+//! 2. **Accept** the function's result under the same ballot. Once a majority has accepted, the
+//!    new state is chosen and the client gets its answer.
+//!
+//! Reads ask the replicas for their accepted register without promising anything; when a
+//! majority answers with the same ballot, that state is chosen and current, and the read
+//! returns after one round trip. Otherwise a full round with the identity function settles it.
+//! See `docs/consistency.md` for the argument and the failure cases.
+
+use std::time::Duration;
+
+use kvcore::{Entry, NodeId, Precondition, Register, Value, Version};
+use kvnet::{ForwardError, PeerReply, PeerRequest, RemoteError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::node::{Counters, Node};
+
+/// What an operation does to a key's state.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Read,
+    Set {
+        value: Value,
+        precondition: Precondition,
+    },
+    Delete,
+    Incr(i64),
+}
+
+/// What the client is told.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    Read(Option<Entry>),
+    Written(Version),
+    Conflict(Option<Entry>),
+    Deleted(Option<Entry>),
+    Incremented(Entry),
+}
+
+impl Change {
+    /// The register after applying the change to `current`, and the client's answer. A change
+    /// that does not apply (a failed condition, a non-integer to increment) leaves the state as
+    /// it is; it is still accepted under the new ballot so that what it observed is chosen.
+    fn apply(&self, current: &Register) -> (Option<Register>, Result<Outcome, Error>) {
+        let entry = current.entry();
+        let next = |value: Option<Value>| Register {
+            ballot: current.ballot,
+            version: current.version.next(),
+            value,
+        };
+        match self {
+            Change::Read => (None, Ok(Outcome::Read(entry))),
+            Change::Set {
+                value,
+                precondition,
+            } => {
+                if precondition.holds(entry.as_ref()) {
+                    let reg = next(Some(value.clone()));
+                    let version = reg.version;
+                    (Some(reg), Ok(Outcome::Written(version)))
+                } else {
+                    (None, Ok(Outcome::Conflict(entry)))
+                }
+            }
+            Change::Delete => match entry {
+                Some(_) => (Some(next(None)), Ok(Outcome::Deleted(entry))),
+                None => (None, Ok(Outcome::Deleted(None))),
+            },
+            Change::Incr(by) => {
+                let base = match &entry {
+                    None => Ok(0),
+                    Some(e) => e.value.as_i64().ok_or_else(|| Error::BadRequest {
+                        code: "not_an_integer",
+                        message: format!(
+                            "the value is {}, not an integer: only integers can be incremented",
+                            e.value.encoding()
+                        ),
+                    }),
+                };
+                match base.and_then(|b| {
+                    b.checked_add(*by).ok_or_else(|| Error::BadRequest {
+                        code: "overflow",
+                        message: format!("{b} + {by} overflows a signed 64-bit integer"),
+                    })
+                }) {
+                    Ok(sum) => {
+                        let reg = next(Some(Value::integer(sum)));
+                        let entry = reg.entry().expect("just set");
+                        (Some(reg), Ok(Outcome::Incremented(entry)))
+                    }
+                    Err(e) => (None, Err(e)),
+                }
+            }
+        }
+    }
+
+    /// Value bytes the change may add on a replica, checked against its budget in phase 1.
+    fn grow(&self) -> usize {
+        match self {
+            Change::Set { value, .. } => value.len(),
+            Change::Incr(_) => 8,
+            Change::Read | Change::Delete => 0,
+        }
+    }
+
+    /// The request forwarding this change to a replica.
+    pub(crate) fn into_request(self, key: &str) -> PeerRequest {
+        let key = key.to_owned();
+        match self {
+            Change::Read => PeerRequest::Get { key },
+            Change::Set {
+                value,
+                precondition,
+            } => PeerRequest::Set {
+                key,
+                value,
+                precondition,
+            },
+            Change::Delete => PeerRequest::Delete { key },
+            Change::Incr(by) => PeerRequest::Incr { key, by },
+        }
+    }
+}
+
+impl Outcome {
+    pub(crate) fn into_reply(self) -> PeerReply {
+        match self {
+            Outcome::Read(entry) => PeerReply::Entry { entry },
+            Outcome::Written(version) => PeerReply::Written { version },
+            Outcome::Conflict(current) => PeerReply::Conflict { current },
+            Outcome::Deleted(entry) => PeerReply::Deleted { entry },
+            Outcome::Incremented(entry) => PeerReply::Incremented { entry },
+        }
+    }
+
+    pub(crate) fn from_reply(reply: PeerReply) -> Result<Outcome, Error> {
+        Ok(match reply {
+            PeerReply::Entry { entry } => Outcome::Read(entry),
+            PeerReply::Written { version } => Outcome::Written(version),
+            PeerReply::Conflict { current } => Outcome::Conflict(current),
+            PeerReply::Deleted { entry } => Outcome::Deleted(entry),
+            PeerReply::Incremented { entry } => Outcome::Incremented(entry),
+            other => {
+                return Err(Error::Remote(RemoteError::new(
+                    "unexpected_reply",
+                    format!("unexpected reply to a forwarded operation: {other:?}"),
+                )))
+            }
+        })
+    }
+}
+
+/// One replica's answer, with whether the request may have been applied if it failed.
+type Answer = (NodeId, Result<PeerReply, ForwardError>);
+
+impl Node {
+    /// Runs `change` on `key` as a replica-coordinator.
+    pub(crate) async fn execute(&self, change: &Change, key: &str) -> Result<Outcome, Error> {
+        if let Change::Read = change {
+            if let Some(entry) = self.fast_read(key).await? {
+                return Ok(Outcome::Read(entry));
+            }
+        }
+        self.propose(change, key).await
+    }
+
+    /// Sends `request` to every replica at once (the local one is answered in place) and
+    /// returns a channel of answers. Replicas known to be down fail at once.
+    fn fan_out(
+        &self,
+        replicas: &[NodeId],
+        request: PeerRequest,
+    ) -> mpsc::UnboundedReceiver<Answer> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let map = self.map();
+        for &to in replicas {
+            if to == self.id {
+                let answer = self.acceptor(request.clone()).map_err(ForwardError::Remote);
+                let _ = tx.send((to, answer));
+                continue;
+            }
+            if self.membership.is_down(to) {
+                let reason = "known to be down".to_string();
+                let _ = tx.send((to, Err(ForwardError::Unreachable { node: to, reason })));
+                continue;
+            }
+            let info = map
+                .node(to)
+                .expect("replicas are members of the map")
+                .clone();
+            let forwarder = self.forwarder.clone();
+            let envelope = self.envelope(request.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let answer = forwarder.send(&info, 1, envelope).await;
+                let _ = tx.send((to, answer));
+            });
+        }
+        rx
+    }
+
+    /// Phase-1-free read: asks every replica for its register. If a majority answers with one
+    /// ballot, that register is chosen and current: returns it (and repairs replicas seen
+    /// lagging). `None` when the answers disagree and a full round must decide.
+    async fn fast_read(&self, key: &str) -> Result<Option<Option<Entry>>, Error> {
+        let replicas = self.owners(key);
+        let quorum = replicas.len() / 2 + 1;
+        let deadline = Instant::now() + self.config.op_timeout;
+        let mut rx = self.fan_out(&replicas, PeerRequest::Read { key: key.into() });
+        let mut registers: Vec<(NodeId, Register)> = Vec::with_capacity(replicas.len());
+        let mut failed = 0;
+        while registers.len() < quorum && failed <= replicas.len() - quorum {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((node, Ok(PeerReply::Register { register })))) => {
+                    self.observe_ballot(register.ballot);
+                    registers.push((node, register));
+                }
+                Ok(Some(_)) => failed += 1,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if registers.len() < quorum {
+            return Err(quorum_unavailable(key, registers.len(), quorum));
+        }
+        let first = &registers[0].1;
+        if registers.iter().any(|(_, r)| r.ballot != first.ballot) {
+            return Ok(None);
+        }
+        Counters::bump(&self.counters.fast_reads);
+        let chosen = first.clone();
+        let entry = chosen.entry();
+        let lagging: Vec<NodeId> = Vec::new();
+        self.repair_in_background(key, chosen, rx, lagging);
+        Ok(Some(entry))
+    }
+
+    /// Waits (in the background) for the replicas that had not answered a read and brings any
+    /// that lag up to `chosen`.
+    fn repair_in_background(
+        &self,
+        key: &str,
+        chosen: Register,
+        mut rx: mpsc::UnboundedReceiver<Answer>,
+        mut lagging: Vec<NodeId>,
+    ) {
+        let map = self.map();
+        let forwarder = self.forwarder.clone();
+        let key = key.to_owned();
+        let incarnation = self.incarnation;
+        let from = self.id;
+        tokio::spawn(async move {
+            while let Some((node, answer)) = rx.recv().await {
+                if let Ok(PeerReply::Register { register }) = answer {
+                    if register.ballot < chosen.ballot {
+                        lagging.push(node);
+                    }
+                }
+            }
+            for node in lagging {
+                let Some(info) = map.node(node) else { continue };
+                let envelope = kvnet::Envelope {
+                    from,
+                    epoch: map.epoch(),
+                    incarnation,
+                    request: PeerRequest::Repair {
+                        key: key.clone(),
+                        register: chosen.clone(),
+                    },
+                };
+                let _ = forwarder.send(info, 1, envelope).await;
+            }
+        });
+    }
+
+    /// A full CASPaxos round applying `change`, retried on ballot conflicts until the
+    /// operation's deadline.
+    async fn propose(&self, change: &Change, key: &str) -> Result<Outcome, Error> {
+        let replicas = self.owners(key);
+        let quorum = replicas.len() / 2 + 1;
+        let tolerated = replicas.len() - quorum;
+        let deadline = Instant::now() + self.config.op_timeout;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let ballot = self.next_ballot();
+
+            // Phase 1: promises from a majority.
+            let request = PeerRequest::Prepare {
+                key: key.into(),
+                ballot,
+                grow: change.grow(),
+            };
+            let mut rx = self.fan_out(&replicas, request);
+            let mut promises: Vec<(NodeId, u64, Register)> = Vec::new();
+            let (mut failed, mut conflicted, mut full) = (0, false, 0);
+            let mut memory_error = None;
+            while promises.len() < quorum && failed <= tolerated {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((
+                        node,
+                        Ok(PeerReply::Promised {
+                            incarnation,
+                            register,
+                        }),
+                    ))) => promises.push((node, incarnation, register)),
+                    Ok(Some((_, Ok(PeerReply::Rejected { promised })))) => {
+                        self.observe_ballot(promised);
+                        conflicted = true;
+                        failed += 1;
+                    }
+                    Ok(Some((_, Err(ForwardError::Remote(e))))) if e.code == "memory_full" => {
+                        full += 1;
+                        failed += 1;
+                        memory_error = Some(e);
+                    }
+                    Ok(Some(_)) => failed += 1,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if promises.len() < quorum {
+                // Nothing was accepted in this round, so failing here is a clean failure.
+                if full > tolerated {
+                    return Err(Error::Remote(memory_error.expect("counted")));
+                }
+                if conflicted && Instant::now() < deadline {
+                    self.back_off(attempt, deadline).await;
+                    continue;
+                }
+                return Err(quorum_unavailable(key, promises.len(), quorum));
+            }
+
+            // The current state is the one accepted with the highest ballot.
+            let current = promises
+                .iter()
+                .map(|(_, _, r)| r)
+                .max_by_key(|r| r.ballot)
+                .cloned()
+                .expect("a quorum is never empty");
+            let (next, outcome) = change.apply(&current);
+            let mut register = next.unwrap_or(current);
+            register.ballot = ballot;
+
+            // Phase 2: a majority accepts.
+            let promisers = promises.iter().map(|&(n, inc, _)| (n, inc)).collect();
+            let targets: Vec<NodeId> = promises.iter().map(|&(n, _, _)| n).collect();
+            let request = PeerRequest::Accept {
+                key: key.into(),
+                register,
+                promisers,
+            };
+            let mut rx = self.fan_out(&targets, request);
+            let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
+            while accepted < quorum
+                && accepted + (targets.len() - accepted - refused - unknown) >= quorum
+            {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((_, Ok(PeerReply::Accepted)))) => accepted += 1,
+                    Ok(Some((_, Ok(PeerReply::Rejected { promised })))) => {
+                        self.observe_ballot(promised);
+                        refused += 1;
+                    }
+                    Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
+                    Ok(Some(_)) => unknown += 1,
+                    Ok(None) | Err(_) => {
+                        unknown = targets.len() - accepted - refused;
+                        break;
+                    }
+                }
+            }
+            if accepted >= quorum {
+                return outcome;
+            }
+            if accepted == 0 && unknown == 0 && Instant::now() < deadline {
+                // Every replica refused: nothing was accepted anywhere, so a new round is safe.
+                self.back_off(attempt, deadline).await;
+                continue;
+            }
+            return Err(Error::OutcomeUnknown {
+                reason: format!(
+                    "{accepted} of {} replicas accepted the write, {quorum} needed; it may still take effect",
+                    replicas.len()
+                ),
+            });
+        }
+    }
+
+    /// Randomized exponential back-off between rounds, so competing proposers stop colliding.
+    async fn back_off(&self, attempt: u32, deadline: Instant) {
+        Counters::bump(&self.counters.retries);
+        let cap = Duration::from_millis(2u64 << attempt.min(6));
+        let jitter = jitter(
+            self.id.0 as u64
+                ^ attempt as u64
+                ^ self.round.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let wait = cap.mul_f64(0.5 + jitter / 2.0);
+        tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+    }
+}
+
+fn quorum_unavailable(key: &str, got: usize, quorum: usize) -> Error {
+    Error::QuorumUnavailable {
+        message: format!(
+            "only {got} of the {quorum} replicas needed for key {key:?} answered; nothing was changed"
+        ),
+    }
+}
+
+/// A number in [0, 1) derived from `seed` and the clock, for back-off jitter.
+fn jitter(seed: u64) -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let x = kvcore::partition::mix64(seed ^ nanos);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
