@@ -352,7 +352,10 @@ impl Node {
 
             // Phase 2: a majority accepts.
             let promisers = promises.iter().map(|&(n, inc, _)| (n, inc)).collect();
-            let targets: Vec<NodeId> = promises.iter().map(|&(n, _, _)| n).collect();
+            // Every replica is asked to accept, not only the promisers: one that promised late
+            // (or not at all, if nothing higher was promised there) still takes the copy, so a
+            // chosen value usually reaches all replicas at once.
+            let targets = replicas.clone();
             let request = PeerRequest::Accept {
                 key: key.into(),
                 register,

@@ -61,7 +61,7 @@ async fn every_key_through_every_node(transport: Transport, replicas: usize) {
     .await;
     for n in 0..4 {
         assert!(
-            cluster.node(n).store().len() > 0,
+            !cluster.node(n).store().is_empty(),
             "node {n} holds none of 64 keys"
         );
     }

@@ -4,4 +4,5 @@ mod api;
 mod budget;
 mod cluster;
 mod process;
+mod replication;
 mod util;
