@@ -114,3 +114,102 @@ async fn node_processes_form_a_cluster() {
     }
     assert!(unavailable > 0 && unavailable < 30, "{unavailable}");
 }
+
+fn spawn_node(i: usize, peers: &[String], replicas: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kvserver"))
+        .args([
+            "node",
+            "--id",
+            &i.to_string(),
+            "--listen",
+            &peers[i],
+            "--peers",
+            &peers.join(","),
+            "--replicas",
+            replicas,
+            "--no-seed",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(http: &Http, peer: &str) {
+    poll("node health", Duration::from_secs(30), || async {
+        let health = http
+            .try_call(
+                hyper::Method::GET,
+                &format!("http://{peer}/health"),
+                None,
+                &[],
+            )
+            .await;
+        matches!(health, Ok((StatusCode::OK, _))).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_sigkilled_and_restarted_node() {
+    let ports = free_ports(5);
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut children = Processes((0..5).map(|i| spawn_node(i, &peers, "3")).collect());
+    let http = Http::new();
+    for peer in &peers {
+        wait_healthy(&http, peer).await;
+    }
+    // A writer keeps writing unique keys through every node in turn while node 2 is killed
+    // with SIGKILL and restarted.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = {
+        let (http, peers, acked) = (http.clone(), peers.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                let body =
+                    json!({"key": format!("w{i}"), "value": i, "encoding": "integer"}).to_string();
+                let url = format!("http://{}/set", peers[i % peers.len()]);
+                let answer = http
+                    .try_call(hyper::Method::POST, &url, Some(&body), &[])
+                    .await;
+                if let Ok((StatusCode::OK, _)) = answer {
+                    acked.lock().unwrap().push(i);
+                }
+            }
+        })
+    };
+    let count = || acked.lock().unwrap().len();
+    let more = |n: usize, what: &'static str| {
+        let target = count() + n;
+        poll(what, Duration::from_secs(60), move || {
+            let done = count() >= target;
+            async move { done.then_some(()) }
+        })
+    };
+    more(100, "writes before the kill").await;
+    children.0[2].start_kill().unwrap();
+    children.0[2].wait().await.unwrap();
+    more(100, "writes while node 2 is down").await;
+    children.0[2] = spawn_node(2, &peers, "3");
+    wait_healthy(&http, &peers[2]).await;
+    more(100, "writes after the restart").await;
+    stop_tx.send(true).unwrap();
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    // Every acknowledged write is read back, through every node.
+    for &i in &acked {
+        for peer in &peers {
+            let (status, got) = http.get(&format!("http://{peer}/get/w{i}")).await;
+            assert_eq!(
+                (status, &got["value"]),
+                (StatusCode::OK, &json!(i)),
+                "w{i} through {peer}"
+            );
+        }
+    }
+}

@@ -36,6 +36,19 @@ impl Http {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Json) {
+        self.try_call(method.clone(), url, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    }
+
+    /// Like [`call_with`](Self::call_with), but a connection failure is an `Err`.
+    pub async fn try_call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Json), String> {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(url)
@@ -46,11 +59,7 @@ impl Http {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
             .unwrap();
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         assert_eq!(
             resp.headers()
@@ -59,14 +68,19 @@ impl Http {
             Some("application/json"),
             "{method} {url}"
         );
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         let json: Json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             panic!(
                 "{method} {url}: body is not JSON ({e}): {}",
                 String::from_utf8_lossy(&bytes)
             )
         });
-        (status, json)
+        Ok((status, json))
     }
 
     pub async fn get(&self, url: &str) -> (StatusCode, Json) {
