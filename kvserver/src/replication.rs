@@ -175,7 +175,7 @@ impl Node {
     }
 
     /// Sends `request` to every replica at once (the local one is answered in place) and
-    /// returns a channel of answers. Replicas known to be down fail at once.
+    /// returns a channel of answers.
     fn fan_out(
         &self,
         replicas: &[NodeId],
@@ -189,11 +189,12 @@ impl Node {
                 let _ = tx.send((to, answer));
                 continue;
             }
-            if self.membership.is_down(to) {
-                let reason = "known to be down".to_string();
-                let _ = tx.send((to, Err(ForwardError::Unreachable { node: to, reason })));
-                continue;
-            }
+            // A replica the failure detector reports down still gets the request (it may have
+            // just come back), but only for as long as a heartbeat takes: nobody waits for it.
+            let patience = self
+                .membership
+                .is_down(to)
+                .then_some(self.config.heartbeat_interval);
             let info = map
                 .node(to)
                 .expect("replicas are members of the map")
@@ -202,7 +203,17 @@ impl Node {
             let envelope = self.envelope(request.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
-                let answer = forwarder.send(&info, 1, envelope).await;
+                let send = forwarder.send(&info, 1, envelope);
+                let answer = match patience {
+                    None => send.await,
+                    Some(limit) => match tokio::time::timeout(limit, send).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(ForwardError::Timeout {
+                            node: to,
+                            timeout: limit,
+                        }),
+                    },
+                };
                 let _ = tx.send((to, answer));
             });
         }
@@ -363,9 +374,10 @@ impl Node {
             };
             let mut rx = self.fan_out(&targets, request);
             let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
-            while accepted < quorum
-                && accepted + (targets.len() - accepted - refused - unknown) >= quorum
-            {
+            // Stop at a majority of accepts. Short of one, hear every replica out: a new round
+            // is only safe if every one of them refused, since an accept still in flight could
+            // land and the new round would then apply the change a second time.
+            while accepted < quorum && accepted + refused + unknown < targets.len() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some((_, Ok(PeerReply::Accepted)))) => accepted += 1,
                     Ok(Some((_, Ok(PeerReply::Rejected { promised })))) => {
@@ -378,6 +390,12 @@ impl Node {
                         unknown = targets.len() - accepted - refused;
                         break;
                     }
+                }
+                let pending = targets.len() - accepted - refused - unknown;
+                if accepted + pending < quorum && (accepted > 0 || unknown > 0) {
+                    // No majority is possible and a retry is already ruled out: the outcome is
+                    // unknown whatever the rest answer.
+                    break;
                 }
             }
             if accepted >= quorum {

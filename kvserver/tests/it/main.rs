@@ -2,6 +2,8 @@
 
 mod api;
 mod budget;
+mod chaos;
+mod checker;
 mod cluster;
 mod process;
 mod replication;

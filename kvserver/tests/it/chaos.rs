@@ -1,0 +1,302 @@
+//! Concurrent clients under injected faults; every key's history must be linearizable.
+//!
+//! Each seed runs a five-node in-process cluster at `R = 3` whose peer messages pass through
+//! [`Faults`]: random request and reply loss, delays, partitions, and crash-restarts of one node
+//! at a time. Several clients per key write unique values, compare-and-set, delete, increment and
+//! read through random nodes; every operation is recorded with its real-time interval, timeouts
+//! as unknown outcomes. After the faults stop and every node is back, each key is read through
+//! every node, and the whole history is checked against a sequential register.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kvcore::{NodeId, Precondition, Value};
+use kvnet::Faults;
+use kvserver::{Error, LocalCluster, Node, Transport};
+
+use crate::checker::{check_all, History, Observed, Op, Outcome};
+
+const NODES: usize = 5;
+/// Keys written with unique values (sets, compare-and-sets, deletes).
+const REGISTERS: [&str; 3] = ["reg-a", "reg-b", "reg-c"];
+/// Keys only incremented, so a duplicated or lost increment shows.
+const COUNTERS: [&str; 1] = ["counter"];
+const CLIENTS: usize = 8;
+const OPS_PER_CLIENT: usize = 40;
+
+/// A tiny deterministic generator for the test's own choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() % 10_000) as f64 / 10_000.0 < p
+    }
+}
+
+/// How an error answer counts for the checker: definitely not applied, or maybe applied.
+fn classify(e: &Error) -> Outcome {
+    match e.code() {
+        "quorum_unavailable" | "owner_unavailable" | "recovering" | "memory_full"
+        | "misdirected" => Outcome::Fail,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// The nodes clients may talk to: crashed ones are taken out while they are down.
+type Live = Arc<RwLock<Vec<Option<Arc<Node>>>>>;
+
+async fn client(id: usize, seed: u64, live: Live, history: Arc<History>) {
+    let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    // What this client last read per register, for compare-and-set.
+    let mut last_read: std::collections::HashMap<&str, (i64, kvcore::Version)> = Default::default();
+    for n in 0..OPS_PER_CLIENT {
+        let node = loop {
+            let nodes = live.read().unwrap().clone();
+            let up: Vec<_> = nodes.into_iter().flatten().collect();
+            if !up.is_empty() {
+                break up[rng.below(up.len())].clone();
+            }
+            tokio::task::yield_now().await;
+        };
+        // Unique per client and operation.
+        let unique = (id * 1_000_000 + n + 1) as i64;
+        if rng.chance(0.25) {
+            let key = COUNTERS[rng.below(COUNTERS.len())];
+            if rng.chance(0.7) {
+                let by = 1 + rng.below(5) as i64;
+                let t = history.start(id, key, Op::Incr(by));
+                let outcome = match node.incr(key, by).await {
+                    Ok(entry) => Outcome::Ok(Observed::Incr(entry.value.as_i64().unwrap())),
+                    Err(e) => classify(&e),
+                };
+                history.finish(t, outcome);
+            } else {
+                read(&history, id, &node, key, &mut last_read).await;
+            }
+            continue;
+        }
+        let key = REGISTERS[rng.below(REGISTERS.len())];
+        match rng.below(10) {
+            0..=3 => read(&history, id, &node, key, &mut last_read).await,
+            4..=6 => {
+                let t = history.start(id, key, Op::Write(unique));
+                let outcome = match node
+                    .set(key, Value::integer(unique), Precondition::None)
+                    .await
+                {
+                    Ok(Ok(_)) => Outcome::Ok(Observed::Done),
+                    Ok(Err(_)) => unreachable!("unconditional"),
+                    Err(e) => classify(&e),
+                };
+                history.finish(t, outcome);
+            }
+            7 => {
+                let t = history.start(id, key, Op::Delete);
+                let outcome = match node.delete(key).await {
+                    Ok(_) => Outcome::Ok(Observed::Done),
+                    Err(e) => classify(&e),
+                };
+                history.finish(t, outcome);
+            }
+            _ => {
+                // Values are unique, so "at the version I read" is "holding the value I read".
+                let (expect, precondition) = match last_read.get(key) {
+                    Some(&(value, version)) if rng.chance(0.7) => {
+                        (Some(value), Precondition::IfVersion(version))
+                    }
+                    _ => (None, Precondition::IfAbsent),
+                };
+                let t = history.start(
+                    id,
+                    key,
+                    Op::Cas {
+                        expect,
+                        new: unique,
+                    },
+                );
+                let outcome = match node.set(key, Value::integer(unique), precondition).await {
+                    Ok(written) => Outcome::Ok(Observed::Cas(written.is_ok())),
+                    Err(e) => classify(&e),
+                };
+                history.finish(t, outcome);
+            }
+        }
+    }
+}
+
+async fn read(
+    history: &History,
+    id: usize,
+    node: &Node,
+    key: &'static str,
+    last_read: &mut std::collections::HashMap<&'static str, (i64, kvcore::Version)>,
+) {
+    let t = history.start(id, key, Op::Read);
+    let outcome = match node.get(key).await {
+        Ok(entry) => {
+            if let Some(e) = &entry {
+                last_read.insert(key, (e.value.as_i64().unwrap(), e.version));
+            }
+            Outcome::Ok(Observed::Read(entry.map(|e| e.value.as_i64().unwrap())))
+        }
+        // A failed read has no effect either way.
+        Err(_) => Outcome::Fail,
+    };
+    history.finish(t, outcome);
+}
+
+/// Runs one seed; returns (operations recorded, keys checked).
+async fn run_seed(seed: u64) -> (usize, usize) {
+    let faults = Faults::new(seed);
+    let cluster = LocalCluster::builder()
+        .nodes(NODES)
+        .replicas(3)
+        .transport(Transport::InProcess)
+        .faults(faults.clone())
+        .forward_timeout(Duration::from_millis(200))
+        .op_timeout(Duration::from_millis(1500))
+        .failure_detector(Duration::from_millis(40), Duration::from_millis(150))
+        .anti_entropy_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let live: Live = {
+        let c = cluster.lock().await;
+        Arc::new(RwLock::new(
+            (0..NODES).map(|i| Some(c.node(i).clone())).collect(),
+        ))
+    };
+    let history = Arc::new(History::new());
+    let done = Arc::new(AtomicBool::new(false));
+
+    let nemesis = {
+        let (cluster, live, faults, done) =
+            (cluster.clone(), live.clone(), faults.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut rng = Rng(seed.wrapping_mul(31) | 1);
+            let all: Vec<NodeId> = (0..NODES as u32).map(NodeId).collect();
+            while !done.load(Ordering::Relaxed) {
+                match rng.below(6) {
+                    0 => faults.set_drop(0.05, 0.05),
+                    1 => faults.set_delay(Some((Duration::ZERO, Duration::from_millis(15)))),
+                    2 => {
+                        let cut = 1 + rng.below(2);
+                        let (a, b) = all.split_at(cut);
+                        faults.partition(a, b);
+                    }
+                    3 => {
+                        let i = rng.below(NODES);
+                        live.write().unwrap()[i] = None;
+                        let mut c = cluster.lock().await;
+                        c.stop_node(i).await;
+                        drop(c);
+                        tokio::time::sleep(Duration::from_millis(50 + rng.below(150) as u64)).await;
+                        let mut c = cluster.lock().await;
+                        c.restart_node(i).await.unwrap();
+                        live.write().unwrap()[i] = Some(c.node(i).clone());
+                    }
+                    _ => faults.clear(),
+                }
+                tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
+            }
+            faults.clear();
+        })
+    };
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client(id, seed, live.clone(), history.clone())))
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    nemesis.await.unwrap();
+    faults.clear();
+
+    // Healed: every node back and caught up; then every key read through every node. These
+    // reads come after every acknowledged write, so an acknowledged write that was lost, or an
+    // increment applied twice, makes the history non-linearizable.
+    let cluster = Arc::try_unwrap(cluster)
+        .expect("nemesis finished")
+        .into_inner();
+    assert!(
+        cluster.wait_ready(Duration::from_secs(20)).await,
+        "seed {seed}: nodes did not recover"
+    );
+    for key in REGISTERS.iter().chain(COUNTERS.iter()) {
+        for n in 0..NODES {
+            // The failure detectors may take a heartbeat to see every peer again.
+            let mut attempts = 0;
+            loop {
+                let t = history.start(100 + n, key, Op::Read);
+                match cluster.node(n).get(key).await {
+                    Ok(entry) => {
+                        let value = entry.map(|e| e.value.as_i64().unwrap());
+                        history.finish(t, Outcome::Ok(Observed::Read(value)));
+                        break;
+                    }
+                    Err(e) => {
+                        history.finish(t, Outcome::Fail);
+                        attempts += 1;
+                        assert!(
+                            attempts < 50,
+                            "seed {seed}: final read of {key} through {n}: {e}"
+                        );
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+    }
+    cluster.shutdown().await;
+    let events = history.events();
+    let unknown = events
+        .iter()
+        .filter(|e| e.outcome == Outcome::Unknown)
+        .count();
+    let failed = events.iter().filter(|e| e.outcome == Outcome::Fail).count();
+    println!(
+        "seed {seed}: {} operations, {failed} failed cleanly, {unknown} with unknown outcome",
+        events.len()
+    );
+    match check_all(&events, None) {
+        Ok(keys) => (events.len(), keys),
+        Err(violation) => panic!("seed {seed}: not linearizable:\n{violation}"),
+    }
+}
+
+/// Seeds to run: `KV_CHAOS_SEEDS` (a count) raises it for longer local runs.
+fn seeds() -> u64 {
+    std::env::var("KV_CHAOS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_faults_are_linearizable() {
+    let mut ops = 0;
+    let mut keys = 0;
+    for seed in 1..=seeds() {
+        let (o, k) = run_seed(seed * 7919).await;
+        ops += o;
+        keys += k;
+    }
+    println!(
+        "chaos: {} seeds, {ops} operations over {keys} key histories, all linearizable",
+        seeds()
+    );
+}

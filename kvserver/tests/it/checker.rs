@@ -1,0 +1,1238 @@
+//! A linearizability checker for single-key histories, and a recorder that builds them.
+//!
+//! Concurrent test clients record each operation with [`History`]: `start` before the request is
+//! sent, `finish` once its outcome is known. [`check_all`] then splits the events by key and asks,
+//! for every key, whether some order of the operations (1) respects real time — an operation that
+//! completed before another was invoked comes first — and (2) gives every completed operation the
+//! answer its client saw when replayed against a sequential register (`Option<i64>`, `None` when
+//! the key is absent). Keys are independent registers, so checking them one at a time is exact
+//! (linearizability is compositional) and keeps each search small.
+//!
+//! # Outcomes
+//! - [`Outcome::Ok`]: the operation took effect between invocation and completion, and its client
+//!   saw the given answer.
+//! - [`Outcome::Fail`]: it definitely took no effect (refused before anything was applied), so it
+//!   is left out; seeing its value later is a violation.
+//! - [`Outcome::Unknown`]: a timeout or similar. It may take effect once, at any time after its
+//!   invocation — even after later operations of the same client — or never, and its answer is
+//!   unconstrained. Its `complete` field is ignored.
+//!
+//! # Time
+//! Times are `u64` nanoseconds from one base. An operation precedes another only if it completed
+//! strictly before the other was invoked; equal times count as concurrent, so a coarse clock can
+//! only make the checker more lenient, never report a false violation.
+//!
+//! # Algorithm
+//! Wing & Gong's search with Lowe's memoization ("WGL", as in Lowe 2017, "Testing for
+//! linearizability"). Invocations and completions sit in one time-ordered, doubly linked list.
+//! The search walks it from the front: an invocation is a candidate to linearize next; reaching a
+//! completion means that operation's deadline has come with it still unplaced, so the last choice
+//! is undone (dancing-links style: unlinking is undone in reverse order). A configuration is the
+//! set of linearized operations (bitsets) plus the register's state; configurations known to fail
+//! are remembered, so each is explored at most once.
+//!
+//! Unknown operations never get a completion entry, so the search may skip them forever. Because
+//! a configuration that has used fewer of them can do everything one that used more can, the memo
+//! prunes a configuration when a failed one had the same completed operations and state and a
+//! subset of its unknown ones; and an unknown operation that would not change the state is never
+//! linearized at all (skipping it is at least as good). Unknown reads are dropped up front.
+//!
+//! # Complexity
+//! Deciding linearizability is NP-complete (Gibbons & Korach 1997), so the worst case is
+//! exponential. With `n` operations of which at most `c` completed ones overlap at any instant,
+//! the linearized sets the search can reach are downward closed in real-time order — roughly
+//! `n · 2^c` of them — and the state takes at most `n + 1` values, so the memo bounds the work to
+//! about `n² · 2^c` configurations of `O(n / 64)` words each. `u` unknown operations can multiply
+//! that by up to `2^u` in the worst case; the subset pruning above keeps typical cases small. A
+//! few hundred operations per key from eight clients take milliseconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+/// An operation on one key, as a client issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Read the current value.
+    Read,
+    /// Set the value.
+    Write(i64),
+    /// Remove the key; succeeds whether or not it existed.
+    Delete,
+    /// Set the value to `new` only if it currently is `expect`.
+    Cas {
+        /// The value required beforehand; `None` requires the key to be absent.
+        expect: Option<i64>,
+        /// The value written on success.
+        new: i64,
+    },
+    /// Add to the value, an absent key counting as 0, and return the sum.
+    Incr(i64),
+}
+
+/// What a client saw when its operation completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Observed {
+    /// The answer to [`Op::Read`].
+    Read(Option<i64>),
+    /// The acknowledgement of [`Op::Write`] or [`Op::Delete`].
+    Done,
+    /// Whether [`Op::Cas`] wrote.
+    Cas(bool),
+    /// The value after [`Op::Incr`].
+    Incr(i64),
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It took effect, and the client saw this.
+    Ok(Observed),
+    /// It certainly took no effect.
+    Fail,
+    /// It may have taken effect, at any time after its invocation, or not at all.
+    Unknown,
+}
+
+/// One operation of a history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Which client issued it; used only in explanations.
+    pub client: usize,
+    /// The key it addressed. [`check`] takes events of one key; [`check_all`] groups by key.
+    pub key: String,
+    /// The operation.
+    pub op: Op,
+    /// When it was invoked, in nanoseconds from the history's base.
+    pub invoke: u64,
+    /// When its outcome was known; ignored for [`Outcome::Unknown`].
+    pub complete: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Why a key's history is not linearizable.
+///
+/// It reports the longest order the search found that fits every answer (measured in completed
+/// operations) and the pending operations that could not extend it before the earliest of their
+/// deadlines. Other orders of the same length may exist; this is the first one found.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    key: String,
+    initial: Option<i64>,
+    completed: usize,
+    unknown: usize,
+    /// Linearized operations in order, each with the state after it.
+    prefix: Vec<(Event, Option<i64>)>,
+    /// The earliest completion among operations left out of `prefix`.
+    deadline: u64,
+    /// Operations invoked by `deadline` and not in `prefix`, with what the register would answer
+    /// after `prefix` (`None`: it could not take effect at all).
+    stuck: Vec<(Event, Option<Observed>)>,
+}
+
+impl Violation {
+    /// The key whose history is not linearizable.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Checks one key's history against a register that starts as `initial`.
+///
+/// # Panics
+/// If the events name more than one key, or a completed event ends before it starts or carries
+/// an observation of the wrong kind for its operation: those are bugs in the test, not the store.
+pub fn check(events: &[Event], initial: Option<i64>) -> Result<(), Violation> {
+    if let Some(first) = events.first() {
+        assert!(
+            events.iter().all(|e| e.key == first.key),
+            "check takes one key's events; use check_all for several keys"
+        );
+    }
+    search(events, initial).0
+}
+
+/// Checks every key's history, each against a register that starts as `initial`; returns how
+/// many keys were checked, or the first violation in key order.
+///
+/// # Panics
+/// As [`check`], for malformed events.
+pub fn check_all(events: &[Event], initial: Option<i64>) -> Result<usize, Violation> {
+    let mut by_key: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
+    for event in events {
+        by_key.entry(&event.key).or_default().push(event.clone());
+    }
+    for events in by_key.values() {
+        check(events, initial)?;
+    }
+    Ok(by_key.len())
+}
+
+/// A thread-safe recorder of events, timed from its creation.
+///
+/// Each operation is recorded as [`Outcome::Unknown`] when it starts, so one whose task was
+/// cancelled or panicked before [`finish`](Self::finish) still counts as possibly applied.
+#[derive(Debug)]
+pub struct History {
+    base: Instant,
+    events: Mutex<Vec<Event>>,
+}
+
+/// An operation in flight, to be passed back to [`History::finish`].
+#[derive(Debug)]
+#[must_use = "an operation never finished is checked as Unknown"]
+pub struct Ticket {
+    index: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl History {
+    /// An empty history whose clock starts now.
+    pub fn new() -> Self {
+        History {
+            base: Instant::now(),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records that `client` is about to send `op` on `key`; call it before sending, so the
+    /// recorded interval contains the real one.
+    pub fn start(&self, client: usize, key: &str, op: Op) -> Ticket {
+        let invoke = self.now();
+        let mut events = self.lock();
+        events.push(Event {
+            client,
+            key: key.to_owned(),
+            op,
+            invoke,
+            complete: u64::MAX,
+            outcome: Outcome::Unknown,
+        });
+        Ticket {
+            index: events.len() - 1,
+        }
+    }
+
+    /// Records how the operation ended; call it after the answer arrived.
+    pub fn finish(&self, ticket: Ticket, outcome: Outcome) {
+        let complete = self.now();
+        let mut events = self.lock();
+        let event = &mut events[ticket.index];
+        event.complete = complete;
+        event.outcome = outcome;
+    }
+
+    /// A copy of the events so far, in the order they started.
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().clone()
+    }
+
+    fn now(&self) -> u64 {
+        // u64 nanoseconds last 584 years.
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        // A client that panicked mid-test must not hide the other clients' history.
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Op {
+    /// The register after `self` and the answer it gives, or `None` if it cannot take effect.
+    fn apply(self, state: Option<i64>) -> Option<(Option<i64>, Observed)> {
+        Some(match self {
+            Op::Read => (state, Observed::Read(state)),
+            Op::Write(v) => (Some(v), Observed::Done),
+            Op::Delete => (None, Observed::Done),
+            Op::Cas { expect, new } if state == expect => (Some(new), Observed::Cas(true)),
+            Op::Cas { .. } => (state, Observed::Cas(false)),
+            Op::Incr(delta) => {
+                // The store refuses an overflowing increment, so it never takes effect.
+                let sum = state.unwrap_or(0).checked_add(delta)?;
+                (Some(sum), Observed::Incr(sum))
+            }
+        })
+    }
+
+    fn answers_with(self, observed: Observed) -> bool {
+        matches!(
+            (self, observed),
+            (Op::Read, Observed::Read(_))
+                | (Op::Write(_) | Op::Delete, Observed::Done)
+                | (Op::Cas { .. }, Observed::Cas(_))
+                | (Op::Incr(_), Observed::Incr(_))
+        )
+    }
+}
+
+/// An event the search must consider.
+struct Candidate {
+    /// Index into the caller's events.
+    event: usize,
+    op: Op,
+    /// `None` for an unknown outcome.
+    observed: Option<Observed>,
+    /// Bit index among completed or among unknown operations.
+    slot: usize,
+}
+
+impl Candidate {
+    /// The state after linearizing `self` in `state`, if that fits and is worth trying.
+    fn step(&self, state: Option<i64>) -> Option<Option<i64>> {
+        let (after, answer) = self.op.apply(state)?;
+        match self.observed {
+            Some(observed) => (answer == observed).then_some(after),
+            // Linearizing a no-op unknown operation only uses it up.
+            None => (after != state).then_some(after),
+        }
+    }
+}
+
+/// Configurations known to fail, keyed by (linearized completed operations, state), each with
+/// the sets of linearized unknown operations it failed with.
+#[derive(Default)]
+struct Memo {
+    failed: HashMap<Vec<u64>, Vec<Vec<u64>>>,
+    key: Vec<u64>,
+}
+
+impl Memo {
+    fn set_key(&mut self, completed: &[u64], state: Option<i64>) {
+        self.key.clear();
+        self.key.extend_from_slice(completed);
+        let (tag, value) = state.map_or((0, 0), |v| (1, v as u64));
+        self.key.extend_from_slice(&[tag, value]);
+    }
+
+    /// Whether a failed configuration could do everything this one can.
+    fn dominated(&mut self, completed: &[u64], state: Option<i64>, unknown: &[u64]) -> bool {
+        self.set_key(completed, state);
+        self.failed
+            .get(self.key.as_slice())
+            .is_some_and(|sets| sets.iter().any(|set| is_subset(set, unknown)))
+    }
+
+    fn insert(&mut self, completed: &[u64], state: Option<i64>, unknown: &[u64]) {
+        self.set_key(completed, state);
+        let sets = match self.failed.get_mut(self.key.as_slice()) {
+            Some(sets) => sets,
+            None => self.failed.entry(self.key.clone()).or_default(),
+        };
+        sets.retain(|set| !is_subset(unknown, set));
+        sets.push(unknown.to_vec());
+    }
+}
+
+fn is_subset(a: &[u64], b: &[u64]) -> bool {
+    a.iter().zip(b).all(|(a, b)| a & !b == 0)
+}
+
+/// Adds `c` to, or removes it from, the linearized sets.
+fn flip(c: &Candidate, completed: &mut [u64], unknown: &mut [u64]) {
+    let bits = match c.observed {
+        Some(_) => completed,
+        None => unknown,
+    };
+    bits[c.slot / 64] ^= 1 << (c.slot % 64);
+}
+
+/// A linearized operation and the state before it.
+struct Frame {
+    candidate: usize,
+    before: Option<i64>,
+}
+
+/// Runs the search; also returns how many configurations it entered, for tests of its cost.
+fn search(events: &[Event], initial: Option<i64>) -> (Result<(), Violation>, usize) {
+    let mut candidates = Vec::new();
+    let (mut completed, mut unknown) = (0, 0);
+    for (index, event) in events.iter().enumerate() {
+        let observed = match event.outcome {
+            Outcome::Ok(observed) => {
+                assert!(
+                    event.invoke <= event.complete,
+                    "malformed event, completed before it was invoked: {event}"
+                );
+                assert!(
+                    event.op.answers_with(observed),
+                    "malformed event, answer does not fit the operation: {event}"
+                );
+                completed += 1;
+                Some(observed)
+            }
+            Outcome::Fail => continue,
+            // An unknown read changes nothing and constrains nothing.
+            Outcome::Unknown if event.op == Op::Read => continue,
+            Outcome::Unknown => {
+                unknown += 1;
+                None
+            }
+        };
+        let slot = if observed.is_some() {
+            completed - 1
+        } else {
+            unknown - 1
+        };
+        candidates.push(Candidate {
+            event: index,
+            op: event.op,
+            observed,
+            slot,
+        });
+    }
+
+    // Node 2i is candidate i's invocation, 2i + 1 its completion (absent for unknown ones), and
+    // `head` closes the circular list.
+    let head = 2 * candidates.len();
+    let mut order: Vec<(u64, usize)> = Vec::with_capacity(head);
+    for (i, c) in candidates.iter().enumerate() {
+        order.push((events[c.event].invoke, 2 * i));
+        if c.observed.is_some() {
+            order.push((events[c.event].complete, 2 * i + 1));
+        }
+    }
+    // At equal times invocations go first: equal times are concurrent.
+    order.sort_unstable_by_key(|&(time, node)| (time, node % 2, node));
+    let mut next = vec![head; head + 1];
+    let mut prev = vec![head; head + 1];
+    let mut last = head;
+    for &(_, node) in &order {
+        next[last] = node;
+        prev[node] = last;
+        last = node;
+    }
+    next[last] = head;
+    prev[head] = last;
+    let unlink = |next: &mut [usize], prev: &mut [usize], node: usize| {
+        next[prev[node]] = next[node];
+        prev[next[node]] = prev[node];
+    };
+    let relink = |next: &mut [usize], prev: &mut [usize], node: usize| {
+        next[prev[node]] = node;
+        prev[next[node]] = node;
+    };
+
+    let mut completed_bits = vec![0u64; completed.div_ceil(64)];
+    let mut unknown_bits = vec![0u64; unknown.div_ceil(64)];
+    let mut memo = Memo::default();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut state = initial;
+    let mut pending = completed;
+    let mut best: Vec<usize> = Vec::new();
+    let mut best_linearized = 0;
+    let mut entered = 0;
+    let mut node = next[head];
+    while pending > 0 {
+        // Some pending completed operation's completion lies ahead, so the walk never wraps.
+        debug_assert_ne!(node, head);
+        let i = node / 2;
+        let c = &candidates[i];
+        if node % 2 == 1 {
+            // Its deadline passed with nothing left to try: undo the last choice.
+            let Some(frame) = stack.pop() else {
+                let violation = explain(events, &candidates, initial, &best, completed, unknown);
+                return (Err(violation), entered);
+            };
+            memo.insert(&completed_bits, state, &unknown_bits);
+            let c = &candidates[frame.candidate];
+            flip(c, &mut completed_bits, &mut unknown_bits);
+            if c.observed.is_some() {
+                relink(&mut next, &mut prev, 2 * frame.candidate + 1);
+                pending += 1;
+            }
+            relink(&mut next, &mut prev, 2 * frame.candidate);
+            state = frame.before;
+            node = next[2 * frame.candidate];
+            continue;
+        }
+        let Some(after) = c.step(state) else {
+            node = next[node];
+            continue;
+        };
+        flip(c, &mut completed_bits, &mut unknown_bits);
+        if memo.dominated(&completed_bits, after, &unknown_bits) {
+            flip(c, &mut completed_bits, &mut unknown_bits);
+            node = next[node];
+            continue;
+        }
+        entered += 1;
+        stack.push(Frame {
+            candidate: i,
+            before: state,
+        });
+        state = after;
+        unlink(&mut next, &mut prev, node);
+        if c.observed.is_some() {
+            unlink(&mut next, &mut prev, node + 1);
+            pending -= 1;
+            if completed - pending > best_linearized {
+                best_linearized = completed - pending;
+                best = stack.iter().map(|f| f.candidate).collect();
+            }
+        }
+        node = next[head];
+    }
+    (Ok(()), entered)
+}
+
+fn explain(
+    events: &[Event],
+    candidates: &[Candidate],
+    initial: Option<i64>,
+    best: &[usize],
+    completed: usize,
+    unknown: usize,
+) -> Violation {
+    let mut state = initial;
+    let mut prefix = Vec::with_capacity(best.len());
+    let mut placed = vec![false; candidates.len()];
+    for &i in best {
+        placed[i] = true;
+        let c = &candidates[i];
+        if let Some((after, _)) = c.op.apply(state) {
+            state = after;
+        }
+        prefix.push((events[c.event].clone(), state));
+    }
+    let left: Vec<&Candidate> = candidates
+        .iter()
+        .zip(&placed)
+        .filter(|(_, placed)| !**placed)
+        .map(|(c, _)| c)
+        .collect();
+    let deadline = left
+        .iter()
+        .filter(|c| c.observed.is_some())
+        .map(|c| events[c.event].complete)
+        .min()
+        .unwrap_or(u64::MAX);
+    let stuck = left
+        .iter()
+        .filter(|c| events[c.event].invoke <= deadline)
+        .map(|c| {
+            let answer = c.op.apply(state).map(|(_, answer)| answer);
+            (events[c.event].clone(), answer)
+        })
+        .collect();
+    Violation {
+        key: events.first().map(|e| e.key.clone()).unwrap_or_default(),
+        initial,
+        completed,
+        unknown,
+        prefix,
+        deadline,
+        stuck,
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Read => write!(f, "read"),
+            Op::Write(v) => write!(f, "write({v})"),
+            Op::Delete => write!(f, "delete"),
+            Op::Cas { expect, new } => write!(f, "cas({expect:?} -> {new})"),
+            Op::Incr(delta) => write!(f, "incr({delta})"),
+        }
+    }
+}
+
+impl fmt::Display for Observed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Observed::Read(v) => write!(f, "{v:?}"),
+            Observed::Done => write!(f, "done"),
+            Observed::Cas(wrote) => write!(f, "{wrote}"),
+            Observed::Incr(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {} {} ", self.client, self.op)?;
+        match self.outcome {
+            Outcome::Ok(observed) => {
+                write!(f, "-> {observed} [{}..{}]", self.invoke, self.complete)
+            }
+            Outcome::Fail => write!(f, "-> fail [{}..{}]", self.invoke, self.complete),
+            Outcome::Unknown => write!(f, "-> unknown [{}..]", self.invoke),
+        }
+    }
+}
+
+/// Enough of a long prefix to see how the register got where it is.
+const SHOWN_PREFIX: usize = 30;
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "key {:?} is not linearizable ({} completed and {} unknown operations, initially {:?})",
+            self.key, self.completed, self.unknown, self.initial
+        )?;
+        let linearized = self
+            .prefix
+            .iter()
+            .filter(|(e, _)| matches!(e.outcome, Outcome::Ok(_)))
+            .count();
+        writeln!(
+            f,
+            "longest order found fits {linearized} of {} completed operations:",
+            self.completed
+        )?;
+        let hidden = self.prefix.len().saturating_sub(SHOWN_PREFIX);
+        if hidden > 0 {
+            writeln!(f, "  ... {hidden} earlier operations")?;
+        }
+        for (event, after) in &self.prefix[hidden..] {
+            writeln!(f, "  {event}  => {after:?}")?;
+        }
+        write!(
+            f,
+            "after which none of these fits before t={}:",
+            self.deadline
+        )?;
+        for (event, answer) in &self.stuck {
+            write!(f, "\n  {event}  ")?;
+            match (event.outcome, answer) {
+                (_, None) => write!(f, "(cannot take effect)")?,
+                (Outcome::Ok(_), Some(answer)) => write!(f, "(the register answers {answer})")?,
+                _ => write!(f, "(optional)")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Violation {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+
+    const KEY: &str = "k";
+
+    fn ok(client: usize, op: Op, invoke: u64, complete: u64, observed: Observed) -> Event {
+        Event {
+            client,
+            key: KEY.to_owned(),
+            op,
+            invoke,
+            complete,
+            outcome: Outcome::Ok(observed),
+        }
+    }
+
+    fn failed(client: usize, op: Op, invoke: u64, complete: u64) -> Event {
+        Event {
+            outcome: Outcome::Fail,
+            ..ok(client, op, invoke, complete, Observed::Done)
+        }
+    }
+
+    fn unknown(client: usize, op: Op, invoke: u64) -> Event {
+        Event {
+            outcome: Outcome::Unknown,
+            ..ok(client, op, invoke, u64::MAX, Observed::Done)
+        }
+    }
+
+    fn write(client: usize, v: i64, invoke: u64, complete: u64) -> Event {
+        ok(client, Op::Write(v), invoke, complete, Observed::Done)
+    }
+
+    fn read(client: usize, seen: Option<i64>, invoke: u64, complete: u64) -> Event {
+        ok(client, Op::Read, invoke, complete, Observed::Read(seen))
+    }
+
+    fn linearizable(events: &[Event]) -> bool {
+        check(events, None).is_ok()
+    }
+
+    #[test]
+    fn empty_history_is_linearizable() {
+        assert!(linearizable(&[]));
+        assert_eq!(check_all(&[], None).unwrap(), 0);
+    }
+
+    #[test]
+    fn initial_value_is_respected() {
+        let events = [read(0, Some(7), 0, 1)];
+        assert!(check(&events, Some(7)).is_ok());
+        assert!(check(&events, None).is_err());
+    }
+
+    #[test]
+    fn stale_read_after_completed_write() {
+        let events = [
+            write(0, 1, 0, 10),
+            write(0, 2, 20, 30),
+            read(1, Some(1), 40, 50),
+        ];
+        assert!(!linearizable(&events));
+    }
+
+    #[test]
+    fn concurrent_write_and_read_in_either_order() {
+        for seen in [None, Some(1)] {
+            let events = [write(0, 1, 0, 10), read(1, seen, 5, 15)];
+            assert!(linearizable(&events), "{seen:?}");
+        }
+        // Both answers of one read cannot be had by two reads in opposite orders of real time.
+        let events = [
+            write(0, 1, 0, 100),
+            read(1, Some(1), 10, 20),
+            read(1, None, 30, 40),
+        ];
+        assert!(!linearizable(&events));
+    }
+
+    #[test]
+    fn real_time_order_is_respected() {
+        // Sequential writes: a later read cannot see the first.
+        let sequential = [
+            write(0, 1, 0, 10),
+            write(1, 2, 20, 30),
+            read(2, Some(1), 40, 50),
+        ];
+        assert!(!linearizable(&sequential));
+        // Overlapping writes may take effect in either order.
+        let overlapping = [
+            write(0, 1, 0, 25),
+            write(1, 2, 20, 30),
+            read(2, Some(1), 40, 50),
+        ];
+        assert!(linearizable(&overlapping));
+        // Touching intervals count as concurrent, so a coarse clock cannot invent a violation.
+        let touching = [
+            write(0, 1, 0, 20),
+            write(1, 2, 20, 30),
+            read(2, Some(1), 40, 50),
+        ];
+        assert!(linearizable(&touching));
+    }
+
+    #[test]
+    fn input_order_does_not_matter() {
+        let events = [
+            read(2, Some(1), 40, 50),
+            write(1, 2, 20, 30),
+            write(0, 1, 0, 25),
+        ];
+        assert!(linearizable(&events));
+    }
+
+    #[test]
+    fn read_of_a_value_never_written() {
+        let events = [write(0, 1, 0, 10), read(1, Some(3), 5, 15)];
+        assert!(!linearizable(&events));
+    }
+
+    #[test]
+    fn delete_then_read() {
+        let delete = ok(1, Op::Delete, 20, 30, Observed::Done);
+        let absent = [write(0, 1, 0, 10), delete.clone(), read(2, None, 40, 50)];
+        assert!(linearizable(&absent));
+        let resurrected = [write(0, 1, 0, 10), delete, read(2, Some(1), 40, 50)];
+        assert!(!linearizable(&resurrected));
+    }
+
+    #[test]
+    fn lost_update_with_incr() {
+        let incr = |client, seen| ok(client, Op::Incr(1), 0, 10, Observed::Incr(seen));
+        assert!(linearizable(&[incr(0, 1), incr(1, 2)]));
+        assert!(!linearizable(&[incr(0, 1), incr(1, 1)]));
+        // An absent key counts as 0, a present one from its value.
+        let from_five = [
+            write(0, 5, 0, 10),
+            ok(1, Op::Incr(-2), 20, 30, Observed::Incr(3)),
+        ];
+        assert!(linearizable(&from_five));
+    }
+
+    #[test]
+    fn incr_that_would_overflow_cannot_succeed() {
+        let events = [
+            write(0, i64::MAX, 0, 10),
+            ok(1, Op::Incr(1), 20, 30, Observed::Incr(i64::MIN)),
+        ];
+        assert!(!linearizable(&events));
+        let events = [write(0, i64::MAX, 0, 10), unknown(1, Op::Incr(1), 20)];
+        assert!(linearizable(&events));
+    }
+
+    #[test]
+    fn cas_double_success_on_one_expectation() {
+        let cas = |client, new, wrote| {
+            let op = Op::Cas {
+                expect: Some(1),
+                new,
+            };
+            ok(client, op, 20, 30, Observed::Cas(wrote))
+        };
+        let base = write(0, 1, 0, 10);
+        assert!(linearizable(&[
+            base.clone(),
+            cas(1, 2, true),
+            cas(2, 3, false)
+        ]));
+        assert!(!linearizable(&[
+            base.clone(),
+            cas(1, 2, true),
+            cas(2, 3, true)
+        ]));
+        // Writing back the expected value makes a second success possible.
+        let back = Op::Cas {
+            expect: Some(1),
+            new: 1,
+        };
+        let events = [
+            base,
+            ok(1, back, 20, 30, Observed::Cas(true)),
+            ok(2, back, 20, 30, Observed::Cas(true)),
+        ];
+        assert!(linearizable(&events));
+    }
+
+    #[test]
+    fn cas_if_absent() {
+        let create = |client, new, wrote| {
+            let op = Op::Cas { expect: None, new };
+            ok(client, op, 0, 10, Observed::Cas(wrote))
+        };
+        assert!(linearizable(&[create(0, 1, true), create(1, 2, false)]));
+        assert!(!linearizable(&[create(0, 1, true), create(1, 2, true)]));
+        assert!(!linearizable(&[create(0, 1, false)]));
+    }
+
+    #[test]
+    fn unknown_write_observed_later_or_never() {
+        let lost = unknown(0, Op::Write(1), 0);
+        assert!(linearizable(&[lost.clone(), read(1, Some(1), 100, 110)]));
+        assert!(linearizable(&[lost.clone(), read(1, None, 100, 110)]));
+        // It may take effect long after its client moved on ...
+        let events = [
+            lost.clone(),
+            write(0, 2, 50, 60),
+            read(1, Some(2), 70, 80),
+            read(1, Some(1), 90, 100),
+        ];
+        assert!(linearizable(&events));
+        // ... but at most once, and never before it was invoked.
+        let twice = [
+            lost.clone(),
+            read(1, Some(1), 10, 20),
+            write(0, 2, 30, 40),
+            read(1, Some(1), 50, 60),
+            read(1, Some(2), 70, 80),
+        ];
+        assert!(!linearizable(&twice));
+        let early = [read(1, Some(1), 0, 10), unknown(0, Op::Write(1), 20)];
+        assert!(!linearizable(&early));
+    }
+
+    #[test]
+    fn unknown_incr_applies_at_most_once() {
+        let events = [
+            unknown(0, Op::Incr(1), 0),
+            read(1, Some(1), 10, 20),
+            read(1, Some(2), 30, 40),
+        ];
+        assert!(!linearizable(&events));
+        let two = [
+            unknown(0, Op::Incr(1), 0),
+            unknown(2, Op::Incr(1), 5),
+            read(1, Some(1), 10, 20),
+            read(1, Some(2), 30, 40),
+        ];
+        assert!(linearizable(&two));
+    }
+
+    #[test]
+    fn failed_operations_take_no_effect() {
+        let events = [failed(0, Op::Write(1), 0, 10), read(1, Some(1), 20, 30)];
+        assert!(!linearizable(&events));
+        let events = [failed(0, Op::Write(1), 0, 10), read(1, None, 20, 30)];
+        assert!(linearizable(&events));
+    }
+
+    #[test]
+    fn violation_explains_itself() {
+        let events = [
+            write(0, 1, 0, 10),
+            write(0, 2, 20, 30),
+            unknown(3, Op::Write(9), 35),
+            read(1, Some(1), 40, 50),
+        ];
+        let violation = check(&events, None).unwrap_err();
+        assert_eq!(violation.key(), KEY);
+        assert_eq!(violation.deadline, 50);
+        assert_eq!(violation.prefix.len(), 2);
+        assert_eq!(violation.prefix[1].1, Some(2));
+        let text = violation.to_string();
+        for needle in [
+            "key \"k\" is not linearizable (3 completed and 1 unknown operations, initially None)",
+            "fits 2 of 3 completed",
+            "client 0 write(2) -> done [20..30]  => Some(2)",
+            "none of these fits before t=50",
+            "client 1 read -> Some(1) [40..50]  (the register answers Some(2))",
+            "client 3 write(9) -> unknown [35..]  (optional)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn violation_elides_a_long_prefix() {
+        let mut events: Vec<Event> = (0..40)
+            .map(|i| write(0, i, 10 * i as u64, 10 * i as u64 + 5))
+            .collect();
+        events.push(read(1, Some(0), 1000, 1010));
+        let text = check(&events, None).unwrap_err().to_string();
+        assert!(
+            text.contains("\n  ... 10 earlier operations\n  client 0 write(10) "),
+            "{text}"
+        );
+        assert!(
+            text.contains("client 0 write(39) -> done [390..395]  => Some(39)\nafter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "answer does not fit the operation")]
+    fn mismatched_answer_is_a_test_bug() {
+        let _ = check(&[ok(0, Op::Read, 0, 1, Observed::Done)], None);
+    }
+
+    #[test]
+    #[should_panic(expected = "check_all")]
+    fn check_takes_one_key() {
+        let mut other = read(1, None, 0, 1);
+        other.key = "other".to_owned();
+        let _ = check(&[read(0, None, 0, 1), other], None);
+    }
+
+    #[test]
+    fn check_all_checks_keys_separately() {
+        let mut events = vec![write(0, 1, 0, 10), read(1, Some(1), 20, 30)];
+        let mut b = read(1, None, 20, 30);
+        b.key = "b".to_owned();
+        events.push(b);
+        assert_eq!(check_all(&events, None).unwrap(), 2);
+        // Key "b" never saw the write to "k".
+        events[2].outcome = Outcome::Ok(Observed::Read(Some(1)));
+        assert_eq!(check_all(&events, None).unwrap_err().key(), "b");
+    }
+
+    #[test]
+    fn history_records_from_many_threads() {
+        let history = History::new();
+        let (even, odd) = (AtomicI64::new(0), AtomicI64::new(0));
+        let counters = [("even", &even), ("odd", &odd)];
+        std::thread::scope(|scope| {
+            for client in 0..4 {
+                let (history, counters) = (&history, &counters);
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        let (key, counter) = counters[i % 2];
+                        let ticket = history.start(client, key, Op::Incr(1));
+                        // The increment happens between start and finish, so the history is
+                        // linearizable by construction.
+                        let sum = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        history.finish(ticket, Outcome::Ok(Observed::Incr(sum)));
+                    }
+                });
+            }
+        });
+        let events = history.events();
+        assert_eq!(events.len(), 100);
+        assert!(events.iter().all(|e| e.invoke <= e.complete));
+        assert_eq!(check_all(&events, None).unwrap(), 2);
+    }
+
+    #[test]
+    fn unfinished_operation_counts_as_unknown() {
+        let history = History::new();
+        let _abandoned = history.start(0, KEY, Op::Write(1));
+        let ticket = history.start(1, KEY, Op::Read);
+        history.finish(ticket, Outcome::Ok(Observed::Read(Some(1))));
+        let events = history.events();
+        assert_eq!(events[0].outcome, Outcome::Unknown);
+        assert!(check(&events, None).is_ok());
+    }
+
+    /// A tiny seeded generator, so failures reproduce from the printed seed.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn new(seed: u64) -> Self {
+            // Zero is xorshift's fixed point.
+            XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn percent(&mut self, p: u64) -> bool {
+            self.below(100) < p
+        }
+    }
+
+    /// A generated history and what the mutations need to know about it.
+    struct Generated {
+        events: Vec<Event>,
+        initial: Option<i64>,
+        /// Values only failed operations would have written.
+        failed_values: Vec<i64>,
+        /// The register after the whole execution.
+        last: Option<i64>,
+        /// Later than every recorded time.
+        end: u64,
+    }
+
+    /// How a generated operation ends.
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Ok,
+        Unknown,
+        Fail,
+    }
+
+    struct Shape {
+        clients: u64,
+        ops: usize,
+        unknown_percent: u64,
+        fail_percent: u64,
+    }
+
+    /// The next value to write: distinct, and far from every other.
+    fn fresh_value(fresh: &mut i64) -> i64 {
+        *fresh += 1;
+        *fresh << 32
+    }
+
+    /// A history that is linearizable by construction: each operation takes effect at a point
+    /// inside its interval (anywhere after invocation if unknown), and answers come from running
+    /// the register in the order of those points.
+    ///
+    /// Written values are `n << 32` for a fresh `n`, and increments are small, so every value
+    /// that can ever be read reveals which write it descends from.
+    fn generate(rng: &mut XorShift, shape: &Shape) -> Generated {
+        let mut fresh = 0;
+        let initial = rng.percent(50).then(|| fresh_value(&mut fresh));
+        let mut free_at = vec![0; shape.clients as usize];
+        // (point, client, invoke, complete, kind)
+        let mut slots = Vec::with_capacity(shape.ops);
+        for _ in 0..shape.ops {
+            let client = rng.below(shape.clients) as usize;
+            let invoke = free_at[client] + rng.below(10);
+            let complete = invoke + rng.below(60);
+            free_at[client] = complete + 1;
+            let kind = match rng.below(100) {
+                p if p < shape.unknown_percent => Kind::Unknown,
+                p if p < shape.unknown_percent + shape.fail_percent => Kind::Fail,
+                _ => Kind::Ok,
+            };
+            let point = match kind {
+                Kind::Unknown => invoke + rng.below(400),
+                _ => invoke + rng.below(complete - invoke + 1),
+            };
+            slots.push((point, client, invoke, complete, kind));
+        }
+        slots.sort_by_key(|slot| slot.0);
+
+        let mut state = initial;
+        let mut failed_values = Vec::new();
+        let mut events = Vec::with_capacity(shape.ops);
+        for (_, client, invoke, complete, kind) in slots {
+            let op = match rng.below(100) {
+                0..=34 => Op::Read,
+                35..=54 => Op::Write(fresh_value(&mut fresh)),
+                55..=59 => Op::Delete,
+                60..=79 => {
+                    let expect = match rng.below(4) {
+                        0 | 1 => state,
+                        2 => None,
+                        _ => Some((rng.below(fresh as u64 + 1) << 32) as i64),
+                    };
+                    let new = fresh_value(&mut fresh);
+                    Op::Cas { expect, new }
+                }
+                _ => Op::Incr(rng.below(11) as i64 - 5),
+            };
+            let applies = match kind {
+                Kind::Ok => true,
+                Kind::Unknown => rng.percent(50),
+                Kind::Fail => false,
+            };
+            let mut observed = None;
+            if applies {
+                let (after, answer) = op.apply(state).expect("values stay far from overflow");
+                state = after;
+                observed = Some(answer);
+            }
+            let outcome = match kind {
+                Kind::Ok => Outcome::Ok(observed.expect("completed operations apply")),
+                Kind::Unknown => Outcome::Unknown,
+                Kind::Fail => {
+                    if let Op::Write(v) | Op::Cas { new: v, .. } = op {
+                        failed_values.push(v);
+                    }
+                    Outcome::Fail
+                }
+            };
+            events.push(Event {
+                client,
+                key: KEY.to_owned(),
+                op,
+                invoke,
+                complete,
+                outcome,
+            });
+        }
+        Generated {
+            end: events.iter().map(|e| e.complete).max().unwrap_or(0) + 1,
+            events,
+            initial,
+            failed_values,
+            last: state,
+        }
+    }
+
+    fn random_shape(rng: &mut XorShift) -> Shape {
+        Shape {
+            clients: 1 + rng.below(8),
+            ops: 1 + rng.below(120) as usize,
+            unknown_percent: rng.below(20),
+            fail_percent: rng.below(10),
+        }
+    }
+
+    fn shuffle(rng: &mut XorShift, events: &mut [Event]) {
+        for i in (1..events.len()).rev() {
+            events.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+
+    #[test]
+    fn generated_histories_are_linearizable() {
+        for seed in 1..=300 {
+            let mut rng = XorShift::new(seed);
+            let shape = random_shape(&mut rng);
+            let mut history = generate(&mut rng, &shape);
+            if let Err(violation) = check(&history.events, history.initial) {
+                panic!("seed {seed}: {violation}");
+            }
+            shuffle(&mut rng, &mut history.events);
+            assert!(
+                check(&history.events, history.initial).is_ok(),
+                "seed {seed}"
+            );
+        }
+    }
+
+    /// A random completed operation that `wanted` accepts.
+    fn pick(rng: &mut XorShift, events: &[Event], wanted: fn(&Op) -> bool) -> Option<usize> {
+        let found: Vec<usize> = (0..events.len())
+            .filter(|&i| wanted(&events[i].op) && matches!(events[i].outcome, Outcome::Ok(_)))
+            .collect();
+        (!found.is_empty()).then(|| found[rng.below(found.len() as u64) as usize])
+    }
+
+    /// A value no operation writes: far above every `n << 32` used.
+    const NEVER: i64 = 1 << 62;
+
+    #[test]
+    fn mutated_histories_are_not_linearizable() {
+        let mut mutated = [0; 4];
+        for seed in 1..=400 {
+            let mut rng = XorShift::new(seed);
+            let mut shape = random_shape(&mut rng);
+            let mutation = rng.below(4) as usize;
+            if mutation == 3 {
+                // An unknown write could legitimately bring an old value back.
+                shape.unknown_percent = 0;
+            }
+            let mut history = generate(&mut rng, &shape);
+            let events = &mut history.events;
+            match mutation {
+                0 => {
+                    let Some(i) = pick(&mut rng, events, |op| *op == Op::Read) else {
+                        continue;
+                    };
+                    events[i].outcome = Outcome::Ok(Observed::Read(Some(NEVER)));
+                }
+                1 => {
+                    let Some(i) = pick(&mut rng, events, |op| matches!(op, Op::Incr(_))) else {
+                        continue;
+                    };
+                    events[i].outcome = Outcome::Ok(Observed::Incr(NEVER));
+                }
+                2 => {
+                    let Some(&value) = history.failed_values.first() else {
+                        continue;
+                    };
+                    let Some(i) = pick(&mut rng, events, |op| *op == Op::Read) else {
+                        continue;
+                    };
+                    events[i].outcome = Outcome::Ok(Observed::Read(Some(value)));
+                }
+                _ => {
+                    let end = history.end;
+                    events.push(write(0, NEVER, end, end + 10));
+                    events.push(read(1, history.last, end + 20, end + 30));
+                }
+            }
+            mutated[mutation] += 1;
+            shuffle(&mut rng, events);
+            assert!(
+                check(events, history.initial).is_err(),
+                "seed {seed}, mutation {mutation}"
+            );
+        }
+        assert!(mutated.iter().all(|&n| n >= 20), "{mutated:?}");
+    }
+
+    #[test]
+    fn large_histories_stay_cheap() {
+        for seed in 1..=10 {
+            let mut rng = XorShift::new(seed);
+            let shape = Shape {
+                clients: 8,
+                ops: 400,
+                unknown_percent: 10,
+                fail_percent: 5,
+            };
+            let mut history = generate(&mut rng, &shape);
+            let (result, entered) = search(&history.events, history.initial);
+            assert!(result.is_ok(), "seed {seed}");
+            assert!(entered < 20_000, "seed {seed}: {entered} configurations");
+            // A violation near the end forces the search to exhaust everything before it.
+            let end = history.end;
+            history.events.push(read(0, Some(NEVER), end, end + 10));
+            let (result, entered) = search(&history.events, history.initial);
+            assert!(result.is_err(), "seed {seed}");
+            assert!(entered < 200_000, "seed {seed}: {entered} configurations");
+        }
+    }
+}
