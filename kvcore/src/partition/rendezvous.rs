@@ -41,7 +41,7 @@ const MAX_FAST_N: usize = 4;
 pub fn score(hash: u64, seed: u64) -> u64 {
     // 2^64 / golden ratio, odd: a good multiplicative mixing constant.
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let p = u128::from(hash ^ seed) * u128::from(K);
+    let p = u128::from(hash ^ seed).wrapping_mul(u128::from(K));
     (p as u64) ^ ((p >> 64) as u64)
 }
 
@@ -108,19 +108,28 @@ impl RendezvousLayout {
     ///
     /// Every node goes through the same compare-exchange chain: a branchy "insert if better than
     /// the K-th" mispredicts about K·ln(nodes/K) times per lookup, which cost more than the
-    /// scoring itself at 64 nodes.
+    /// scoring itself at 64 nodes. Masks and index loops rather than `max`/`min` and iterators
+    /// compile to the same conditional moves when optimised and run several times faster when
+    /// not, which matters because unoptimised test builds fill a [`Slots`](super::Slots) table
+    /// (2^20 rankings) for every cluster map.
     #[inline]
     fn top<const K: usize>(&self, hash: u64) -> [u64; K] {
         // Zero is below every real value except (score 0, index 0), which it equals, so starting
         // from zeros cannot change which indexes come out once at least K nodes were seen.
         let mut best = [0u64; K];
-        for (index, &seed) in self.seeds.iter().enumerate() {
-            let mut v = (score(hash, seed) & !TIE_MASK) | index as u64;
-            for b in best.iter_mut() {
-                let hi = (*b).max(v);
-                v = (*b).min(v);
-                *b = hi;
+        let seeds = &self.seeds[..];
+        let mut index = 0;
+        while index < seeds.len() {
+            let mut v = (score(hash, seeds[index]) & !TIE_MASK) | index as u64;
+            let mut k = 0;
+            while k < K {
+                let b = best[k];
+                let take = u64::from(v > b).wrapping_neg();
+                best[k] = (v & take) | (b & !take);
+                v = (b & take) | (v & !take);
+                k += 1;
             }
+            index += 1;
         }
         best
     }
@@ -134,7 +143,8 @@ impl RendezvousLayout {
             .enumerate()
             .map(|(index, (&seed, &id))| (score(hash, seed) >> TIE_BITS, id, index))
             .collect();
-        let by_rank = |a: &(u64, NodeId, usize), b: &(u64, NodeId, usize)| (b.0, b.1).cmp(&(a.0, a.1));
+        let by_rank =
+            |a: &(u64, NodeId, usize), b: &(u64, NodeId, usize)| (b.0, b.1).cmp(&(a.0, a.1));
         if n < all.len() {
             all.select_nth_unstable_by(n - 1, by_rank);
             all.truncate(n);

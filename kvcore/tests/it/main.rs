@@ -1,0 +1,4 @@
+//! Integration tests of kvcore's public API.
+
+mod golden;
+mod partition;
