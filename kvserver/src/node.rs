@@ -1,7 +1,7 @@
 //! The node: a replica of the keys it owns and a coordinator for every key.
 //!
 //! A client request for a key is handled by one of the key's replicas: if the node that received
-//! it is a replica it runs the operation itself (see [`crate::replication`]), otherwise it
+//! it is a replica it runs the operation itself (one CASPaxos round: see `docs/consistency.md`), otherwise it
 //! forwards the request to the first live replica. Replicas answer peers' protocol messages
 //! through [`Node::handle_peer`].
 

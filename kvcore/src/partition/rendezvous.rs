@@ -198,6 +198,32 @@ mod tests {
         }
     }
 
+    /// A one-multiply score is only acceptable if the owner lists it produces are uniform: every
+    /// ordered (primary, second, third) triple of 8 nodes should be about equally common.
+    #[test]
+    fn owner_triples_are_uniform() {
+        let ids: Vec<NodeId> = (0..8).map(NodeId).collect();
+        let layout = RendezvousLayout::new(ids);
+        let keys = 200_000u32;
+        let mut counts = vec![0u32; 8 * 8 * 8];
+        let mut out = Vec::new();
+        for k in 0..keys {
+            out.clear();
+            layout.owners(crate::partition::key_hash(&k.to_le_bytes()), 3, &mut out);
+            counts[(out[0].0 * 64 + out[1].0 * 8 + out[2].0) as usize] += 1;
+        }
+        let cells = 8 * 7 * 6;
+        let expected = f64::from(keys) / f64::from(cells);
+        let chi2: f64 = counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| (f64::from(c) - expected).powi(2) / expected)
+            .sum();
+        assert_eq!(counts.iter().filter(|&&c| c > 0).count(), cells as usize);
+        // Chi-square with 335 degrees of freedom: mean 335, standard deviation about 26.
+        assert!(chi2 < 335.0 + 5.0 * 26.0, "chi-square {chi2:.0}");
+    }
+
     #[test]
     fn equal_scores_go_to_the_larger_id() {
         // Two nodes whose seeds are equal would always tie; emulate that by ranking one hash

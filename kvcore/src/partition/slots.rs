@@ -52,7 +52,8 @@ impl Partitioner for Slots {
         let ranking = RendezvousLayout::new(sorted_members(nodes));
         // Narrow indexes halve the table, and with it the cache misses of random lookups.
         let width = match ranking.len() {
-            0..=0x100 => Width::Narrow,
+            0 => Width::None,
+            1..=0x100 => Width::Narrow,
             0x101..=0x1_0000 => Width::Wide,
             _ => Width::None,
         };
@@ -91,7 +92,8 @@ fn fill<T: Copy + Default>(
 enum Table {
     Narrow(Vec<[u8; DEPTH]>),
     Wide(Vec<[u16; DEPTH]>),
-    /// Memberships too large to index in 16 bits rank every lookup.
+    /// No table: memberships too large to index in 16 bits rank every lookup, and empty ones
+    /// have nothing to rank.
     None,
 }
 
