@@ -74,6 +74,12 @@ pub enum Error {
         /// Detail.
         message: String,
     },
+    /// The operation waited its whole deadline behind others on the same key; nothing was changed.
+    #[error("{message}")]
+    Overloaded {
+        /// Detail.
+        message: String,
+    },
     /// A peer request reached a node that does not own the key, with no hops left to forward it.
     #[error("{message}")]
     Misdirected {
@@ -124,6 +130,7 @@ impl Error {
             Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Misdirected { .. } => "misdirected",
             Error::QuorumUnavailable { .. } => "quorum_unavailable",
+            Error::Overloaded { .. } => "overloaded",
             Error::Remote(r) => &r.code,
         }
     }
@@ -136,9 +143,9 @@ impl Error {
             Error::NotFound { .. } | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::OwnerUnavailable { .. } | Error::QuorumUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::OwnerUnavailable { .. }
+            | Error::QuorumUnavailable { .. }
+            | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::OwnerTimeout { .. } | Error::OutcomeUnknown { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -177,7 +184,7 @@ fn remote_status(code: &str) -> StatusCode {
         "value_too_large" | "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "memory_full" => StatusCode::INSUFFICIENT_STORAGE,
         "not_found" => StatusCode::NOT_FOUND,
-        "owner_unavailable" | "quorum_unavailable" | "recovering" => {
+        "owner_unavailable" | "quorum_unavailable" | "recovering" | "overloaded" => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         "owner_timeout" | "outcome_unknown" => StatusCode::GATEWAY_TIMEOUT,

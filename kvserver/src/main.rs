@@ -39,8 +39,8 @@ struct Common {
     /// operation stays linearizable while one of a key's replicas is down.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
-    /// How keys are placed on nodes (every node must use the same): one of
-    /// the names listed by `kvcore::partition::all`, e.g. slots, rendezvous, ring, maglev.
+    /// How keys are placed on nodes: slots (the default), rendezvous, ring or maglev. Every node
+    /// must use the same.
     #[arg(long, value_name = "NAME")]
     partitioner: Option<String>,
     /// Deadline for a request forwarded to another node, in milliseconds.

@@ -115,6 +115,8 @@ pub struct Node {
     /// Keys this node is primary for that lacked a copy at the last anti-entropy pass.
     pub(crate) under_replicated: AtomicU64,
     pub(crate) counters: Counters,
+    /// Striped locks queueing proposals per key; see [`Node::proposal_turn`].
+    proposing: Box<[tokio::sync::Mutex<()>]>,
     started: Instant,
     pub(crate) shutdown: watch::Sender<bool>,
 }
@@ -173,6 +175,7 @@ impl Node {
             round: AtomicU64::new(0),
             under_replicated: AtomicU64::new(0),
             counters: Counters::default(),
+            proposing: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             started: Instant::now(),
             shutdown: watch::channel(false).0,
         })
@@ -324,11 +327,17 @@ impl Node {
     async fn route(&self, change: Change, key: &str, hops: u8) -> Result<Outcome, Error> {
         let map = self.map();
         let replicas = map.owners(key, self.replication_factor());
-        if replicas.contains(&self.id) {
+        let is_replica = replicas.contains(&self.id);
+        let is_write = !matches!(change, Change::Read);
+        // Any replica coordinates a read (one round trip when the replicas agree). Writes go to
+        // the key's primary, so that one node proposes for a key and concurrent writes queue
+        // there instead of duelling with ballots; when the primary cannot be reached, or the
+        // hops are spent, a replica proposes itself.
+        if is_replica && (!is_write || replicas[0] == self.id || hops >= MAX_HOPS) {
             if hops == 0 {
                 Counters::bump(&self.counters.local);
             }
-            return self.execute(&change, key).await;
+            return self.execute(&change, key, hops).await;
         }
         if hops >= MAX_HOPS {
             return Err(Error::Misdirected {
@@ -341,11 +350,12 @@ impl Node {
         if hops == 0 {
             Counters::bump(&self.counters.forwarded);
         }
-        let is_write = !matches!(change, Change::Read);
-        let request = change.into_request(key);
-        // Replicas known to be up first; a replica that turns out unreachable never received the
-        // request, so trying the next one is safe even for writes.
-        let mut candidates: Vec<NodeId> = replicas.clone();
+        let request = change.clone().into_request(key);
+        // In placement order (the primary first), replicas known to be down last. A replica that
+        // was unreachable never received the request, and one that answered
+        // `quorum_unavailable` applied nothing, so trying the next one is safe even for writes.
+        let mut candidates: Vec<NodeId> =
+            replicas.iter().copied().filter(|&r| r != self.id).collect();
         candidates.sort_by_key(|&r| self.membership.is_down(r));
         let mut last = None;
         for to in candidates {
@@ -360,10 +370,20 @@ impl Node {
                 Err(e) => return Err(Error::from_forward(e, is_write)),
             }
         }
+        if is_replica {
+            return self.execute(&change, key, hops).await;
+        }
         Err(Error::from_forward(
             last.expect("a key has at least one replica"),
             is_write,
         ))
+    }
+
+    /// The lock that queues this node's proposals for `key`: rounds for one key from one node
+    /// run one at a time rather than outbidding each other.
+    pub(crate) fn proposal_turn(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        let stripe = kvcore::partition::key_hash(key.as_bytes()) as usize % self.proposing.len();
+        &self.proposing[stripe]
     }
 
     /// An envelope from this node.

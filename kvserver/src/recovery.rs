@@ -145,7 +145,7 @@ async fn seed(node: &Node) {
             precondition: Precondition::IfAbsent,
         };
         for _ in 0..10 {
-            match node.execute(&change, key).await {
+            match node.execute(&change, key, 0).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "seeding {key:?} failed; retrying");
@@ -247,7 +247,7 @@ async fn anti_entropy_pass(node: &Node) -> u64 {
         } else {
             // Not known to be chosen (an interrupted write, or this replica lags): a read
             // round settles it on a majority; the next pass copies it to the rest.
-            let _ = node.execute(&Change::Read, &key).await;
+            let _ = node.execute(&Change::Read, &key, 0).await;
         }
     }
     lacking

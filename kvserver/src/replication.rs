@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use kvcore::{Entry, NodeId, Precondition, Register, Value, Version};
-use kvnet::{ForwardError, PeerReply, PeerRequest, RemoteError};
+use kvnet::{ForwardError, PeerReply, PeerRequest, RemoteError, MAX_HOPS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -164,11 +164,36 @@ impl Outcome {
 type Answer = (NodeId, Result<PeerReply, ForwardError>);
 
 impl Node {
-    /// Runs `change` on `key` as a replica-coordinator.
-    pub(crate) async fn execute(&self, change: &Change, key: &str) -> Result<Outcome, Error> {
+    /// Runs `change` on `key` as a replica-coordinator. `hops` is how often the request was
+    /// forwarded to get here.
+    pub(crate) async fn execute(
+        &self,
+        change: &Change,
+        key: &str,
+        hops: u8,
+    ) -> Result<Outcome, Error> {
         if let Change::Read = change {
             if let Some(entry) = self.fast_read(key).await? {
                 return Ok(Outcome::Read(entry));
+            }
+            // The replicas disagree: a write is in flight or a replica lags. A full round
+            // settles it; the primary runs it if it can, queued with its own writes, rather
+            // than this node outbidding them.
+            let primary = self.owner(key);
+            if primary != self.id && hops < MAX_HOPS && !self.membership.is_down(primary) {
+                let map = self.map();
+                let info = map.node(primary).expect("replicas are members of the map");
+                let request = PeerRequest::Get { key: key.into() };
+                // The primary must settle it itself: send with the hops spent.
+                match self
+                    .forwarder
+                    .send(info, MAX_HOPS, self.envelope(request))
+                    .await
+                {
+                    Ok(reply) => return Outcome::from_reply(reply),
+                    Err(e) if e.may_have_applied() => return Err(Error::from_forward(e, false)),
+                    Err(_) => {}
+                }
             }
         }
         self.propose(change, key).await
@@ -300,6 +325,12 @@ impl Node {
         let quorum = replicas.len() / 2 + 1;
         let tolerated = replicas.len() - quorum;
         let deadline = Instant::now() + self.config.op_timeout;
+        let Ok(_turn) = tokio::time::timeout_at(deadline, self.proposal_turn(key).lock()).await
+        else {
+            return Err(Error::Overloaded {
+                message: format!("too many writes queued for key {key:?}; nothing was changed"),
+            });
+        };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
