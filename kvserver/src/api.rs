@@ -77,7 +77,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
             Method::GET => get(node, &key).await,
             Method::PUT => {
                 let body: PutBody = read_json(node, req).await?;
-                let precondition = body.precondition()?;
+                let precondition = precondition(body.if_version, body.if_absent)?;
                 set(node, key, body.value, body.encoding, precondition).await
             }
             Method::DELETE => delete(node, &key).await,
@@ -88,7 +88,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
         "/set" => match method {
             Method::POST | Method::PUT => {
                 let body: SetBody = read_json(node, req).await?;
-                let precondition = body.precondition()?;
+                let precondition = precondition(body.if_version, body.if_absent)?;
                 set(node, body.key, body.value, body.encoding, precondition).await
             }
             _ => Err(not_allowed("POST, PUT")),
@@ -165,18 +165,6 @@ fn precondition(if_version: Option<u64>, if_absent: bool) -> Result<Precondition
         (Some(v), false) => Ok(Precondition::IfVersion(Version(v))),
         (None, true) => Ok(Precondition::IfAbsent),
         (None, false) => Ok(Precondition::None),
-    }
-}
-
-impl SetBody {
-    fn precondition(&self) -> Result<Precondition, Error> {
-        precondition(self.if_version, self.if_absent)
-    }
-}
-
-impl PutBody {
-    fn precondition(&self) -> Result<Precondition, Error> {
-        precondition(self.if_version, self.if_absent)
     }
 }
 

@@ -244,6 +244,16 @@ impl Node {
         self.started.elapsed()
     }
 
+    /// Every other member of the cluster.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let map = self.map();
+        map.nodes()
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| id != self.id)
+            .collect()
+    }
+
     /// The key's primary replica.
     pub fn owner(&self, key: &str) -> NodeId {
         self.owners(key)[0]

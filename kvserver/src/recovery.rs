@@ -37,13 +37,7 @@ async fn ask(node: &Node, to: NodeId, request: PeerRequest) -> Option<PeerReply>
 pub(crate) async fn heartbeats(node: Arc<Node>) {
     let interval = node.config.heartbeat_interval;
     loop {
-        let peers: Vec<NodeId> = node
-            .map()
-            .nodes()
-            .iter()
-            .map(|n| n.id)
-            .filter(|&id| id != node.id)
-            .collect();
+        let peers: Vec<NodeId> = node.peers();
         let mut pings = JoinSet::new();
         for peer in peers {
             let node = node.clone();
@@ -71,13 +65,7 @@ pub(crate) async fn heartbeats(node: Arc<Node>) {
 /// incarnation, which fences off any promise the node made in its previous life (see
 /// [`crate::membership`]). Then the node writes the seed keys it is primary for.
 pub(crate) async fn catch_up(node: Arc<Node>) {
-    let peers: Vec<NodeId> = node
-        .map()
-        .nodes()
-        .iter()
-        .map(|n| n.id)
-        .filter(|&id| id != node.id)
-        .collect();
+    let peers: Vec<NodeId> = node.peers();
     loop {
         for &peer in &peers {
             if node
@@ -188,12 +176,7 @@ async fn anti_entropy_pass(node: &Node) -> u64 {
             seen.insert(key.to_owned(), vec![(node.id, Some(register.ballot))]);
         }
     });
-    let peers: Vec<NodeId> = map
-        .nodes()
-        .iter()
-        .map(|n| n.id)
-        .filter(|&id| id != node.id)
-        .collect();
+    let peers: Vec<NodeId> = node.peers();
     let mut answered = Vec::new();
     for peer in peers {
         if node.membership.is_down(peer) || !digest_from(node, peer, &mut seen).await {
