@@ -197,7 +197,14 @@ async fn run_seed(seed: u64) -> (usize, usize) {
                         let (a, b) = all.split_at(cut);
                         faults.partition(a, b);
                     }
-                    3 => {
+                    // Crash a node only once every node has caught up from the last crash:
+                    // the guarantee is for one replica lost at a time (see docs/consistency.md).
+                    3 if (0..NODES).all(|n| {
+                        live.read().unwrap()[n]
+                            .as_ref()
+                            .is_some_and(|node| node.is_ready())
+                    }) =>
+                    {
                         let i = rng.below(NODES);
                         live.write().unwrap()[i] = None;
                         let mut c = cluster.lock().await;
@@ -290,13 +297,21 @@ fn seeds() -> u64 {
 async fn histories_under_faults_are_linearizable() {
     let mut ops = 0;
     let mut keys = 0;
-    for seed in 1..=seeds() {
-        let (o, k) = run_seed(seed * 7919).await;
+    // `KV_CHAOS_SEED` replays one seed.
+    let only: Option<u64> = std::env::var("KV_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seeds: Vec<u64> = match only {
+        Some(seed) => vec![seed],
+        None => (1..=seeds()).map(|s| s * 7919).collect(),
+    };
+    for &seed in &seeds {
+        let (o, k) = run_seed(seed).await;
         ops += o;
         keys += k;
     }
     println!(
         "chaos: {} seeds, {ops} operations over {keys} key histories, all linearizable",
-        seeds()
+        seeds.len()
     );
 }
