@@ -115,6 +115,8 @@ pub struct Node {
     /// Keys this node is primary for that lacked a copy at the last anti-entropy pass.
     pub(crate) under_replicated: AtomicU64,
     pub(crate) counters: Counters,
+    /// Rotates which remote replicas are asked first, to spread reads.
+    pub(crate) spread: std::sync::atomic::AtomicUsize,
     /// Striped locks queueing proposals per key; see [`Node::proposal_turn`].
     proposing: Box<[tokio::sync::Mutex<()>]>,
     started: Instant,
@@ -175,6 +177,7 @@ impl Node {
             round: AtomicU64::new(0),
             under_replicated: AtomicU64::new(0),
             counters: Counters::default(),
+            spread: std::sync::atomic::AtomicUsize::new(0),
             proposing: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             started: Instant::now(),
             shutdown: watch::channel(false).0,

@@ -163,6 +163,44 @@ impl Outcome {
 /// One replica's answer, with whether the request may have been applied if it failed.
 type Answer = (NodeId, Result<PeerReply, ForwardError>);
 
+/// A request sent to a majority of a key's replicas, with the rest held back until needed.
+struct Gather {
+    tx: mpsc::UnboundedSender<Answer>,
+    rx: mpsc::UnboundedReceiver<Answer>,
+    /// Replicas not asked yet.
+    rest: Vec<NodeId>,
+    request: PeerRequest,
+    /// When to ask the rest anyway, if the first ones are slow.
+    hedge: Instant,
+}
+
+impl Gather {
+    /// Asks the replicas held back (once).
+    fn widen(&mut self, node: &Node) {
+        if !self.rest.is_empty() {
+            let rest = std::mem::take(&mut self.rest);
+            node.send_to(&rest, &self.request, &self.tx);
+        }
+    }
+
+    /// The next answer, or `None` once `deadline` passes. Asks the rest when the hedge time
+    /// passes first.
+    async fn next(&mut self, node: &Node, deadline: Instant) -> Option<Answer> {
+        loop {
+            let until = if self.rest.is_empty() {
+                deadline
+            } else {
+                self.hedge.min(deadline)
+            };
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(answer) => return answer,
+                Err(_) if Instant::now() >= deadline => return None,
+                Err(_) => self.widen(node),
+            }
+        }
+    }
+}
+
 impl Node {
     /// Runs `change` on `key` as a replica-coordinator. `hops` is how often the request was
     /// forwarded to get here.
@@ -207,8 +245,54 @@ impl Node {
         request: PeerRequest,
     ) -> mpsc::UnboundedReceiver<Answer> {
         let (tx, rx) = mpsc::unbounded_channel();
+        self.send_to(replicas, &request, &tx);
+        rx
+    }
+
+    /// Sends `request` to a majority of the replicas first — this node's own replica among them
+    /// when it votes — and to the others only when one of those fails, disagrees or is slow
+    /// (see [`Gather`]). The common case then costs `quorum - 1` remote messages, not `R - 1`.
+    fn gather(&self, replicas: &[NodeId], request: PeerRequest) -> Gather {
+        let quorum = replicas.len() / 2 + 1;
+        let mut order: Vec<NodeId> = Vec::with_capacity(replicas.len());
+        if replicas.contains(&self.id) && self.can_vote(request.key().unwrap_or_default()) {
+            order.push(self.id);
+        }
+        // Remote replicas in turn, so reads spread over them; those known down go last.
+        let turn = self
+            .spread
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut remote: Vec<NodeId> = replicas.iter().copied().filter(|&r| r != self.id).collect();
+        if !remote.is_empty() {
+            let len = remote.len();
+            remote.rotate_left(turn % len);
+        }
+        remote.sort_by_key(|&r| self.membership.is_down(r));
+        order.extend(remote);
+        if replicas.contains(&self.id) && !order.contains(&self.id) {
+            order.push(self.id);
+        }
+        let rest = order.split_off(quorum.min(order.len()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.send_to(&order, &request, &tx);
+        Gather {
+            tx,
+            rx,
+            rest,
+            request,
+            hedge: Instant::now() + self.config.heartbeat_interval,
+        }
+    }
+
+    /// Sends `request` to `targets`, answers to `tx`.
+    fn send_to(
+        &self,
+        targets: &[NodeId],
+        request: &PeerRequest,
+        tx: &mpsc::UnboundedSender<Answer>,
+    ) {
         let map = self.map();
-        for &to in replicas {
+        for &to in targets {
             if to == self.id {
                 let answer = self.acceptor(request.clone()).map_err(ForwardError::Remote);
                 let _ = tx.send((to, answer));
@@ -242,41 +326,80 @@ impl Node {
                 let _ = tx.send((to, answer));
             });
         }
-        rx
     }
 
-    /// Phase-1-free read: asks every replica for its register. If a majority answers with one
-    /// ballot, that register is chosen and current: returns it (and repairs replicas seen
-    /// lagging). `None` when the answers disagree and a full round must decide.
+    /// Phase-1-free read: asks a majority of the replicas for their register. If they answer
+    /// with one ballot, that register is chosen and current: returns it. Otherwise the other
+    /// replicas are asked too; if a majority then holds the highest ballot seen, that is
+    /// returned (and the replicas that lag are repaired). `None` when a full round must decide.
     async fn fast_read(&self, key: &str) -> Result<Option<Option<Entry>>, Error> {
         let replicas = self.owners(key);
         let quorum = replicas.len() / 2 + 1;
         let deadline = Instant::now() + self.config.op_timeout;
-        let mut rx = self.fan_out(&replicas, PeerRequest::Read { key: key.into() });
+        let mut gather = self.gather(&replicas, PeerRequest::Read { key: key.into() });
         let mut registers: Vec<(NodeId, Register)> = Vec::with_capacity(replicas.len());
         let mut failed = 0;
-        while registers.len() < quorum && failed <= replicas.len() - quorum {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((node, Ok(PeerReply::Register { register })))) => {
+        while registers.len() + failed < replicas.len() {
+            // Done once a majority holds the highest ballot seen.
+            let highest = registers.iter().map(|(_, r)| r.ballot).max();
+            let holders = registers
+                .iter()
+                .filter(|(_, r)| Some(r.ballot) == highest)
+                .count();
+            if holders >= quorum {
+                break;
+            }
+            match gather.next(self, deadline).await {
+                Some((node, Ok(PeerReply::Register { register }))) => {
                     self.observe_ballot(register.ballot);
+                    if registers
+                        .first()
+                        .is_some_and(|(_, r)| r.ballot != register.ballot)
+                    {
+                        gather.widen(self);
+                    }
                     registers.push((node, register));
                 }
-                Ok(Some(_)) => failed += 1,
-                Ok(None) | Err(_) => break,
+                Some(_) => {
+                    failed += 1;
+                    gather.widen(self);
+                    if failed > replicas.len() - quorum {
+                        break;
+                    }
+                }
+                None => break,
             }
         }
         if registers.len() < quorum {
             return Err(quorum_unavailable(key, registers.len(), quorum));
         }
-        let first = &registers[0].1;
-        if registers.iter().any(|(_, r)| r.ballot != first.ballot) {
+        let highest = registers
+            .iter()
+            .map(|(_, r)| r.ballot)
+            .max()
+            .expect("non-empty");
+        let holders = registers
+            .iter()
+            .filter(|(_, r)| r.ballot == highest)
+            .count();
+        if holders < quorum {
             return Ok(None);
         }
         Counters::bump(&self.counters.fast_reads);
-        let chosen = first.clone();
+        let chosen = registers
+            .iter()
+            .find(|(_, r)| r.ballot == highest)
+            .map(|(_, r)| r.clone())
+            .expect("held by a quorum");
         let entry = chosen.entry();
-        let lagging: Vec<NodeId> = Vec::new();
-        self.repair_in_background(key, chosen, rx, lagging);
+        let lagging: Vec<NodeId> = registers
+            .iter()
+            .filter(|(_, r)| r.ballot < highest)
+            .map(|(n, _)| *n)
+            .collect();
+        if !lagging.is_empty() {
+            self.repair_in_background(key, chosen, gather.rx, lagging);
+        }
         Ok(Some(entry))
     }
 
@@ -342,31 +465,36 @@ impl Node {
                 ballot,
                 grow: change.grow(),
             };
-            let mut rx = self.fan_out(&replicas, request);
+            let mut gather = self.gather(&replicas, request);
             let mut promises: Vec<(NodeId, u64, Register)> = Vec::new();
             let (mut failed, mut conflicted, mut full) = (0, false, 0);
             let mut memory_error = None;
             while promises.len() < quorum && failed <= tolerated {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((
+                match gather.next(self, deadline).await {
+                    Some((
                         node,
                         Ok(PeerReply::Promised {
                             incarnation,
                             register,
                         }),
-                    ))) => promises.push((node, incarnation, register)),
-                    Ok(Some((_, Ok(PeerReply::Rejected { promised })))) => {
+                    )) => promises.push((node, incarnation, register)),
+                    Some((_, Ok(PeerReply::Rejected { promised }))) => {
                         self.observe_ballot(promised);
                         conflicted = true;
                         failed += 1;
+                        gather.widen(self);
                     }
-                    Ok(Some((_, Err(ForwardError::Remote(e))))) if e.code == "memory_full" => {
+                    Some((_, Err(ForwardError::Remote(e)))) if e.code == "memory_full" => {
                         full += 1;
                         failed += 1;
                         memory_error = Some(e);
+                        gather.widen(self);
                     }
-                    Ok(Some(_)) => failed += 1,
-                    Ok(None) | Err(_) => break,
+                    Some(_) => {
+                        failed += 1;
+                        gather.widen(self);
+                    }
+                    None => break,
                 }
             }
             if promises.len() < quorum {
