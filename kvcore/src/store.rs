@@ -124,6 +124,7 @@ pub struct Store {
     shards: Box<[RwLock<Shard>]>,
     hasher: ahash::RandomState,
     used: AtomicU64,
+    changes: AtomicU64,
     config: StoreConfig,
 }
 
@@ -146,6 +147,7 @@ impl Store {
             shards,
             hasher,
             used: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             config,
         }
     }
@@ -356,6 +358,7 @@ impl Store {
     /// `enforce` the budget is checked; without, the slot is stored regardless (the caller
     /// checked room earlier, or must not refuse).
     fn replace(&self, shard: &mut Shard, key: &str, slot: Slot, enforce: bool) -> Result<()> {
+        self.changes.fetch_add(1, Ordering::Relaxed);
         let new = slot_footprint(key, &slot);
         let old = shard.get(key).map_or(0, |s| slot_footprint(key, s));
         if new > old {
@@ -427,6 +430,12 @@ impl Store {
     /// Whether the store holds no keys.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A counter that moves whenever anything in the store changes, so a background task can
+    /// tell that nothing happened since it last looked.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// Bytes charged against the budget.

@@ -47,6 +47,8 @@ struct Health {
 #[derive(Debug)]
 pub struct Membership {
     health: Mutex<HashMap<NodeId, Health>>,
+    /// Counts changes of any peer's state.
+    transitions: std::sync::atomic::AtomicU64,
     incarnations: RwLock<HashMap<NodeId, u64>>,
     down_after: Duration,
 }
@@ -70,6 +72,7 @@ impl Membership {
             .collect();
         Membership {
             health: Mutex::new(health),
+            transitions: std::sync::atomic::AtomicU64::new(0),
             incarnations: RwLock::default(),
             down_after,
         }
@@ -80,11 +83,12 @@ impl Membership {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = health.get_mut(&id) {
             h.last_ok = Instant::now();
-            h.state = if ready {
+            let state = if ready {
                 PeerState::Up
             } else {
                 PeerState::Recovering
             };
+            self.set(h, state);
         }
     }
 
@@ -93,9 +97,22 @@ impl Membership {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = health.get_mut(&id) {
             if h.last_ok.elapsed() >= self.down_after {
-                h.state = PeerState::Down;
+                self.set(h, PeerState::Down);
             }
         }
+    }
+
+    fn set(&self, health: &mut Health, state: PeerState) {
+        if health.state != state {
+            health.state = state;
+            self.transitions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How many times any peer changed state so far.
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The peer's state (`Up` for this node itself or unknown ids).

@@ -363,6 +363,13 @@ impl Node {
         if hops == 0 {
             Counters::bump(&self.counters.forwarded);
         }
+        if !is_write && self.replication_factor() > 1 {
+            // A read asks a majority of the replicas directly: one round trip, as from a
+            // replica. Only if they disagree does a replica settle it below.
+            if let Ok(Some(entry)) = self.fast_read(key).await {
+                return Ok(Outcome::Read(entry));
+            }
+        }
         let request = change.clone().into_request(key);
         // In placement order (the primary first), replicas known to be down last. A replica that
         // was unreachable never received the request, and one that answered

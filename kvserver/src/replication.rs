@@ -210,6 +210,10 @@ impl Node {
         key: &str,
         hops: u8,
     ) -> Result<Outcome, Error> {
+        let replicas = self.owners(key);
+        if replicas.len() == 1 && replicas[0] == self.id {
+            return self.apply_locally(change, key);
+        }
         if let Change::Read = change {
             if let Some(entry) = self.fast_read(key).await? {
                 return Ok(Outcome::Read(entry));
@@ -235,6 +239,34 @@ impl Node {
             }
         }
         self.propose(change, key).await
+    }
+
+    /// A key whose only replica is this node (`R = 1`, or a one-node cluster): the same
+    /// prepare and accept, straight on the local store, with no messages.
+    fn apply_locally(&self, change: &Change, key: &str) -> Result<Outcome, Error> {
+        if let Change::Read = change {
+            return Ok(Outcome::Read(self.store.register(key).entry()));
+        }
+        loop {
+            let ballot = self.next_ballot();
+            let current = match self.store.prepare(key, ballot, change.grow())? {
+                Ok(current) => current,
+                // Another local proposal got in between; take a higher ballot.
+                Err(promised) => {
+                    self.observe_ballot(promised);
+                    continue;
+                }
+            };
+            let (next, outcome) = change.apply(&current);
+            let Some(mut register) = next else {
+                return outcome;
+            };
+            register.ballot = ballot;
+            match self.store.accept(key, register)? {
+                Ok(()) => return outcome,
+                Err(promised) => self.observe_ballot(promised),
+            }
+        }
     }
 
     /// Sends `request` to every replica at once (the local one is answered in place) and
@@ -332,7 +364,7 @@ impl Node {
     /// with one ballot, that register is chosen and current: returns it. Otherwise the other
     /// replicas are asked too; if a majority then holds the highest ballot seen, that is
     /// returned (and the replicas that lag are repaired). `None` when a full round must decide.
-    async fn fast_read(&self, key: &str) -> Result<Option<Option<Entry>>, Error> {
+    pub(crate) async fn fast_read(&self, key: &str) -> Result<Option<Option<Entry>>, Error> {
         let replicas = self.owners(key);
         let quorum = replicas.len() / 2 + 1;
         let deadline = Instant::now() + self.config.op_timeout;
