@@ -37,4 +37,4 @@ pub use error::{Error, Result};
 pub use key::{validate_key, Limits, MAX_KEY_BYTES};
 pub use replica::{Ballot, Register, ReplicaState};
 pub use store::{Conflict, Entry, Precondition, Store, StoreConfig, StoreStats, Version};
-pub use value::{Encoding, Value};
+pub use value::{Encoding, JsonView, Value};

@@ -274,6 +274,33 @@ impl Value {
     }
 }
 
+/// A [`Value`] serialized in the JSON shape of its encoding, without building a
+/// `serde_json::Value` first. See [`Value::as_json`].
+#[derive(Debug, Clone, Copy)]
+pub struct JsonView<'a>(&'a Value);
+
+impl Value {
+    /// A view that serializes as [`to_json`](Value::to_json) would, straight into the output.
+    pub fn as_json(&self) -> JsonView<'_> {
+        JsonView(self)
+    }
+}
+
+impl Serialize for JsonView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let v = self.0;
+        match v.encoding {
+            Encoding::String => s.serialize_str(&String::from_utf8_lossy(&v.bytes)),
+            Encoding::Integer => s.serialize_i64(v.as_i64().unwrap_or_default()),
+            Encoding::Boolean => s.serialize_bool(v.bytes[..] == [1]),
+            Encoding::Binary => {
+                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&v.bytes))
+            }
+            Encoding::Float | Encoding::Json => v.to_json().serialize(s),
+        }
+    }
+}
+
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Value({}: {})", self.encoding, self.to_json())
@@ -422,7 +449,8 @@ mod tests {
             let back: Value = serde_json::from_str(&wire).unwrap();
             prop_assert_eq!(&back, &v);
             let back = Value::from_bytes(v.encoding(), v.as_bytes().clone()).unwrap();
-            prop_assert_eq!(back, v);
+            prop_assert_eq!(&back, &v);
+            prop_assert_eq!(serde_json::to_value(v.as_json()).unwrap(), v.to_json());
         }
 
         #[test]

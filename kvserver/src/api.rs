@@ -207,7 +207,7 @@ async fn set(
                     },
                 ),
             };
-            let current = conflict.current.map(|e| entry_json(&key, &e));
+            let current = conflict.current.as_ref().map(|e| entry_json(&key, e));
             let body = json!({
                 "error": {"code": code, "message": message},
                 "current": current,
@@ -311,10 +311,12 @@ async fn peer(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error
 
 /// Percent-decodes a key from a URL path segment.
 fn decode_key(raw: &str) -> Result<String, Error> {
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    let key = String::from_utf8(bytes).map_err(|_| kvcore::Error::InvalidKey {
-        reason: "key is not valid UTF-8 once percent-decoded".into(),
-    })?;
+    let key = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|_| kvcore::Error::InvalidKey {
+            reason: "key is not valid UTF-8 once percent-decoded".into(),
+        })?;
     kvcore::validate_key(&key)?;
     Ok(key)
 }
@@ -366,13 +368,23 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     })
 }
 
-fn entry_json(key: &str, entry: &Entry) -> Json {
-    json!({
-        "key": key,
-        "value": entry.value.to_json(),
-        "encoding": entry.value.encoding(),
-        "version": entry.version,
-    })
+/// The JSON of an entry, serialized straight from the stored value. Fields in alphabetical
+/// order, as they have always been returned.
+#[derive(serde::Serialize)]
+struct EntryBody<'a> {
+    encoding: Encoding,
+    key: &'a str,
+    value: kvcore::JsonView<'a>,
+    version: Version,
+}
+
+fn entry_json<'a>(key: &'a str, entry: &'a Entry) -> EntryBody<'a> {
+    EntryBody {
+        encoding: entry.value.encoding(),
+        key,
+        value: entry.value.as_json(),
+        version: entry.version,
+    }
 }
 
 fn error_response(e: &Error) -> HttpResponse {
