@@ -203,16 +203,44 @@ impl Store {
         validate_key(key)?;
         self.config.limits.check_value(&value)?;
         let mut shard = self.write(key);
-        let slot = shard.get(key);
-        let current = slot.and_then(|s| s.register.entry());
-        if !precondition.holds(current.as_ref()) {
-            return Ok(Err(Conflict { current }));
+        // One lookup, and the slot updated in place: this is the hot path of every write.
+        if let Some(slot) = shard.get_mut(key) {
+            let register = &mut slot.register;
+            let exists = register.value.is_some();
+            if !precondition.holds_for(exists.then_some(register.version)) {
+                return Ok(Err(Conflict {
+                    current: register.entry(),
+                }));
+            }
+            let (old, new) = (register.value_len() as u64, value.len() as u64);
+            if new > old {
+                self.reserve(new - old)?;
+            } else {
+                self.used.fetch_sub(old - new, Ordering::Relaxed);
+            }
+            register.version = register.version.next();
+            register.value = Some(value);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+            return Ok(Ok(register.version));
         }
-        let mut next = slot.cloned().unwrap_or_default();
-        next.register.version = next.register.version.next();
-        next.register.value = Some(value);
-        let version = next.register.version;
-        self.replace(&mut shard, key, next, true)?;
+        if !precondition.holds_for(None) {
+            return Ok(Err(Conflict { current: None }));
+        }
+        self.reserve(footprint(key, &value))?;
+        let version = Version(1);
+        let register = Register {
+            ballot: Ballot::ZERO,
+            version,
+            value: Some(value),
+        };
+        shard.insert(
+            key.into(),
+            Slot {
+                promised: Ballot::ZERO,
+                register,
+            },
+        );
+        self.changes.fetch_add(1, Ordering::Relaxed);
         Ok(Ok(version))
     }
 
@@ -479,10 +507,15 @@ impl Store {
 impl Precondition {
     /// Whether the precondition holds for the key's current entry.
     pub fn holds(&self, current: Option<&Entry>) -> bool {
+        self.holds_for(current.map(|e| e.version))
+    }
+
+    /// Whether the precondition holds for a key at this version (`None`: the key does not exist).
+    pub fn holds_for(&self, version: Option<Version>) -> bool {
         match self {
             Precondition::None => true,
-            Precondition::IfVersion(v) => current.map(|e| e.version) == Some(*v),
-            Precondition::IfAbsent => current.is_none(),
+            Precondition::IfVersion(v) => version == Some(*v),
+            Precondition::IfAbsent => version.is_none(),
         }
     }
 }
