@@ -355,3 +355,30 @@ async fn conditional_writes_and_increments_are_atomic_across_coordinators() {
     assert_eq!(again.0, 3);
     cluster.shutdown().await;
 }
+
+/// The example from the README's "Clusters in your tests", kept here so it stays true.
+#[tokio::test]
+async fn a_write_survives_its_primary_crashing() {
+    let mut cluster = LocalCluster::builder()
+        .nodes(3)
+        .replicas(3)
+        .start()
+        .await
+        .unwrap();
+    cluster
+        .node(1)
+        .set("user:42", Value::string("Ada"), Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let primary = cluster.node(0).owner("user:42").0 as usize;
+    cluster.stop_node(primary).await;
+    let other = (primary + 1) % cluster.len();
+    let entry = cluster.node(other).get("user:42").await.unwrap().unwrap();
+    assert_eq!(entry.value.as_str(), Some("Ada"));
+    cluster.restart_node(primary).await.unwrap();
+    assert!(cluster.wait_ready(Duration::from_secs(10)).await);
+    let entry = cluster.node(primary).get("user:42").await.unwrap().unwrap();
+    assert_eq!(entry.value.as_str(), Some("Ada"));
+    cluster.shutdown().await;
+}
