@@ -113,7 +113,7 @@ async fn main() -> ExitCode {
     };
     tokio::select! {
         () = serve => {}
-        () = shutdown_signal() => {}
+        () = kvserver::shutdown_signal() => {}
     }
     ExitCode::SUCCESS
 }
@@ -156,27 +156,5 @@ async fn forward_one(to: &str, client: &Pooled, req: Request<Incoming>) -> Respo
             }
         }
         Err(_) => json(StatusCode::BAD_GATEWAY, Bytes::from_static(b"{}\n")),
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

@@ -36,4 +36,4 @@ pub use config::{parse_size, NodeConfig};
 pub use error::Error;
 pub use local::{LocalCluster, LocalClusterBuilder, Transport};
 pub use node::{Node, SEED_KEYS};
-pub use server::{run, ServerConfig};
+pub use server::{run, shutdown_signal, ServerConfig};

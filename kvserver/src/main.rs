@@ -167,7 +167,7 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
         "try: curl {}/get/a   (Ctrl-C stops the cluster)",
         cluster.url(0)
     );
-    shutdown_signal().await;
+    kvserver::shutdown_signal().await;
     println!("kvserver: stopping");
     cluster.shutdown().await;
     Ok(())
@@ -194,30 +194,14 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         header_read_timeout: config.header_read_timeout,
         shutdown_grace: config.shutdown_grace,
     };
-    kvserver::run(listener, node.clone(), server_config, shutdown_signal()).await;
+    kvserver::run(
+        listener,
+        node.clone(),
+        server_config,
+        kvserver::shutdown_signal(),
+    )
+    .await;
     node.stop();
     tracing::info!("node stopped");
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
