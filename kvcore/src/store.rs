@@ -1,6 +1,6 @@
 //! The in-memory store: a sharded concurrent map with exact byte accounting and an optional budget.
 
-use std::collections::HashMap;
+use hashbrown::HashTable;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockWriteGuard};
@@ -98,7 +98,43 @@ struct Slot {
     register: Register,
 }
 
-type Shard = HashMap<Box<str>, Slot, ahash::RandomState>;
+/// One shard's table. Keys are hashed once per operation: the hash picks the shard and is reused
+/// for the lookup inside it (a `HashMap` would hash the key again).
+#[derive(Default)]
+struct Shard {
+    table: HashTable<(Box<str>, Slot)>,
+}
+
+impl Shard {
+    fn get(&self, hash: u64, key: &str) -> Option<&Slot> {
+        self.table
+            .find(hash, |(k, _)| &**k == key)
+            .map(|(_, slot)| slot)
+    }
+
+    fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut Slot> {
+        self.table
+            .find_mut(hash, |(k, _)| &**k == key)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Inserts a key known to be absent.
+    fn insert_new(&mut self, hash: u64, key: &str, slot: Slot, hasher: &ahash::RandomState) {
+        self.table
+            .insert_unique(hash, (key.into(), slot), |(k, _)| hasher.hash_one(&**k));
+    }
+
+    fn remove(&mut self, hash: u64, key: &str) -> Option<(Box<str>, Slot)> {
+        match self.table.find_entry(hash, |(k, _)| &**k == key) {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Slot)> {
+        self.table.iter().map(|(k, slot)| (&**k, slot))
+    }
+}
 
 /// A concurrent in-memory map from keys to versioned [`Value`]s.
 ///
@@ -140,9 +176,7 @@ impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig) -> Self {
         let hasher = ahash::RandomState::new();
-        let shards = (0..SHARDS)
-            .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
-            .collect();
+        let shards = (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
         Store {
             shards,
             hasher,
@@ -157,27 +191,27 @@ impl Store {
         &self.config
     }
 
-    fn shard(&self, key: &str) -> &RwLock<Shard> {
-        let h = self.hasher.hash_one(key) as usize;
-        // The map hashes the same bytes again; use the high bits here so that shard choice and
-        // bucket choice stay independent.
-        &self.shards[(h >> 58) & (SHARDS - 1)]
+    /// The key's hash and its shard. The table inside a shard uses the hash's low bits (bucket)
+    /// and top 7 bits (tag), so the shard is chosen from bits in between, independent of both.
+    fn locate(&self, key: &str) -> (u64, &RwLock<Shard>) {
+        let h = self.hasher.hash_one(key);
+        (h, &self.shards[(h >> 40) as usize & (SHARDS - 1)])
     }
 
-    fn write(&self, key: &str) -> RwLockWriteGuard<'_, Shard> {
+    fn write(&self, key: &str) -> (u64, RwLockWriteGuard<'_, Shard>) {
+        let (h, shard) = self.locate(key);
         // A panic while holding the lock cannot leave an entry half-written (every mutation is a
-        // single map operation), so a poisoned lock is safe to keep using.
-        self.shard(key)
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner())
+        // single table operation), so a poisoned lock is safe to keep using.
+        (
+            h,
+            shard.write().unwrap_or_else(|poison| poison.into_inner()),
+        )
     }
 
     fn read_slot<T>(&self, key: &str, f: impl FnOnce(Option<&Slot>) -> T) -> T {
-        let shard = self
-            .shard(key)
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
-        f(shard.get(key))
+        let (h, shard) = self.locate(key);
+        let shard = shard.read().unwrap_or_else(|poison| poison.into_inner());
+        f(shard.get(h, key))
     }
 
     /// The entry stored under `key`.
@@ -202,9 +236,9 @@ impl Store {
     ) -> Result<Result<Version, Conflict>> {
         validate_key(key)?;
         self.config.limits.check_value(&value)?;
-        let mut shard = self.write(key);
+        let (h, mut shard) = self.write(key);
         // One lookup, and the slot updated in place: this is the hot path of every write.
-        if let Some(slot) = shard.get_mut(key) {
+        if let Some(slot) = shard.get_mut(h, key) {
             let register = &mut slot.register;
             let exists = register.value.is_some();
             if !precondition.holds_for(exists.then_some(register.version)) {
@@ -233,21 +267,19 @@ impl Store {
             version,
             value: Some(value),
         };
-        shard.insert(
-            key.into(),
-            Slot {
-                promised: Ballot::ZERO,
-                register,
-            },
-        );
+        let slot = Slot {
+            promised: Ballot::ZERO,
+            register,
+        };
+        shard.insert_new(h, key, slot, &self.hasher);
         self.changes.fetch_add(1, Ordering::Relaxed);
         Ok(Ok(version))
     }
 
     /// Removes `key`, returning what it held.
     pub fn delete(&self, key: &str) -> Option<Entry> {
-        let mut shard = self.write(key);
-        let (k, old) = shard.remove_entry(key)?;
+        let (h, mut shard) = self.write(key);
+        let (k, old) = shard.remove(h, key)?;
         self.used
             .fetch_sub(slot_footprint(&k, &old), Ordering::Relaxed);
         old.register.entry()
@@ -273,8 +305,8 @@ impl Store {
         grow: usize,
     ) -> Result<Result<Register, Ballot>> {
         validate_key(key)?;
-        let mut shard = self.write(key);
-        let slot = shard.get(key).cloned().unwrap_or_default();
+        let (h, mut shard) = self.write(key);
+        let slot = shard.get(h, key).cloned().unwrap_or_default();
         let highest = slot.promised.max(slot.register.ballot);
         if ballot <= highest {
             return Ok(Err(highest));
@@ -288,6 +320,7 @@ impl Store {
         let register = slot.register.clone();
         self.replace(
             &mut shard,
+            h,
             key,
             Slot {
                 promised: ballot,
@@ -305,8 +338,8 @@ impl Store {
         if let Some(value) = &register.value {
             self.config.limits.check_value(value)?;
         }
-        let mut shard = self.write(key);
-        let slot = shard.get(key).cloned().unwrap_or_default();
+        let (h, mut shard) = self.write(key);
+        let slot = shard.get(h, key).cloned().unwrap_or_default();
         if register.ballot < slot.promised || register.ballot < slot.register.ballot {
             return Ok(Err(slot.promised.max(slot.register.ballot)));
         }
@@ -314,7 +347,7 @@ impl Store {
             promised: register.ballot,
             register,
         };
-        self.replace(&mut shard, key, next, true)?;
+        self.replace(&mut shard, h, key, next, true)?;
         Ok(Ok(()))
     }
 
@@ -323,8 +356,8 @@ impl Store {
     /// as a late copy of the original accept would be. Returns whether it was applied.
     pub fn repair(&self, key: &str, register: Register) -> Result<bool> {
         validate_key(key)?;
-        let mut shard = self.write(key);
-        let slot = shard.get(key).cloned().unwrap_or_default();
+        let (h, mut shard) = self.write(key);
+        let slot = shard.get(h, key).cloned().unwrap_or_default();
         if register.ballot <= slot.register.ballot || register.ballot < slot.promised {
             return Ok(false);
         }
@@ -332,7 +365,7 @@ impl Store {
             promised: slot.promised,
             register,
         };
-        self.replace(&mut shard, key, next, true)?;
+        self.replace(&mut shard, h, key, next, true)?;
         Ok(true)
     }
 
@@ -342,8 +375,8 @@ impl Store {
     pub fn restore(&self, state: ReplicaState) -> Result<bool> {
         validate_key(&state.key)?;
         let key = state.key.as_str();
-        let mut shard = self.write(key);
-        let slot = shard.get(key).cloned().unwrap_or_default();
+        let (h, mut shard) = self.write(key);
+        let slot = shard.get(h, key).cloned().unwrap_or_default();
         let mut next = slot.clone();
         next.promised = slot.promised.max(state.promised);
         if state.register.ballot > slot.register.ballot {
@@ -352,7 +385,7 @@ impl Store {
         let changed =
             next.promised != slot.promised || next.register.ballot != slot.register.ballot;
         if changed {
-            self.replace(&mut shard, key, next, false)?;
+            self.replace(&mut shard, h, key, next, false)?;
         }
         Ok(changed)
     }
@@ -385,10 +418,17 @@ impl Store {
     /// Inserts or replaces under the shard's write lock, charging the size difference. With
     /// `enforce` the budget is checked; without, the slot is stored regardless (the caller
     /// checked room earlier, or must not refuse).
-    fn replace(&self, shard: &mut Shard, key: &str, slot: Slot, enforce: bool) -> Result<()> {
+    fn replace(
+        &self,
+        shard: &mut Shard,
+        h: u64,
+        key: &str,
+        slot: Slot,
+        enforce: bool,
+    ) -> Result<()> {
         self.changes.fetch_add(1, Ordering::Relaxed);
         let new = slot_footprint(key, &slot);
-        let old = shard.get(key).map_or(0, |s| slot_footprint(key, s));
+        let old = shard.get(h, key).map_or(0, |s| slot_footprint(key, s));
         if new > old {
             if enforce {
                 self.reserve(new - old)?;
@@ -398,11 +438,9 @@ impl Store {
         } else {
             self.used.fetch_sub(old - new, Ordering::Relaxed);
         }
-        match shard.get_mut(key) {
+        match shard.get_mut(h, key) {
             Some(existing) => *existing = slot,
-            None => {
-                shard.insert(key.into(), slot);
-            }
+            None => shard.insert_new(h, key, slot, &self.hasher),
         }
         Ok(())
     }
@@ -448,8 +486,8 @@ impl Store {
             .iter()
             .map(|s| {
                 let s = s.read().unwrap_or_else(|p| p.into_inner());
-                s.values()
-                    .filter(|slot| slot.register.value.is_some())
+                s.iter()
+                    .filter(|(_, slot)| slot.register.value.is_some())
                     .count()
             })
             .sum()
