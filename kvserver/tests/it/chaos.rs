@@ -157,6 +157,17 @@ async fn read(
     history.finish(t, outcome);
 }
 
+/// Waits until the clients have started `n` more operations (or finished): faults are held for
+/// an amount of client progress rather than of wall-clock time, so a slow machine gets the same
+/// schedule as a fast one.
+async fn after_ops(history: &History, n: usize, done: &AtomicBool) {
+    let target = history.events().len() + n;
+    let mut every = tokio::time::interval(Duration::from_millis(2));
+    while history.events().len() < target && !done.load(Ordering::Relaxed) {
+        every.tick().await;
+    }
+}
+
 /// Runs one seed; returns (operations recorded, keys checked).
 async fn run_seed(seed: u64) -> (usize, usize) {
     let faults = Faults::new(seed);
@@ -183,8 +194,13 @@ async fn run_seed(seed: u64) -> (usize, usize) {
     let done = Arc::new(AtomicBool::new(false));
 
     let nemesis = {
-        let (cluster, live, faults, done) =
-            (cluster.clone(), live.clone(), faults.clone(), done.clone());
+        let (cluster, live, faults, done, history) = (
+            cluster.clone(),
+            live.clone(),
+            faults.clone(),
+            done.clone(),
+            history.clone(),
+        );
         tokio::spawn(async move {
             let mut rng = Rng(seed.wrapping_mul(31) | 1);
             let all: Vec<NodeId> = (0..NODES as u32).map(NodeId).collect();
@@ -210,14 +226,14 @@ async fn run_seed(seed: u64) -> (usize, usize) {
                         let mut c = cluster.lock().await;
                         c.stop_node(i).await;
                         drop(c);
-                        tokio::time::sleep(Duration::from_millis(50 + rng.below(150) as u64)).await;
+                        after_ops(&history, 5 + rng.below(20), &done).await;
                         let mut c = cluster.lock().await;
                         c.restart_node(i).await.unwrap();
                         live.write().unwrap()[i] = Some(c.node(i).clone());
                     }
                     _ => faults.clear(),
                 }
-                tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
+                after_ops(&history, 3 + rng.below(15), &done).await;
             }
             faults.clear();
         })
