@@ -657,10 +657,7 @@ mod tests {
     }
 
     fn ballot(round: u64, node: u32) -> Ballot {
-        Ballot {
-            round,
-            node: crate::NodeId(node),
-        }
+        Ballot::new(round, crate::NodeId(node))
     }
 
     fn reg(b: Ballot, version: u64, v: Option<i64>) -> Register {

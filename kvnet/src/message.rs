@@ -307,10 +307,7 @@ mod tests {
             PeerRequest::Accept {
                 key: "k".into(),
                 register: Register {
-                    ballot: Ballot {
-                        round: 3,
-                        node: NodeId(1),
-                    },
+                    ballot: Ballot::new(3, NodeId(1)),
                     version: Version(2),
                     value: None,
                 },

@@ -550,15 +550,12 @@ impl Node {
 
     /// Notes a ballot seen, so this node's next ballot is higher.
     pub(crate) fn observe_ballot(&self, ballot: Ballot) {
-        self.round.fetch_max(ballot.round, Ordering::AcqRel);
+        self.round.fetch_max(ballot.round(), Ordering::AcqRel);
     }
 
     /// A ballot higher than any this node has seen.
     pub(crate) fn next_ballot(&self) -> Ballot {
-        Ballot {
-            round: self.round.fetch_add(1, Ordering::AcqRel) + 1,
-            node: self.id,
-        }
+        Ballot::new(self.round.fetch_add(1, Ordering::AcqRel) + 1, self.id)
     }
 }
 
