@@ -37,7 +37,7 @@ async fn main() {
     let args = Args::parse();
     let mut cluster = LocalCluster::builder()
         .nodes(4)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .start()
         .await
         .expect("cluster starts");

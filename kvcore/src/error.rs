@@ -58,14 +58,14 @@ pub enum Error {
 
 impl Error {
     /// A short, stable, machine-readable name for the error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidKey { .. } => "invalid_key",
-            Error::UnknownEncoding { .. } => "unknown_encoding",
-            Error::InvalidValue { .. } => "invalid_value",
-            Error::ValueTooLarge { .. } => "value_too_large",
-            Error::MemoryFull { .. } => "memory_full",
-            Error::InvalidClusterMap { .. } => "invalid_cluster_map",
+            Error::InvalidKey { .. } => ErrorCode::InvalidKey,
+            Error::UnknownEncoding { .. } => ErrorCode::UnknownEncoding,
+            Error::InvalidValue { .. } => ErrorCode::InvalidValue,
+            Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+            Error::MemoryFull { .. } => ErrorCode::MemoryFull,
+            Error::InvalidClusterMap { .. } => ErrorCode::InvalidClusterMap,
         }
     }
 
@@ -79,3 +79,144 @@ impl Error {
 
 /// Shorthand for results whose error is kvcore's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
+        /// Every error code of the system, shared by all crates: what kvcore refuses, what the
+        /// peer protocol answers and what the HTTP API reports. The server maps each to an HTTP
+        /// status in one exhaustive match, so a code cannot be added without deciding its status.
+        ///
+        /// On the wire and in JSON a code is its snake_case name, so a node meeting a code from a
+        /// newer version still decodes it, as [`ErrorCode::Unrecognized`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])* $variant,)*
+            /// A code this version does not know (sent by a newer node).
+            Unrecognized,
+        }
+
+        impl ErrorCode {
+            /// Every known code.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code's stable name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                    ErrorCode::Unrecognized => "unrecognized",
+                }
+            }
+
+            /// The code with this name; [`ErrorCode::Unrecognized`] for a name not known here.
+            pub fn from_name(name: &str) -> ErrorCode {
+                match name {
+                    $($name => ErrorCode::$variant,)*
+                    _ => ErrorCode::Unrecognized,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The key is empty, too long, or not UTF-8.
+    InvalidKey = "invalid_key",
+    /// The encoding name is unknown.
+    UnknownEncoding = "unknown_encoding",
+    /// The value does not match its encoding.
+    InvalidValue = "invalid_value",
+    /// The value is over the size limit.
+    ValueTooLarge = "value_too_large",
+    /// The memory budget would be exceeded.
+    MemoryFull = "memory_full",
+    /// The cluster map is unusable.
+    InvalidClusterMap = "invalid_cluster_map",
+    /// The request body is not JSON.
+    MalformedJson = "malformed_json",
+    /// The request is well-formed but of the wrong shape.
+    InvalidRequest = "invalid_request",
+    /// An increment of a value that is not an integer.
+    NotAnInteger = "not_an_integer",
+    /// An increment past the 64-bit range.
+    Overflow = "overflow",
+    /// The key does not exist.
+    NotFound = "not_found",
+    /// No such endpoint.
+    NoRoute = "no_route",
+    /// The endpoint does not take this method.
+    MethodNotAllowed = "method_not_allowed",
+    /// An `if_version` condition failed.
+    VersionMismatch = "version_mismatch",
+    /// An `if_absent` condition failed.
+    KeyExists = "key_exists",
+    /// The request body is over the limit.
+    BodyTooLarge = "body_too_large",
+    /// A request reached a node that is not a replica of its key, with no forwards left.
+    Misdirected = "misdirected",
+    /// A peer message came from a node with a different cluster map epoch.
+    EpochMismatch = "epoch_mismatch",
+    /// A peer message in a protocol version this node does not speak.
+    UnsupportedProtocol = "unsupported_protocol",
+    /// None of the key's replicas could be reached; nothing was applied.
+    OwnerUnavailable = "owner_unavailable",
+    /// Fewer than a majority of the key's replicas answered; nothing was changed.
+    QuorumUnavailable = "quorum_unavailable",
+    /// The replica is catching up after a restart and does not vote yet.
+    Recovering = "recovering",
+    /// A proposal counted a promise from a replica that has restarted since.
+    StaleIncarnation = "stale_incarnation",
+    /// Too many operations queued on one key; nothing was changed.
+    Overloaded = "overloaded",
+    /// A read forwarded to a replica got no answer in time.
+    OwnerTimeout = "owner_timeout",
+    /// A write may or may not have taken effect.
+    OutcomeUnknown = "outcome_unknown",
+    /// The node is shutting down.
+    ShuttingDown = "shutting_down",
+    /// A bug: something that should not happen.
+    Internal = "internal",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(ErrorCode::from_name(&name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_by_name_and_unknown_names_are_unrecognized() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(code.as_str()), code);
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(
+            ErrorCode::from_name("from_the_future"),
+            ErrorCode::Unrecognized
+        );
+        assert_eq!(ErrorCode::MemoryFull, "memory_full");
+    }
+}

@@ -33,7 +33,7 @@ pub mod store;
 pub mod value;
 
 pub use cluster::{ClusterMap, NodeId, NodeInfo};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, Result};
 pub use key::{validate_key, Limits, MAX_KEY_BYTES};
 pub use replica::{Ballot, Register, ReplicaState};
 pub use store::{Conflict, Entry, Precondition, Store, StoreConfig, StoreStats, Version};

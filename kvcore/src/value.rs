@@ -307,32 +307,81 @@ impl fmt::Debug for Value {
     }
 }
 
-/// On the wire (peer messages, JSON APIs) a value is `{"encoding": ..., "value": ...}`, validated
-/// again on the way in.
+/// In JSON (and any human-readable format) a value is `{"encoding": ..., "value": ...}` in the
+/// JSON shape of its encoding. In binary formats (the peer protocol) it is the encoding and the
+/// stored bytes as they are: no base64, no JSON re-encoding between nodes. Either way it is
+/// validated again on the way in, since peer input is untrusted too.
 impl Serialize for Value {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            #[derive(Serialize)]
+            struct Wire<'a> {
+                encoding: Encoding,
+                value: JsonView<'a>,
+            }
+            return Wire {
+                encoding: self.encoding,
+                value: self.as_json(),
+            }
+            .serialize(s);
+        }
         #[derive(Serialize)]
-        struct Wire<'a> {
-            encoding: Encoding,
-            value: &'a serde_json::Value,
-        }
-        Wire {
-            encoding: self.encoding,
-            value: &self.to_json(),
-        }
-        .serialize(s)
+        struct Stored<'a>(Encoding, #[serde(with = "raw_bytes")] &'a [u8]);
+        Stored(self.encoding, &self.bytes).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Wire {
-            encoding: Encoding,
-            value: serde_json::Value,
+        if d.is_human_readable() {
+            #[derive(Deserialize)]
+            struct Wire {
+                encoding: Encoding,
+                value: serde_json::Value,
+            }
+            let w = Wire::deserialize(d)?;
+            return Value::from_json(w.encoding, &w.value).map_err(serde::de::Error::custom);
         }
-        let w = Wire::deserialize(d)?;
-        Value::from_json(w.encoding, &w.value).map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        struct Stored(Encoding, #[serde(with = "raw_bytes")] Vec<u8>);
+        let Stored(encoding, bytes) = Stored::deserialize(d)?;
+        Value::from_bytes(encoding, Bytes::from(bytes)).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes as one serde byte string (a length and the bytes), not a sequence of numbers.
+mod raw_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Fault injection: a [`Forwarder`] wrapper that drops, delays and partitions messages.
+//! Fault injection: a [`Transport`] wrapper that drops, delays, duplicates and partitions messages.
 //!
 //! It wraps a real transport rather than adding flags to one, so the code under test is the
 //! code that runs in production. Faults are shared through a [`Faults`] handle that a test
@@ -9,12 +9,15 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use kvcore::{NodeId, NodeInfo};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
-use crate::forward::{BoxFuture, ForwardError, Forwarder};
-use crate::message::{Envelope, PeerReply};
+use crate::error::CallError;
+use crate::transport::{BoxFuture, Transport};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Directed links that deliver nothing.
     cut: HashSet<(NodeId, NodeId)>,
@@ -22,23 +25,26 @@ struct State {
     drop_request: f64,
     /// Probability that a reply is lost after the request was applied.
     drop_reply: f64,
-    /// Extra latency before delivery, drawn uniformly from this range.
+    /// Probability that a request is delivered a second time, later.
+    duplicate: f64,
+    /// Extra latency before delivery, drawn uniformly from this range; with several messages
+    /// in flight it also reorders them.
     delay: Option<(Duration, Duration)>,
-    rng: u64,
+    rng: SmallRng,
 }
 
 impl State {
-    fn next(&mut self) -> f64 {
-        // xorshift64*: plenty for choosing faults, and reproducible from the seed.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    fn delay(&mut self) -> Duration {
+        match self.delay {
+            Some((min, max)) if max > min => self.rng.gen_range(min..=max),
+            Some((min, _)) => min,
+            None => Duration::ZERO,
+        }
     }
 }
 
-/// The faults currently injected, shared by every [`FaultyForwarder`] made from it.
-#[derive(Clone, Default)]
+/// The faults currently injected, shared by every [`FaultyTransport`] made from it.
+#[derive(Clone)]
 pub struct Faults {
     state: Arc<Mutex<State>>,
 }
@@ -50,11 +56,18 @@ impl fmt::Debug for Faults {
 }
 
 impl Faults {
-    /// No faults yet; random choices are drawn from `seed`.
+    /// No faults yet; random choices are drawn from `seed`, so a run can be replayed.
     pub fn new(seed: u64) -> Self {
-        let faults = Faults::default();
-        faults.with(|s| s.rng = seed | 1);
-        faults
+        Faults {
+            state: Arc::new(Mutex::new(State {
+                cut: HashSet::new(),
+                drop_request: 0.0,
+                drop_reply: 0.0,
+                duplicate: 0.0,
+                delay: None,
+                rng: SmallRng::seed_from_u64(seed),
+            })),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -92,6 +105,11 @@ impl Faults {
         });
     }
 
+    /// Delivers requests a second time, after another random delay, with this probability.
+    pub fn set_duplicate(&self, probability: f64) {
+        self.with(|s| s.duplicate = probability);
+    }
+
     /// Delays every message by a uniformly random duration in `min..=max`; `None` for no delay.
     pub fn set_delay(&self, delay: Option<(Duration, Duration)>) {
         self.with(|s| s.delay = delay);
@@ -103,14 +121,16 @@ impl Faults {
             s.cut.clear();
             s.drop_request = 0.0;
             s.drop_reply = 0.0;
+            s.duplicate = 0.0;
             s.delay = None;
         });
     }
 
-    /// Wraps `inner` so that its messages suffer these faults.
-    pub fn wrap<F: Forwarder>(&self, inner: F) -> FaultyForwarder<F> {
-        FaultyForwarder {
-            inner,
+    /// Wraps the transport of node `from` so that its messages suffer these faults.
+    pub fn wrap<T: Transport>(&self, from: NodeId, inner: T) -> FaultyTransport<T> {
+        FaultyTransport {
+            inner: Arc::new(inner),
+            from,
             faults: self.clone(),
         }
     }
@@ -118,62 +138,83 @@ impl Faults {
 
 /// What happens to one message.
 enum Fate {
-    Deliver { delay: Duration, lose_reply: bool },
+    Deliver {
+        delay: Duration,
+        lose_reply: bool,
+        again_after: Option<Duration>,
+    },
     Cut,
-    Lost { after: Duration },
+    Lost {
+        after: Duration,
+    },
 }
 
-/// A [`Forwarder`] that subjects every message to the current [`Faults`].
+/// A [`Transport`] that subjects every message of one node to the current [`Faults`].
 #[derive(Debug)]
-pub struct FaultyForwarder<F> {
-    inner: F,
+pub struct FaultyTransport<T> {
+    inner: Arc<T>,
+    from: NodeId,
     faults: Faults,
 }
 
-impl<F: Forwarder> Forwarder for FaultyForwarder<F> {
+impl<T: Transport> Transport for FaultyTransport<T> {
     fn send<'a>(
         &'a self,
         to: &'a NodeInfo,
-        hops: u8,
-        envelope: Envelope,
-    ) -> BoxFuture<'a, Result<PeerReply, ForwardError>> {
+        frame: Bytes,
+    ) -> BoxFuture<'a, Result<Bytes, CallError>> {
         Box::pin(async move {
             let fate = self.faults.with(|s| {
-                if s.cut.contains(&(envelope.from, to.id)) {
+                if s.cut.contains(&(self.from, to.id)) {
                     return Fate::Cut;
                 }
-                let delay = match s.delay {
-                    Some((min, max)) => min + (max.saturating_sub(min)).mul_f64(s.next()),
-                    None => Duration::ZERO,
-                };
-                if s.next() < s.drop_request {
+                let delay = s.delay();
+                if s.rng.gen_bool(s.drop_request.clamp(0.0, 1.0)) {
                     return Fate::Lost { after: delay };
                 }
+                let again_after = s
+                    .rng
+                    .gen_bool(s.duplicate.clamp(0.0, 1.0))
+                    .then(|| delay + s.delay());
                 Fate::Deliver {
                     delay,
-                    lose_reply: s.next() < s.drop_reply,
+                    lose_reply: s.rng.gen_bool(s.drop_reply.clamp(0.0, 1.0)),
+                    again_after,
                 }
             });
             let node = to.id;
             match fate {
                 // A partition fails fast, as a refused connection would.
-                Fate::Cut => Err(ForwardError::Unreachable {
+                Fate::Cut => Err(CallError::Unreachable {
                     node,
                     reason: "partitioned (injected)".into(),
                 }),
                 // The sender cannot tell a lost request from a lost reply.
                 Fate::Lost { after } => {
                     tokio::time::sleep(after).await;
-                    Err(ForwardError::Timeout {
+                    Err(CallError::Timeout {
                         node,
                         timeout: after,
                     })
                 }
-                Fate::Deliver { delay, lose_reply } => {
+                Fate::Deliver {
+                    delay,
+                    lose_reply,
+                    again_after,
+                } => {
+                    if let Some(after) = again_after {
+                        // The copy travels on its own, as a retransmitted packet would.
+                        let inner = self.inner.clone();
+                        let (to, frame) = (to.clone(), frame.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after).await;
+                            let _ = inner.send(&to, frame).await;
+                        });
+                    }
                     tokio::time::sleep(delay).await;
-                    let reply = self.inner.send(to, hops, envelope).await;
+                    let reply = self.inner.send(to, frame).await;
                     if lose_reply {
-                        return Err(ForwardError::Timeout {
+                        return Err(CallError::Timeout {
                             node,
                             timeout: delay,
                         });
@@ -188,86 +229,102 @@ impl<F: Forwarder> Forwarder for FaultyForwarder<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::PeerHandler;
-    use crate::message::{PeerRequest, PeerResult};
+    use crate::rpc::{Ping, Pong};
+    use crate::transport::{FrameHandler, Peers};
+    use crate::wire::{encode_reply, FrameError, Header, Incoming};
     use crate::InProcessNetwork;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Default)]
     struct Counter(AtomicUsize);
 
-    impl PeerHandler for Counter {
-        fn handle(&self, _: u8, e: Envelope) -> BoxFuture<'_, PeerResult> {
+    impl FrameHandler for Counter {
+        fn handle_frame(&self, frame: Bytes) -> BoxFuture<'_, Result<Bytes, FrameError>> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
-                Ok(PeerReply::Pong {
-                    node: e.from,
+                let from = Incoming::parse(&frame)?.header.from;
+                Ok(encode_reply::<Pong>(&Ok(Pong {
+                    node: from,
                     epoch: 0,
                     incarnation: 0,
                     ready: true,
-                })
+                })))
             })
         }
     }
 
-    fn envelope(from: u32) -> Envelope {
-        Envelope {
+    fn header(from: u32) -> Header {
+        Header {
             from: NodeId(from),
-            epoch: 1,
             incarnation: 1,
-            request: PeerRequest::Ping,
+            epoch: 1,
+            request_id: 1,
+            hops: 1,
         }
     }
 
-    #[tokio::test]
-    async fn partitions_cut_both_ways_and_heal() {
+    fn setup(
+        seed: u64,
+    ) -> (
+        Faults,
+        InProcessNetwork,
+        Arc<Counter>,
+        Arc<dyn FrameHandler>,
+        NodeInfo,
+    ) {
         let net = InProcessNetwork::new(Duration::from_secs(1));
         let counter = Arc::new(Counter::default());
-        let handler: Arc<dyn PeerHandler> = counter.clone();
+        let handler: Arc<dyn FrameHandler> = counter.clone();
         net.register("n1", Arc::downgrade(&handler));
-        let faults = Faults::new(7);
-        let fwd = faults.wrap(net);
         let n1 = NodeInfo {
             id: NodeId(1),
             addr: "n1".into(),
         };
+        (Faults::new(seed), net, counter, handler, n1)
+    }
+
+    #[tokio::test]
+    async fn partitions_cut_both_ways_and_heal() {
+        let (faults, net, counter, _handler, n1) = setup(7);
+        let from0 = Peers::new(Arc::new(faults.wrap(NodeId(0), net.clone())));
+        let from2 = Peers::new(Arc::new(faults.wrap(NodeId(2), net)));
         faults.partition(&[NodeId(0)], &[NodeId(1)]);
-        let e = fwd.send(&n1, 1, envelope(0)).await.unwrap_err();
-        assert!(matches!(e, ForwardError::Unreachable { .. }));
-        assert!(fwd.send(&n1, 1, envelope(2)).await.is_ok());
+        let e = from0.call(&n1, &header(0), &Ping).await.unwrap_err();
+        assert!(matches!(e, CallError::Unreachable { .. }));
+        assert!(from2.call(&n1, &header(2), &Ping).await.is_ok());
         faults.heal();
-        assert!(fwd.send(&n1, 1, envelope(0)).await.is_ok());
+        assert!(from0.call(&n1, &header(0), &Ping).await.is_ok());
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn lost_replies_are_applied_but_reported_as_timeouts() {
-        let net = InProcessNetwork::new(Duration::from_secs(1));
-        let counter = Arc::new(Counter::default());
-        let handler: Arc<dyn PeerHandler> = counter.clone();
-        net.register("n1", Arc::downgrade(&handler));
-        let faults = Faults::new(3);
-        let fwd = faults.wrap(net);
-        let n1 = NodeInfo {
-            id: NodeId(1),
-            addr: "n1".into(),
-        };
+        let (faults, net, counter, _handler, n1) = setup(3);
+        let peers = Peers::new(Arc::new(faults.wrap(NodeId(0), net)));
         faults.set_drop(0.0, 1.0);
-        let e = fwd.send(&n1, 1, envelope(0)).await.unwrap_err();
+        let e = peers.call(&n1, &header(0), &Ping).await.unwrap_err();
         assert!(e.may_have_applied());
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         faults.set_drop(1.0, 0.0);
-        assert!(fwd
-            .send(&n1, 1, envelope(0))
-            .await
-            .unwrap_err()
-            .may_have_applied());
+        let e = peers.call(&n1, &header(0), &Ping).await.unwrap_err();
+        assert!(e.may_have_applied());
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
             1,
             "a lost request is never applied"
         );
         faults.clear();
-        assert!(fwd.send(&n1, 1, envelope(0)).await.is_ok());
+        assert!(peers.call(&n1, &header(0), &Ping).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplicated_requests_are_delivered_twice() {
+        let (faults, net, counter, _handler, n1) = setup(5);
+        let peers = Peers::new(Arc::new(faults.wrap(NodeId(0), net)));
+        faults.set_duplicate(1.0);
+        faults.set_delay(Some((Duration::from_millis(1), Duration::from_millis(5))));
+        assert!(peers.call(&n1, &header(0), &Ping).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 }

@@ -1,27 +1,36 @@
-//! The HTTP transport: peer requests as `POST /internal/v1/rpc` over hyper-util's pooled client.
+//! The HTTP transport: both halves of `POST /internal/v1/rpc`.
+//!
+//! The client half ([`HttpTransport`]) posts request frames over hyper-util's pooled client; the
+//! server half ([`serve`]) is called by the node's HTTP router for that path. A frame is the
+//! request body as it is (`application/octet-stream`); a 200 answer's body is the reply frame.
+//! A frame the server cannot read at all (another protocol version, garbage, too large) gets a
+//! 4xx with the API's JSON error body, `{"error": {"code", "message"}}`, which any version can
+//! read.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use kvcore::NodeInfo;
+use kvcore::{ErrorCode, NodeInfo};
 
-use crate::forward::{BoxFuture, ForwardError, Forwarder};
-use crate::message::{
-    decode, encode, Envelope, PeerReply, PeerResult, RemoteError, HOPS_HEADER, RPC_PATH,
-};
+use crate::error::{CallError, RemoteError};
+use crate::transport::{BoxFuture, FrameHandler, Transport};
 
-/// Largest peer reply accepted: a value of the maximum size plus its JSON/base64 framing.
+/// Path of the peer endpoint on every node.
+pub const RPC_PATH: &str = "/internal/v1/rpc";
+
+/// Largest peer reply accepted.
 const MAX_REPLY_BYTES: usize = 4 << 20;
 
 /// Settings of the HTTP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpForwarderConfig {
+pub struct HttpTransportConfig {
     /// Deadline for a whole exchange: connect, send, and read the reply.
     pub request_timeout: Duration,
     /// Deadline for establishing a connection, so a dead host fails fast.
@@ -32,9 +41,9 @@ pub struct HttpForwarderConfig {
     pub max_idle_per_peer: usize,
 }
 
-impl Default for HttpForwarderConfig {
+impl Default for HttpTransportConfig {
     fn default() -> Self {
-        HttpForwarderConfig {
+        HttpTransportConfig {
             request_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(500),
             pool_idle_timeout: Duration::from_secs(60),
@@ -43,18 +52,18 @@ impl Default for HttpForwarderConfig {
     }
 }
 
-/// Forwards over HTTP/1.1 with kept-alive, pooled connections to every peer.
+/// Sends frames over HTTP/1.1 with kept-alive, pooled connections to every peer.
 ///
 /// hyper-util's client stays private to this type, as hyper advises for public APIs.
 #[derive(Debug, Clone)]
-pub struct HttpForwarder {
+pub struct HttpTransport {
     client: Client<HttpConnector, Full<Bytes>>,
-    config: HttpForwarderConfig,
+    config: HttpTransportConfig,
 }
 
-impl HttpForwarder {
-    /// A forwarder with its own connection pool. Must be created inside a Tokio runtime.
-    pub fn new(config: HttpForwarderConfig) -> Self {
+impl HttpTransport {
+    /// A transport with its own connection pool. Must be created inside a Tokio runtime.
+    pub fn new(config: HttpTransportConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -63,65 +72,50 @@ impl HttpForwarder {
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.max_idle_per_peer)
             .build(connector);
-        HttpForwarder { client, config }
+        HttpTransport { client, config }
     }
 
-    async fn exchange(
-        &self,
-        to: &NodeInfo,
-        hops: u8,
-        body: Bytes,
-    ) -> Result<PeerReply, ForwardError> {
+    async fn exchange(&self, to: &NodeInfo, frame: Bytes) -> Result<Bytes, CallError> {
         let node = to.id;
-        let uri = format!("http://{}{}", to.addr, RPC_PATH);
         let request = Request::builder()
             .method(Method::POST)
-            .uri(uri)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(HOPS_HEADER, HeaderValue::from(u16::from(hops)))
-            .body(Full::new(body))
-            .map_err(|e| ForwardError::Unreachable {
+            .uri(format!("http://{}{}", to.addr, RPC_PATH))
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
+            .body(Full::new(frame))
+            .map_err(|e| CallError::Unreachable {
                 node,
                 reason: format!("bad peer address {:?}: {e}", to.addr),
             })?;
         let response = self.client.request(request).await.map_err(|e| {
+            let reason = error_chain(&e);
             if e.is_connect() {
-                ForwardError::Unreachable {
-                    node,
-                    reason: error_chain(&e),
-                }
+                CallError::Unreachable { node, reason }
             } else {
-                ForwardError::Broken {
-                    node,
-                    reason: error_chain(&e),
-                }
+                CallError::Broken { node, reason }
             }
         })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
             .collect()
             .await
-            .map_err(|e| ForwardError::Broken {
+            .map_err(|e| CallError::Broken {
                 node,
                 reason: format!("reading reply: {e}"),
             })?
             .to_bytes();
         if status == StatusCode::OK {
-            let result: PeerResult = decode(&body).map_err(|e| ForwardError::Broken {
-                node,
-                reason: format!("undecodable reply: {e}"),
-            })?;
-            return result.map_err(ForwardError::Remote);
+            return Ok(body);
         }
-        // The endpoint refused the request before handling it (malformed, too large, ...): it
-        // answers with the API's error body, `{"error": {"code", "message"}}`.
         #[derive(serde::Deserialize)]
         struct ErrorBody {
             error: RemoteError,
         }
-        match decode::<ErrorBody>(&body) {
-            Ok(e) => Err(ForwardError::Remote(e.error)),
-            Err(_) => Err(ForwardError::Broken {
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => Err(CallError::Remote(e.error)),
+            Err(_) => Err(CallError::Broken {
                 node,
                 reason: format!("unexpected status {status}"),
             }),
@@ -129,24 +123,79 @@ impl HttpForwarder {
     }
 }
 
-impl Forwarder for HttpForwarder {
+impl Transport for HttpTransport {
     fn send<'a>(
         &'a self,
         to: &'a NodeInfo,
-        hops: u8,
-        envelope: Envelope,
-    ) -> BoxFuture<'a, Result<PeerReply, ForwardError>> {
+        frame: Bytes,
+    ) -> BoxFuture<'a, Result<Bytes, CallError>> {
         Box::pin(async move {
             let timeout = self.config.request_timeout;
-            match tokio::time::timeout(timeout, self.exchange(to, hops, encode(&envelope))).await {
+            match tokio::time::timeout(timeout, self.exchange(to, frame)).await {
                 Ok(result) => result,
-                Err(_) => Err(ForwardError::Timeout {
+                Err(_) => Err(CallError::Timeout {
                     node: to.id,
                     timeout,
                 }),
             }
         })
     }
+}
+
+/// The server half: answers a `POST` [`RPC_PATH`] request whose body is a request frame of at
+/// most `limit` bytes.
+pub async fn serve(
+    handler: &dyn FrameHandler,
+    request: Request<Incoming>,
+    limit: usize,
+) -> Response<Full<Bytes>> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BodyTooLarge,
+            format!("peer frame is over the limit of {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large();
+    }
+    let frame = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                format!("could not read the peer frame: {e}"),
+            )
+        }
+    };
+    match handler.handle_frame(frame).await {
+        Ok(reply) => {
+            let mut response = Response::new(Full::new(reply));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+    }
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,34 +1,45 @@
 //! kvnet: how kv store nodes talk to each other.
 //!
-//! A node hands requests for keys it does not own to a [`Forwarder`] and answers its peers
-//! through a [`PeerHandler`]. Two transports implement the seam:
-//! - [`HttpForwarder`]: JSON over HTTP/1.1 with hyper-util's pooled client and per-request
-//!   deadlines; the receiving side is the `POST /internal/v1/rpc` endpoint of kvserver.
-//! - [`InProcessNetwork`]: nodes in one process, for tests and examples; every message is still
-//!   encoded and decoded, so the codec is tested even in memory.
+//! The peer protocol is a set of typed messages ([`rpc`]), each tied to its reply type by the
+//! [`Rpc`] trait, carried in binary frames ([`wire`]) that start with a protocol version and a
+//! [`Header`] (sender, incarnation, epoch, request id, hop count). Values travel as their stored
+//! bytes. A frame is encoded once and its bytes shared, so a message for several replicas costs
+//! one encoding.
 //!
-//! Transport failures ([`ForwardError::Unreachable`], [`ForwardError::Timeout`],
-//! [`ForwardError::Broken`]) stay distinct from the remote node's own answer
-//! ([`ForwardError::Remote`]), and [`ForwardError::may_have_applied`] tells a coordinator whether a
+//! Frames move over a [`Transport`]:
+//! - [`HttpTransport`]: `POST /internal/v1/rpc` with hyper-util's pooled client; [`http::serve`]
+//!   is the receiving half, mounted by the node's HTTP server.
+//! - [`InProcessNetwork`]: nodes in one process, for tests and examples; frames are the same
+//!   bytes, so the codec is tested even in memory.
+//! - [`FaultyTransport`]: wraps either to drop, delay, duplicate and partition ([`Faults`]).
+//!
+//! [`Peers`] makes typed calls over a transport; a node answers through [`rpc::dispatch`] and its
+//! [`PeerService`]. Transport failures ([`CallError::Unreachable`], [`CallError::Timeout`],
+//! [`CallError::Broken`]) stay distinct from the remote node's own answer
+//! ([`CallError::Remote`]), and [`CallError::may_have_applied`] tells a coordinator whether a
 //! failed write is known not to have happened or has an unknown outcome.
 //!
 //! # Layout
-//! - [`message`]: the peer protocol ([`Envelope`], [`PeerRequest`], [`PeerReply`]) and its codec.
-//! - [`forward`]: the [`Forwarder`] and [`PeerHandler`] traits and [`ForwardError`].
-//! - [`http`]: the HTTP transport.
+//! - [`rpc`]: the messages, [`Rpc`], [`PeerService`] and [`rpc::dispatch`].
+//! - [`wire`]: frames, [`Header`], protocol versions.
+//! - [`transport`]: the [`Transport`] and [`FrameHandler`] seams and [`Peers`].
+//! - [`error`]: [`RemoteError`] and [`CallError`].
+//! - [`http`]: the HTTP transport, both halves.
 //! - [`local`]: the in-process transport.
-//! - [`fault`]: [`Faults`] and [`FaultyForwarder`], injected drops, delays and partitions.
+//! - [`fault`]: [`Faults`] and [`FaultyTransport`].
 
+pub mod error;
 pub mod fault;
-pub mod forward;
 pub mod http;
 pub mod local;
-pub mod message;
+pub mod rpc;
+pub mod transport;
+pub mod wire;
 
-pub use fault::{Faults, FaultyForwarder};
-pub use forward::{BoxFuture, ForwardError, Forwarder, PeerHandler};
-pub use http::{HttpForwarder, HttpForwarderConfig};
+pub use error::{CallError, RemoteError};
+pub use fault::{Faults, FaultyTransport};
+pub use http::{HttpTransport, HttpTransportConfig, RPC_PATH};
 pub use local::InProcessNetwork;
-pub use message::{
-    Envelope, PeerReply, PeerRequest, PeerResult, RemoteError, HOPS_HEADER, MAX_HOPS, RPC_PATH,
-};
+pub use rpc::{Handle, Kind, PeerService, Rpc};
+pub use transport::{BoxFuture, FrameHandler, Peers, Transport};
+pub use wire::{Frame, FrameError, Header, MAX_HOPS, PROTOCOL_VERSION};

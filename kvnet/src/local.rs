@@ -1,30 +1,32 @@
-//! The in-process transport: nodes in one process talk through a shared registry, with every
-//! message still encoded and decoded so the codec is exercised exactly as over HTTP.
+//! The in-process transport: nodes in one process exchange frames through a shared registry.
+//! Frames are the very bytes the HTTP transport would send, so the codec is exercised exactly
+//! as over the network.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use kvcore::NodeInfo;
 
-use crate::forward::{BoxFuture, ForwardError, Forwarder, PeerHandler};
-use crate::message::{decode, encode, Envelope, PeerReply, PeerResult};
+use crate::error::{CallError, RemoteError};
+use crate::transport::{BoxFuture, FrameHandler, Transport};
+use crate::wire::FrameError;
 
 /// A registry of in-process nodes, addressed by their [`NodeInfo::addr`]. Cloning shares it.
 ///
 /// ```
-/// # async fn demo() {
 /// use std::sync::Arc;
-/// use kvnet::{InProcessNetwork, Forwarder};
+/// use kvnet::{InProcessNetwork, Peers, Transport};
+///
 /// let network = InProcessNetwork::new(std::time::Duration::from_secs(1));
-/// let forwarder: Arc<dyn Forwarder> = Arc::new(network.clone());
-/// // network.register("node-0", Arc::downgrade(&node_handler)); ...
-/// # }
+/// let peers = Peers::new(Arc::new(network.clone()));
+/// // network.register("node-0", Arc::downgrade(&handler)); peers.call(&info, &header, &Ping) ...
 /// ```
 #[derive(Clone)]
 pub struct InProcessNetwork {
-    nodes: Arc<RwLock<HashMap<String, Weak<dyn PeerHandler>>>>,
+    nodes: Arc<RwLock<HashMap<String, Weak<dyn FrameHandler>>>>,
     timeout: Duration,
 }
 
@@ -49,7 +51,7 @@ impl InProcessNetwork {
 
     /// Makes `handler` reachable at `addr`. The network holds it weakly, so a dropped node
     /// becomes unreachable by itself.
-    pub fn register(&self, addr: impl Into<String>, handler: Weak<dyn PeerHandler>) {
+    pub fn register(&self, addr: impl Into<String>, handler: Weak<dyn FrameHandler>) {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         nodes.insert(addr.into(), handler);
     }
@@ -60,41 +62,38 @@ impl InProcessNetwork {
         nodes.remove(addr);
     }
 
-    fn handler(&self, addr: &str) -> Option<Arc<dyn PeerHandler>> {
+    fn handler(&self, addr: &str) -> Option<Arc<dyn FrameHandler>> {
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         nodes.get(addr).and_then(Weak::upgrade)
     }
 }
 
-impl Forwarder for InProcessNetwork {
+impl Transport for InProcessNetwork {
     fn send<'a>(
         &'a self,
         to: &'a NodeInfo,
-        hops: u8,
-        envelope: Envelope,
-    ) -> BoxFuture<'a, Result<PeerReply, ForwardError>> {
+        frame: Bytes,
+    ) -> BoxFuture<'a, Result<Bytes, CallError>> {
         Box::pin(async move {
             let node = to.id;
             let Some(handler) = self.handler(&to.addr) else {
-                return Err(ForwardError::Unreachable {
+                return Err(CallError::Unreachable {
                     node,
                     reason: format!("no node at {}", to.addr),
                 });
             };
-            let broken = |reason: String| ForwardError::Broken { node, reason };
-            let wire = encode(&envelope);
-            let envelope: Envelope =
-                decode(&wire).map_err(|e| broken(format!("undecodable request: {e}")))?;
-            let answer = tokio::time::timeout(self.timeout, handler.handle(hops, envelope))
-                .await
-                .map_err(|_| ForwardError::Timeout {
+            match tokio::time::timeout(self.timeout, handler.handle_frame(frame)).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(FrameError::Stopped)) => Err(CallError::Broken {
+                    node,
+                    reason: "the node stopped while handling the request".into(),
+                }),
+                Ok(Err(e)) => Err(CallError::Remote(RemoteError::new(e.code(), e.to_string()))),
+                Err(_) => Err(CallError::Timeout {
                     node,
                     timeout: self.timeout,
-                })?;
-            let wire = encode(&answer);
-            let answer: PeerResult =
-                decode(&wire).map_err(|e| broken(format!("undecodable reply: {e}")))?;
-            answer.map_err(ForwardError::Remote)
+                }),
+            }
         })
     }
 }
@@ -102,23 +101,31 @@ impl Forwarder for InProcessNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{PeerRequest, RemoteError};
-    use kvcore::NodeId;
+    use crate::rpc::{Get, Kind, Ping, Pong};
+    use crate::transport::Peers;
+    use crate::wire::{encode_reply, Header, Incoming};
+    use kvcore::{ErrorCode, NodeId};
 
+    /// Answers pings with the sender's header echoed back, refuses everything else.
     struct Echo;
 
-    impl PeerHandler for Echo {
-        fn handle(&self, hops: u8, envelope: Envelope) -> BoxFuture<'_, PeerResult> {
+    impl FrameHandler for Echo {
+        fn handle_frame(&self, frame: Bytes) -> BoxFuture<'_, Result<Bytes, FrameError>> {
             Box::pin(async move {
-                match envelope.request {
-                    PeerRequest::Ping => Ok(PeerReply::Pong {
-                        node: NodeId(hops as u32),
-                        epoch: envelope.epoch,
-                        incarnation: envelope.incarnation,
+                let incoming = Incoming::parse(&frame)?;
+                if incoming.kind == Kind::Ping {
+                    let h = incoming.header;
+                    return Ok(encode_reply::<Pong>(&Ok(Pong {
+                        node: NodeId(h.hops as u32),
+                        epoch: h.epoch,
+                        incarnation: h.incarnation,
                         ready: true,
-                    }),
-                    _ => Err(RemoteError::new("nope", "only pings")),
+                    })));
                 }
+                Ok(encode_reply::<Pong>(&Err(RemoteError::new(
+                    ErrorCode::Internal,
+                    "only pings",
+                ))))
             })
         }
     }
@@ -130,24 +137,26 @@ mod tests {
         }
     }
 
-    fn ping() -> Envelope {
-        Envelope {
+    fn header(hops: u8) -> Header {
+        Header {
             from: NodeId(0),
-            epoch: 5,
             incarnation: 1,
-            request: PeerRequest::Ping,
+            epoch: 5,
+            request_id: 9,
+            hops,
         }
     }
 
     #[tokio::test]
     async fn delivers_replies_remote_errors_and_unreachability() {
         let net = InProcessNetwork::new(Duration::from_secs(1));
-        let echo: Arc<dyn PeerHandler> = Arc::new(Echo);
+        let echo: Arc<dyn FrameHandler> = Arc::new(Echo);
         net.register("a", Arc::downgrade(&echo));
-        let reply = net.send(&info("a"), 2, ping()).await.unwrap();
+        let peers = Peers::new(Arc::new(net.clone()));
+        let pong = peers.call(&info("a"), &header(2), &Ping).await.unwrap();
         assert_eq!(
-            reply,
-            PeerReply::Pong {
+            pong,
+            Pong {
                 node: NodeId(2),
                 epoch: 5,
                 incarnation: 1,
@@ -155,28 +164,26 @@ mod tests {
             }
         );
 
-        let get = Envelope {
-            request: PeerRequest::Get { key: "k".into() },
-            ..ping()
-        };
-        let err = net.send(&info("a"), 1, get).await.unwrap_err();
-        assert_eq!(
-            err,
-            ForwardError::Remote(RemoteError::new("nope", "only pings"))
-        );
+        // Echo refuses a Get with its own error, which the caller receives as the remote's
+        // answer, not a transport failure.
+        let err = peers
+            .call(&info("a"), &header(1), &Get { key: "k".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.remote_code(), Some(ErrorCode::Internal));
         assert!(!err.may_have_applied());
 
-        let err = net.send(&info("b"), 1, ping()).await.unwrap_err();
-        assert!(matches!(err, ForwardError::Unreachable { .. }));
+        let err = peers.call(&info("b"), &header(1), &Ping).await.unwrap_err();
+        assert!(matches!(err, CallError::Unreachable { .. }));
         net.unregister("a");
-        assert!(net.send(&info("a"), 1, ping()).await.is_err());
+        assert!(peers.call(&info("a"), &header(1), &Ping).await.is_err());
         drop(echo);
     }
 
     struct Stuck;
 
-    impl PeerHandler for Stuck {
-        fn handle(&self, _: u8, _: Envelope) -> BoxFuture<'_, PeerResult> {
+    impl FrameHandler for Stuck {
+        fn handle_frame(&self, _: Bytes) -> BoxFuture<'_, Result<Bytes, FrameError>> {
             Box::pin(std::future::pending())
         }
     }
@@ -184,10 +191,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stuck_peer_times_out_as_ambiguous() {
         let net = InProcessNetwork::new(Duration::from_millis(300));
-        let stuck: Arc<dyn PeerHandler> = Arc::new(Stuck);
+        let stuck: Arc<dyn FrameHandler> = Arc::new(Stuck);
         net.register("s", Arc::downgrade(&stuck));
-        let err = net.send(&info("s"), 1, ping()).await.unwrap_err();
-        assert!(matches!(err, ForwardError::Timeout { .. }));
+        let peers = Peers::new(Arc::new(net));
+        let err = peers.call(&info("s"), &header(1), &Ping).await.unwrap_err();
+        assert!(matches!(err, CallError::Timeout { .. }));
         assert!(err.may_have_applied());
     }
 }

@@ -7,13 +7,14 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use kvcore::{Encoding, Entry, Precondition, Value, Version};
-use kvnet::{Envelope, HOPS_HEADER, MAX_HOPS, RPC_PATH};
+use kvcore::{Encoding, Entry, ErrorCode, Precondition, Value, Version};
+use kvnet::RPC_PATH;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use crate::error::Error;
-use crate::node::{Counters, Node};
+use crate::metrics::bump;
+use crate::node::Node;
 
 /// Largest request body accepted with the default value limit: a 1 MiB value plus its JSON or
 /// base64 framing. A larger `max_value_bytes` raises it to 1.5 times that.
@@ -39,11 +40,11 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
         Ok(response) => response,
         Err(e) => error_response(&e),
     };
-    let counters = node.counters();
+    let metrics = node.metrics();
     if response.status().is_client_error() {
-        Counters::bump(&counters.client_errors);
+        bump(&metrics.client_errors);
     } else if response.status().is_server_error() {
-        Counters::bump(&counters.server_errors);
+        bump(&metrics.server_errors);
     }
     response
 }
@@ -159,7 +160,7 @@ struct PutBody {
 fn precondition(if_version: Option<u64>, if_absent: bool) -> Result<Precondition, Error> {
     match (if_version, if_absent) {
         (Some(_), true) => Err(Error::BadRequest {
-            code: "invalid_request",
+            code: ErrorCode::InvalidRequest,
             message: "if_version and if_absent cannot be combined".into(),
         }),
         (Some(v), false) => Ok(Precondition::IfVersion(Version(v))),
@@ -195,9 +196,11 @@ async fn set(
         }
         Err(conflict) => {
             let (code, message) = match precondition {
-                Precondition::IfAbsent => ("key_exists", format!("key {key:?} already exists")),
+                Precondition::IfAbsent => {
+                    (ErrorCode::KeyExists, format!("key {key:?} already exists"))
+                }
                 _ => (
-                    "version_mismatch",
+                    ErrorCode::VersionMismatch,
                     match &conflict.current {
                         Some(e) => format!(
                             "key {key:?} is at version {}, not the expected one",
@@ -252,15 +255,7 @@ fn cluster(node: &Node) -> HttpResponse {
         .nodes()
         .iter()
         .map(|n| {
-            let state = if n.id == node.id() {
-                if node.is_ready() {
-                    "up"
-                } else {
-                    "recovering"
-                }
-            } else {
-                node.membership().state(n.id).as_str()
-            };
+            let state = node.peer_state(n.id).as_str();
             json!({"id": n.id, "addr": n.addr, "state": state})
         })
         .collect();
@@ -287,26 +282,21 @@ fn stats(node: &Node) -> HttpResponse {
             "bytes": s.bytes,
             "max_memory": s.max_memory,
             "under_replicated": node.under_replicated(),
-            "requests": node.counters().snapshot(),
+            "requests": node.metrics().snapshot(),
         }),
     )
 }
 
-/// `POST /internal/v1/rpc`: a request from a peer, with its hop count in [`HOPS_HEADER`].
+/// `POST /internal/v1/rpc`: a frame from a peer, answered by kvnet's server half. A frame holds
+/// a value of at most the configured size plus its key and a small header.
 async fn peer(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
-    let hops = req
-        .headers()
-        .get(HOPS_HEADER)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<u8>().ok())
-        .filter(|h| (1..=MAX_HOPS).contains(h))
-        .ok_or_else(|| Error::BadRequest {
-            code: "invalid_request",
-            message: format!("peer requests need a {HOPS_HEADER} header between 1 and {MAX_HOPS}"),
-        })?;
-    let envelope: Envelope = read_json(node, req).await?;
-    let result = node.handle_peer(hops, envelope).await;
-    Ok(json_response(StatusCode::OK, &result))
+    let limit = node
+        .store()
+        .config()
+        .limits
+        .max_value_bytes
+        .saturating_add(64 << 10);
+    Ok(kvnet::http::serve(&*node.peer_handler(), req, limit).await)
 }
 
 /// Percent-decodes a key from a URL path segment.
@@ -333,33 +323,30 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large);
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
         Err(e) => {
             return Err(Error::BadRequest {
-                code: "invalid_request",
+                code: ErrorCode::InvalidRequest,
                 message: format!("could not read the request body: {e}"),
             })
         }
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::BadRequest {
-            code: "malformed_json",
+            code: ErrorCode::MalformedJson,
             message: "the request body is empty; expected a JSON object".into(),
         });
     }
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         let code = match e.classify() {
-            Category::Data => "invalid_request",
-            Category::Syntax | Category::Eof | Category::Io => "malformed_json",
+            Category::Data => ErrorCode::InvalidRequest,
+            Category::Syntax | Category::Eof | Category::Io => ErrorCode::MalformedJson,
         };
         Error::BadRequest {
             code,

@@ -1,8 +1,8 @@
 //! Errors of the node and the API, and the one place that maps them to HTTP statuses.
 
 use hyper::StatusCode;
-use kvcore::NodeId;
-use kvnet::{ForwardError, RemoteError};
+use kvcore::{ErrorCode, NodeId};
+use kvnet::{CallError, RemoteError};
 
 /// Why a node could not carry out a client's request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -10,11 +10,11 @@ pub enum Error {
     /// The request itself was refused by kvcore (bad key, bad value, budget full, ...).
     #[error(transparent)]
     Core(#[from] kvcore::Error),
-    /// The request could not be parsed.
+    /// The request could not be parsed or cannot be carried out as asked.
     #[error("{message}")]
     BadRequest {
-        /// Stable code (`malformed_json`, `invalid_request`, ...).
-        code: &'static str,
+        /// What kind of problem (`malformed_json`, `invalid_request`, `not_an_integer`, ...).
+        code: ErrorCode,
         /// What was wrong.
         message: String,
     },
@@ -62,10 +62,10 @@ pub enum Error {
         /// What the transport reported.
         reason: String,
     },
-    /// A write was sent to its owner but no answer came back: it may or may not have been applied.
+    /// A write was sent but no answer came back: it may or may not have been applied.
     #[error("the write may or may not have been applied: {reason}")]
     OutcomeUnknown {
-        /// What the transport reported.
+        /// What happened.
         reason: String,
     },
     /// Fewer than a majority of the key's replicas answered; nothing was changed.
@@ -86,23 +86,34 @@ pub enum Error {
         /// Detail.
         message: String,
     },
+    /// The node is stopping and did not carry the request out.
+    #[error("the node is shutting down")]
+    ShuttingDown,
     /// An error answered by the replica that handled the request, passed on as it is.
     #[error("{}", .0.message)]
     Remote(RemoteError),
 }
 
 impl Error {
-    /// The error of a failed forward: a transport failure, or the owner's own error.
-    pub fn from_forward(e: ForwardError, is_write: bool) -> Self {
+    /// A refused request with this code.
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error of a failed call to a replica: a transport failure, or the replica's own error.
+    pub fn from_call(e: CallError, is_write: bool) -> Self {
         match e {
-            ForwardError::Remote(remote) => Error::from_remote(remote),
-            ForwardError::Unreachable { node, reason } => Error::OwnerUnavailable { node, reason },
-            e @ (ForwardError::Timeout { .. } | ForwardError::Broken { .. }) if is_write => {
+            CallError::Remote(remote) => Error::Remote(remote),
+            CallError::Unreachable { node, reason } => Error::OwnerUnavailable { node, reason },
+            e @ (CallError::Timeout { .. } | CallError::Broken { .. }) if is_write => {
                 Error::OutcomeUnknown {
                     reason: e.to_string(),
                 }
             }
-            ForwardError::Timeout { node, .. } | ForwardError::Broken { node, .. } => {
+            CallError::Timeout { node, .. } | CallError::Broken { node, .. } => {
                 Error::OwnerTimeout {
                     node,
                     reason: e.to_string(),
@@ -111,47 +122,29 @@ impl Error {
         }
     }
 
-    /// A remote error; its code keeps the status it has on the remote node.
-    pub fn from_remote(remote: RemoteError) -> Self {
-        Error::Remote(remote)
-    }
-
     /// The stable code clients see.
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             Error::Core(e) => e.code(),
-            Error::BadRequest { code, .. } => code,
-            Error::NotFound { .. } => "not_found",
-            Error::NoRoute { .. } => "no_route",
-            Error::MethodNotAllowed { .. } => "method_not_allowed",
-            Error::BodyTooLarge { .. } => "body_too_large",
-            Error::OwnerUnavailable { .. } => "owner_unavailable",
-            Error::OwnerTimeout { .. } => "owner_timeout",
-            Error::OutcomeUnknown { .. } => "outcome_unknown",
-            Error::Misdirected { .. } => "misdirected",
-            Error::QuorumUnavailable { .. } => "quorum_unavailable",
-            Error::Overloaded { .. } => "overloaded",
-            Error::Remote(r) => &r.code,
+            Error::BadRequest { code, .. } => *code,
+            Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::NoRoute { .. } => ErrorCode::NoRoute,
+            Error::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            Error::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            Error::OwnerUnavailable { .. } => ErrorCode::OwnerUnavailable,
+            Error::OwnerTimeout { .. } => ErrorCode::OwnerTimeout,
+            Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            Error::QuorumUnavailable { .. } => ErrorCode::QuorumUnavailable,
+            Error::Overloaded { .. } => ErrorCode::Overloaded,
+            Error::Misdirected { .. } => ErrorCode::Misdirected,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Remote(r) => r.code,
         }
     }
 
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
-        match self {
-            Error::Core(e) => core_status(e),
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound { .. } | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::OwnerUnavailable { .. }
-            | Error::QuorumUnavailable { .. }
-            | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::OwnerTimeout { .. } | Error::OutcomeUnknown { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            Error::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Error::Remote(r) => remote_status(&r.code),
-        }
+        status(self.code())
     }
 
     /// The error as a peer protocol answer.
@@ -163,33 +156,34 @@ impl Error {
     }
 }
 
-fn core_status(e: &kvcore::Error) -> StatusCode {
-    use kvcore::Error as E;
-    match e {
-        E::InvalidKey { .. } | E::UnknownEncoding { .. } | E::InvalidValue { .. } => {
-            StatusCode::BAD_REQUEST
-        }
-        E::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        E::MemoryFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        E::InvalidClusterMap { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// Status for an error code that came from a peer: the status that code has here, so a client
-/// sees the same answer whichever node it asked.
-fn remote_status(code: &str) -> StatusCode {
+/// The HTTP status of every error code: the one place that decides it, so a client gets the same
+/// status whichever node it asked, and a new code cannot be added without deciding its status.
+pub fn status(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
     match code {
-        "invalid_key" | "unknown_encoding" | "invalid_value" | "malformed_json"
-        | "invalid_request" | "not_an_integer" | "overflow" => StatusCode::BAD_REQUEST,
-        "value_too_large" | "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "memory_full" => StatusCode::INSUFFICIENT_STORAGE,
-        "not_found" => StatusCode::NOT_FOUND,
-        "owner_unavailable" | "quorum_unavailable" | "recovering" | "overloaded" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        "owner_timeout" | "outcome_unknown" => StatusCode::GATEWAY_TIMEOUT,
-        "misdirected" => StatusCode::MISDIRECTED_REQUEST,
-        _ => StatusCode::BAD_GATEWAY,
+        C::InvalidKey
+        | C::UnknownEncoding
+        | C::InvalidValue
+        | C::MalformedJson
+        | C::InvalidRequest
+        | C::NotAnInteger
+        | C::Overflow
+        | C::UnsupportedProtocol => StatusCode::BAD_REQUEST,
+        C::NotFound | C::NoRoute => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::VersionMismatch | C::KeyExists | C::EpochMismatch => StatusCode::CONFLICT,
+        C::ValueTooLarge | C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+        C::OwnerUnavailable
+        | C::QuorumUnavailable
+        | C::Recovering
+        | C::StaleIncarnation
+        | C::Overloaded
+        | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        C::OwnerTimeout | C::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+        C::MemoryFull => StatusCode::INSUFFICIENT_STORAGE,
+        C::InvalidClusterMap | C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        C::Unrecognized => StatusCode::BAD_GATEWAY,
     }
 }
 
@@ -217,36 +211,52 @@ mod tests {
             },
         ];
         for e in local {
-            let remote = Error::from_remote(e.to_remote());
+            let remote = Error::Remote(e.to_remote());
             assert_eq!(remote.status(), e.status(), "{e}");
             assert_eq!(remote.code(), e.code());
         }
-        let unknown = Error::from_remote(RemoteError::new("from_the_future", "?"));
+        let unknown = Error::Remote(RemoteError::new(
+            ErrorCode::from_name("from_the_future"),
+            "?",
+        ));
         assert_eq!(unknown.status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]
+    fn every_code_has_a_deliberate_status() {
+        for &code in ErrorCode::ALL {
+            let s = status(code);
+            assert!(s.is_client_error() || s.is_server_error(), "{code}: {s}");
+            assert_ne!(
+                s,
+                StatusCode::BAD_GATEWAY,
+                "{code} fell through to the fallback"
+            );
+        }
+    }
+
+    #[test]
     fn write_timeouts_are_ambiguous_and_read_timeouts_are_not() {
-        let timeout = || ForwardError::Timeout {
+        let timeout = || CallError::Timeout {
             node: NodeId(2),
             timeout: std::time::Duration::from_secs(1),
         };
         assert_eq!(
-            Error::from_forward(timeout(), true).code(),
-            "outcome_unknown"
+            Error::from_call(timeout(), true).code(),
+            ErrorCode::OutcomeUnknown
         );
         assert_eq!(
-            Error::from_forward(timeout(), false).code(),
-            "owner_timeout"
+            Error::from_call(timeout(), false).code(),
+            ErrorCode::OwnerTimeout
         );
-        let down = ForwardError::Unreachable {
+        let down = CallError::Unreachable {
             node: NodeId(2),
             reason: "refused".into(),
         };
-        let e = Error::from_forward(down, true);
+        let e = Error::from_call(down, true);
         assert_eq!(
             (e.code(), e.status()),
-            ("owner_unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            (ErrorCode::OwnerUnavailable, StatusCode::SERVICE_UNAVAILABLE)
         );
     }
 }

@@ -1,8 +1,8 @@
 //! kvserver: the kv store's server, as a library and as the `kvserver` binary.
 //!
-//! A [`Node`] owns a shard of the keys (a `kvcore::Store`) and coordinates every other key by
-//! forwarding to its owner through a `kvnet::Forwarder`. [`run`] serves a node's JSON API on a
-//! listener; [`LocalCluster`] starts several nodes in one process.
+//! A [`Node`] holds replicas of the keys it owns (a `kvcore::Store`) and coordinates every
+//! other key by forwarding to its replicas through a `kvnet::Transport`. [`run`] serves a node's
+//! JSON API on a listener; [`LocalCluster`] starts several nodes in one process.
 //!
 //! # HTTP API
 //! | method & path | body | answer |
@@ -10,30 +10,59 @@
 //! | `POST`/`PUT /set` | `{"key", "value", "encoding"?, "if_version"?, "if_absent"?}` | `{"key", "value", "encoding", "version"}` |
 //! | `GET /get/{key}` | | the same, or 404 |
 //! | `GET`/`PUT`/`DELETE /kv/{key}` | PUT: `{"value", "encoding"?, ...}` | the same |
+//! | `POST /kv/{key}/incr` | `{"by"}` | the new entry |
 //! | `GET /health`, `/cluster`, `/stats` | | status, membership, counters |
 //!
 //! Errors are `{"error": {"code", "message"}}` with a 4xx or 5xx status; see [`Error`].
 //!
 //! # Layout
-//! - [`config`]: [`NodeConfig`] and size parsing.
-//! - [`node`]: the [`Node`]: local store, routing, peer handling.
-//! - [`api`]: HTTP routing, request parsing, JSON responses.
-//! - [`server`]: the accept loop and graceful shutdown ([`run`]).
+//! The node is a façade over parts with one job each; dependencies point down this list.
+//! - [`config`]: [`Config`], the one configuration type (command line, [`LocalCluster`], tests).
+//! - [`error`]: [`Error`] and the one mapping of error codes to HTTP statuses.
+//! - [`metrics`]: request counters.
+//! - [`topology`]: the current cluster map and a key's [`Placement`](topology::Placement).
+//! - [`lifecycle`]: every task a node runs, tracked and stopped together.
+//! - [`incarnations`], [`readiness`]: fencing of restarted peers, and catch-up progress.
+//! - [`peers`]: typed calls to peers with this node's frame header.
+//! - [`detector`]: the failure detector (heartbeats).
+//! - [`acceptor`]: a replica's side of CASPaxos.
+//! - [`quorum`]: fan-out of acceptor messages to a key's replicas.
+//! - [`operation`]: get, set, delete and increment as functions of a key's state.
+//! - [`proposer`]: CASPaxos rounds, fast reads, read repair.
+//! - [`coordinator`]: runs an operation here or forwards it to a replica.
+//! - [`service`]: answers peers' messages.
+//! - [`catchup`], [`seed`], [`anti_entropy`]: background work.
+//! - [`node`]: the [`Node`] façade that builds and starts the parts.
+//! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]).
 //! - [`local`]: [`LocalCluster`], in-process clusters.
-//! - [`error`]: [`Error`] and its HTTP statuses.
 
+pub mod acceptor;
+pub mod anti_entropy;
 pub mod api;
+pub mod catchup;
 pub mod config;
+pub mod coordinator;
+pub mod detector;
 pub mod error;
+pub mod incarnations;
+pub mod lifecycle;
 pub mod local;
-pub mod membership;
+pub mod metrics;
 pub mod node;
-mod recovery;
-mod replication;
+pub mod operation;
+pub mod peers;
+pub mod proposer;
+pub mod quorum;
+pub mod readiness;
+pub mod seed;
 pub mod server;
+pub mod service;
+pub mod topology;
 
-pub use config::{parse_size, NodeConfig};
+pub use config::{parse_size, Config, ConfigError};
+pub use detector::PeerState;
 pub use error::Error;
 pub use local::{LocalCluster, LocalClusterBuilder, Transport};
-pub use node::{Node, SEED_KEYS};
-pub use server::{run, shutdown_signal, ServerConfig};
+pub use node::{Node, WriteOutcome};
+pub use seed::SEED_KEYS;
+pub use server::{run, shutdown_signal};

@@ -8,7 +8,12 @@
 //! # async fn main() {
 //! use kvserver::LocalCluster;
 //!
-//! let cluster = LocalCluster::builder().nodes(3).replicas(3).start().await.unwrap();
+//! let cluster = LocalCluster::builder()
+//!     .nodes(3)
+//!     .configure(|c| c.replicas = 3)
+//!     .start()
+//!     .await
+//!     .unwrap();
 //! println!("node 0 answers on {}", cluster.url(0));
 //! let replicas = cluster.node(0).owners("user:42");
 //! assert_eq!(replicas.len(), 3);
@@ -22,14 +27,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvnet::{Faults, Forwarder, HttpForwarder, HttpForwarderConfig, InProcessNetwork, PeerHandler};
+use kvcore::NodeId;
+use kvnet::{Faults, HttpTransport, HttpTransportConfig, InProcessNetwork};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::NodeConfig;
+use crate::config::Config;
 use crate::node::Node;
-use crate::server::{self, ServerConfig};
+use crate::server;
 
 /// How the nodes of a [`LocalCluster`] talk to each other. Clients always use HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,11 +43,12 @@ pub enum Transport {
     /// Peer requests over HTTP through each node's pooled client, as between processes.
     #[default]
     Http,
-    /// Peer requests through an [`InProcessNetwork`] (still encoded and decoded).
+    /// Peer requests through an [`InProcessNetwork`] (the same frames, without sockets).
     InProcess,
 }
 
-/// Configures and starts a [`LocalCluster`].
+/// Configures and starts a [`LocalCluster`]. The shape of the cluster (node count, addresses,
+/// transport, faults) is set here; everything about each node is one [`Config`].
 #[derive(Debug, Clone)]
 pub struct LocalClusterBuilder {
     nodes: usize,
@@ -50,7 +57,7 @@ pub struct LocalClusterBuilder {
     transport: Transport,
     faults: Option<Faults>,
     ready_timeout: Duration,
-    template: NodeConfig,
+    config: Config,
 }
 
 impl LocalClusterBuilder {
@@ -84,58 +91,23 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// Copies of each key (default 3, capped at the number of nodes).
-    pub fn replicas(mut self, r: usize) -> Self {
-        self.template.replicas = r;
+    /// Every node's configuration (`id` and `peers` are filled in per node). The default is
+    /// [`Config::default`] without seed keys.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
         self
     }
 
-    /// Memory budget of each node's store.
-    pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
-        self.template.max_memory = bytes;
+    /// Changes the nodes' configuration in place:
+    /// `LocalCluster::builder().configure(|c| c.replicas = 1)`.
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
         self
     }
 
-    /// Largest accepted value in bytes.
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.template.max_value_bytes = bytes;
-        self
-    }
-
-    /// Partitioner by name (see `kvcore::partition::all`).
-    pub fn partitioner(mut self, name: impl Into<String>) -> Self {
-        self.template.partitioner = name.into();
-        self
-    }
-
-    /// Deadline of requests between nodes.
-    pub fn forward_timeout(mut self, timeout: Duration) -> Self {
-        self.template.forward_timeout = timeout;
-        self
-    }
-
-    /// Deadline of a whole client operation.
-    pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.template.op_timeout = timeout;
-        self
-    }
-
-    /// Heartbeat period and how long a silent peer takes to be considered down.
-    pub fn failure_detector(mut self, heartbeat: Duration, down_after: Duration) -> Self {
-        self.template.heartbeat_interval = heartbeat;
-        self.template.down_after = down_after;
-        self
-    }
-
-    /// How often nodes check their keys' copies.
-    pub fn anti_entropy_interval(mut self, interval: Duration) -> Self {
-        self.template.anti_entropy_interval = interval;
-        self
-    }
-
-    /// Whether nodes write the seed keys `a` and `b` (default off; `kvserver cluster` turns it on).
-    pub fn seed_keys(mut self, seed: bool) -> Self {
-        self.template.seed_keys = seed;
+    /// How long [`start`](Self::start) waits for the nodes to catch up (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
         self
     }
 
@@ -173,12 +145,12 @@ impl LocalClusterBuilder {
         let peers: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
         let mut cluster = LocalCluster {
             nodes: Vec::with_capacity(self.nodes),
-            network: InProcessNetwork::new(self.template.forward_timeout),
+            network: InProcessNetwork::new(self.config.forward_timeout()),
             transport: self.transport,
             faults: self.faults,
-            template: NodeConfig {
+            config: Config {
                 peers,
-                ..self.template
+                ..self.config
             },
         };
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -200,17 +172,17 @@ struct LocalNode {
     addr: SocketAddr,
     node: Arc<Node>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
 }
 
-/// A running in-process cluster. Dropping it stops the servers without waiting; prefer
-/// [`shutdown`](LocalCluster::shutdown).
+/// A running in-process cluster. Dropping it leaves the nodes running until the runtime ends;
+/// prefer [`shutdown`](LocalCluster::shutdown).
 pub struct LocalCluster {
     nodes: Vec<LocalNode>,
     network: InProcessNetwork,
     transport: Transport,
     faults: Option<Faults>,
-    template: NodeConfig,
+    config: Config,
 }
 
 impl fmt::Debug for LocalCluster {
@@ -222,8 +194,8 @@ impl fmt::Debug for LocalCluster {
 }
 
 impl LocalCluster {
-    /// A builder with the defaults: 4 nodes on free ports of 127.0.0.1, 3 replicas per key,
-    /// HTTP between them.
+    /// A builder with the defaults: 4 nodes on free ports of 127.0.0.1, HTTP between them, and
+    /// [`Config::default`] (3 replicas per key) without seed keys.
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder {
             nodes: 4,
@@ -232,9 +204,9 @@ impl LocalCluster {
             transport: Transport::Http,
             faults: None,
             ready_timeout: Duration::from_secs(30),
-            template: NodeConfig {
+            config: Config {
                 seed_keys: false,
-                ..NodeConfig::new(0, vec![])
+                ..Config::default()
             },
         }
     }
@@ -242,45 +214,44 @@ impl LocalCluster {
     /// Starts node `i` on `listener` with a fresh store and incarnation.
     fn launch(&self, i: usize, listener: TcpListener) -> io::Result<LocalNode> {
         let addr = listener.local_addr()?;
-        let config = NodeConfig {
-            id: kvcore::NodeId(i as u32),
-            ..self.template.clone()
+        let config = Config {
+            id: i as u32,
+            ..self.config.clone()
         };
-        let base: Arc<dyn Forwarder> = match self.transport {
-            Transport::Http => Arc::new(HttpForwarder::new(HttpForwarderConfig {
-                request_timeout: config.forward_timeout,
-                connect_timeout: config.forward_timeout.min(Duration::from_millis(500)),
+        let id = NodeId(config.id);
+        let base: Arc<dyn kvnet::Transport> = match self.transport {
+            Transport::Http => Arc::new(HttpTransport::new(HttpTransportConfig {
+                request_timeout: config.forward_timeout(),
+                connect_timeout: config.forward_timeout().min(Duration::from_millis(500)),
                 ..Default::default()
             })),
             Transport::InProcess => Arc::new(self.network.clone()),
         };
-        let forwarder: Arc<dyn Forwarder> = match &self.faults {
-            Some(faults) => Arc::new(faults.wrap(SharedForwarder(base))),
+        let transport: Arc<dyn kvnet::Transport> = match &self.faults {
+            Some(faults) => Arc::new(faults.wrap(id, base)),
             None => base,
         };
         let node = Arc::new(
-            Node::new(&config, forwarder)
+            Node::new(&config, transport)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
         );
         if self.transport == Transport::InProcess {
-            let handler: Arc<dyn PeerHandler> = node.clone();
+            let handler = node.peer_handler();
             self.network
                 .register(addr.to_string(), Arc::downgrade(&handler));
+            // The network holds handlers weakly; the node keeps its own alive.
+            drop(handler);
         }
         node.start();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server_config = ServerConfig {
-            header_read_timeout: config.header_read_timeout,
-            shutdown_grace: config.shutdown_grace,
-        };
-        let task = tokio::spawn(server::run(listener, node.clone(), server_config, async {
+        let server = tokio::spawn(server::run(listener, node.clone(), async {
             let _ = stopped.await;
         }));
         Ok(LocalNode {
             addr,
             node,
             stop: Some(stop),
-            task: Some(task),
+            server: Some(server),
         })
     }
 
@@ -316,7 +287,7 @@ impl LocalCluster {
 
     /// Whether node `i` is running (not stopped by [`stop_node`](Self::stop_node)).
     pub fn is_running(&self, i: usize) -> bool {
-        self.nodes[i].task.is_some()
+        self.nodes[i].server.is_some()
     }
 
     /// Polls until every running node has caught up, or `timeout` passes; returns which.
@@ -337,18 +308,17 @@ impl LocalCluster {
         }
     }
 
-    /// Stops node `i` as a crash would: its server and background tasks end, its memory is
-    /// gone, and its peers can no longer reach it.
+    /// Crashes node `i`: every task of the node (its server, its connections, requests it is
+    /// coordinating, its background work) is stopped at once, nothing finishes gracefully, its
+    /// memory is gone, and its peers can no longer reach it.
     pub async fn stop_node(&mut self, i: usize) {
         let addr = self.nodes[i].addr.to_string();
         self.network.unregister(&addr);
         let n = &mut self.nodes[i];
-        n.node.stop();
-        if let Some(stop) = n.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = n.task.take() {
-            let _ = task.await;
+        n.node.crash();
+        n.stop.take();
+        if let Some(server) = n.server.take() {
+            let _ = server.await;
         }
     }
 
@@ -364,25 +334,17 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Stops every node and waits for in-flight requests to finish.
+    /// Stops every node gracefully: requests in flight get the configured grace period.
     pub async fn shutdown(mut self) {
-        for i in 0..self.nodes.len() {
-            self.stop_node(i).await;
+        for n in &mut self.nodes {
+            if let Some(stop) = n.stop.take() {
+                let _ = stop.send(());
+            }
         }
-    }
-}
-
-/// Lets a shared forwarder be wrapped by value.
-#[derive(Debug)]
-struct SharedForwarder(Arc<dyn Forwarder>);
-
-impl Forwarder for SharedForwarder {
-    fn send<'a>(
-        &'a self,
-        to: &'a kvcore::NodeInfo,
-        hops: u8,
-        envelope: kvnet::Envelope,
-    ) -> kvnet::BoxFuture<'a, Result<kvnet::PeerReply, kvnet::ForwardError>> {
-        self.0.send(to, hops, envelope)
+        for n in &mut self.nodes {
+            if let Some(server) = n.server.take() {
+                let _ = server.await;
+            }
+        }
     }
 }

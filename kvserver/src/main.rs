@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use kvnet::{HttpForwarder, HttpForwarderConfig};
-use kvserver::{parse_size, LocalCluster, Node, NodeConfig, ServerConfig, SEED_KEYS};
+use kvnet::{HttpTransport, HttpTransportConfig};
+use kvserver::{Config, LocalCluster, Node, SEED_KEYS};
 use tokio::net::TcpListener;
 
 /// A distributed in-memory key-value store with a JSON HTTP API.
@@ -26,31 +26,6 @@ enum Command {
     Node(NodeArgs),
 }
 
-/// Options every node takes.
-#[derive(Args, Debug)]
-struct Common {
-    /// Memory budget of each node's store, e.g. 64MiB, 1GiB or plain bytes. Unlimited if unset.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    max_memory: Option<u64>,
-    /// Largest accepted value, e.g. 1MiB.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "1MiB")]
-    max_value_size: u64,
-    /// Copies of each key, capped at the number of nodes. 1 is pure sharding; with 3 every
-    /// operation stays linearizable while one of a key's replicas is down.
-    #[arg(long, default_value_t = 3)]
-    replicas: usize,
-    /// How keys are placed on nodes: slots (the default), rendezvous, ring or maglev. Every node
-    /// must use the same.
-    #[arg(long, value_name = "NAME")]
-    partitioner: Option<String>,
-    /// Deadline for a request forwarded to another node, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    forward_timeout_ms: u64,
-    /// Do not write the seed keys `a` and `b` at start-up.
-    #[arg(long)]
-    no_seed: bool,
-}
-
 #[derive(Args, Debug)]
 struct ClusterArgs {
     /// Number of nodes.
@@ -63,7 +38,7 @@ struct ClusterArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[command(flatten)]
-    common: Common,
+    config: Config,
 }
 
 #[derive(Args, Debug)]
@@ -83,23 +58,7 @@ struct NodeArgs {
     )]
     peers: Vec<String>,
     #[command(flatten)]
-    common: Common,
-}
-
-impl Common {
-    fn apply(&self, mut config: NodeConfig) -> Result<NodeConfig, String> {
-        config.max_memory = self.max_memory;
-        config.max_value_bytes = usize::try_from(self.max_value_size)
-            .map_err(|_| "--max-value-size is too large".to_string())?;
-        if let Some(p) = &self.partitioner {
-            config.partitioner = p.clone();
-        }
-        config.forward_timeout = Duration::from_millis(self.forward_timeout_ms);
-        config.replicas = self.replicas;
-        config.seed_keys = !self.no_seed;
-        config.validate()?;
-        Ok(config)
-    }
+    config: Config,
 }
 
 #[tokio::main]
@@ -130,17 +89,18 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
     let peers = (0..args.nodes.max(1))
         .map(|i| format!("h:{}", 1 + i))
         .collect();
-    let template = args.common.apply(NodeConfig::new(0, peers))?;
+    let config = args.config;
+    Config {
+        peers,
+        ..config.clone()
+    }
+    .validate()
+    .map_err(|e| e.to_string())?;
     let cluster = LocalCluster::builder()
         .nodes(args.nodes)
         .host(args.host.clone())
         .base_port(args.base_port)
-        .max_memory(template.max_memory)
-        .max_value_bytes(template.max_value_bytes)
-        .partitioner(template.partitioner.clone())
-        .forward_timeout(template.forward_timeout)
-        .replicas(template.replicas)
-        .seed_keys(template.seed_keys)
+        .config(config.clone())
         .start()
         .await
         .map_err(|e| e.to_string())?;
@@ -150,14 +110,14 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
         cluster.len(),
         cluster.node(0).replication_factor(),
         map.partitioner().name(),
-        template
+        config
             .max_memory
             .map_or("unlimited".to_string(), |b| format!("{b} bytes"))
     );
     for i in 0..cluster.len() {
         println!("  node {i}: {}", cluster.url(i));
     }
-    if template.seed_keys {
+    if config.seed_keys {
         for (key, value) in SEED_KEYS {
             let owner = cluster.node(0).owner(key);
             println!("  seed key {key:?} = {value:?} (owned by node {owner})");
@@ -174,34 +134,29 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
 }
 
 async fn node(args: NodeArgs) -> Result<(), String> {
-    let config = args.common.apply(NodeConfig::new(args.id, args.peers))?;
+    let config = Config {
+        id: args.id,
+        peers: args.peers,
+        ..args.config
+    };
+    config.validate().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let forwarder = Arc::new(HttpForwarder::new(HttpForwarderConfig {
-        request_timeout: config.forward_timeout,
+    let transport = Arc::new(HttpTransport::new(HttpTransportConfig {
+        request_timeout: config.forward_timeout(),
+        connect_timeout: config.forward_timeout().min(Duration::from_millis(500)),
         ..Default::default()
     }));
-    let node = Arc::new(Node::new(&config, forwarder)?);
+    let node = Arc::new(Node::new(&config, transport).map_err(|e| e.to_string())?);
     node.start();
     tracing::info!(
-        id = %config.id,
+        id = config.id,
         listen = %args.listen,
         peers = ?config.peers,
         "node started"
     );
-    let server_config = ServerConfig {
-        header_read_timeout: config.header_read_timeout,
-        shutdown_grace: config.shutdown_grace,
-    };
-    kvserver::run(
-        listener,
-        node.clone(),
-        server_config,
-        kvserver::shutdown_signal(),
-    )
-    .await;
-    node.stop();
+    kvserver::run(listener, node, kvserver::shutdown_signal()).await;
     tracing::info!("node stopped");
     Ok(())
 }

@@ -14,40 +14,19 @@ use tokio::net::TcpListener;
 use crate::api;
 use crate::node::Node;
 
-/// Timeouts of the HTTP server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerConfig {
-    /// A client must send its request headers within this time.
-    pub header_read_timeout: Duration,
-    /// In-flight requests get this long to finish after shutdown is signalled.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            header_read_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Serves `node`'s HTTP API on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish (up to [`ServerConfig::shutdown_grace`]).
+/// Serves `node`'s HTTP API on `listener` until `shutdown` completes, lets requests in flight
+/// finish (up to the configured shutdown grace), then stops the node. Returns once every task of
+/// the node has ended. If the node is stopped meanwhile (a crash, in tests), it returns at once.
 ///
 /// Tests call this with a listener bound to port 0.
-pub async fn run(
-    listener: TcpListener,
-    node: Arc<Node>,
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    let config = node.config().clone();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // Without a timer hyper silently disables its header read timeout.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        .header_read_timeout(config.header_read_timeout())
         .keep_alive(true);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
@@ -68,31 +47,36 @@ pub async fn run(
                 }
             },
             () = &mut shutdown => break,
+            () = node.lifecycle().stopping() => {
+                // Crashed: nothing is drained.
+                node.stop().await;
+                return;
+            }
         };
         let _ = stream.set_nodelay(true);
-        let node = node.clone();
+        let handler = node.clone();
         let service = service_fn(move |req| {
-            let node = node.clone();
+            let node = handler.clone();
             async move { Ok::<_, Infallible>(api::handle(&node, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        // Connections are tasks of the node, so a crash ends them too.
+        node.lifecycle().spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "shutdown grace period of {:?} passed with requests still in flight",
-            config.shutdown_grace
-        );
+    let grace = config.shutdown_grace();
+    let drained = node
+        .lifecycle()
+        .unless_stopped(tokio::time::timeout(grace, graceful.shutdown()))
+        .await;
+    if matches!(drained, Some(Err(_))) {
+        tracing::warn!("shutdown grace period of {grace:?} passed with requests still in flight");
     }
+    node.stop().await;
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM: the signal `kvserver` stops on.

@@ -1,10 +1,14 @@
 //! The HTTP contract: every endpoint, every error, the seed's own curl call.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use hyper::{Method, StatusCode};
+use kvcore::{ErrorCode, NodeId, NodeInfo};
+use kvnet::rpc::Get;
+use kvnet::{Header, HttpTransport, Peers, MAX_HOPS};
 use kvserver::LocalCluster;
 use serde_json::json;
-
-use std::time::Duration;
 
 use crate::util::{encode_key, poll, raw_exchange, Http};
 
@@ -334,11 +338,20 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
-        // The peer endpoint refuses requests without a valid hop count.
+        // The peer endpoint takes binary frames that start with a protocol version: the JSON
+        // peer messages of earlier releases are refused as another protocol, and garbage as
+        // garbage, both clearly.
         (
             Method::POST,
             format!("{}/internal/v1/rpc", cluster.url(0)),
             Some(r#"{"from":1,"epoch":1,"request":{"op":"ping"}}"#.into()),
+            StatusCode::BAD_REQUEST,
+            "unsupported_protocol",
+        ),
+        (
+            Method::POST,
+            format!("{}/internal/v1/rpc", cluster.url(0)),
+            Some("\u{1}\u{0}not a frame".into()),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
@@ -366,7 +379,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
 async fn a_forged_hop_count_cannot_make_a_request_loop() {
     let cluster = LocalCluster::builder()
         .nodes(3)
-        .replicas(1)
+        .configure(|c| c.replicas = 1)
         .start()
         .await
         .unwrap();
@@ -376,24 +389,34 @@ async fn a_forged_hop_count_cannot_make_a_request_loop() {
         .map(|i| format!("k{i}"))
         .find(|k| cluster.node(0).owner(k).0 != 0)
         .unwrap();
-    let envelope = json!({"from": 1, "epoch": 1, "request": {"op": "get", "key": key}}).to_string();
-    let rpc = format!("{}/internal/v1/rpc", cluster.url(0));
-    for hops in ["0", "3", "255", "x"] {
-        let (status, answer) = http
-            .call_with(Method::POST, &rpc, Some(&envelope), &[("x-kv-hops", hops)])
-            .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "hops {hops}: {answer}");
+    let peers = Peers::new(Arc::new(HttpTransport::new(Default::default())));
+    let node0 = NodeInfo {
+        id: NodeId(0),
+        addr: cluster.addr(0).to_string(),
+    };
+    let header = |hops| Header {
+        from: NodeId(1),
+        incarnation: cluster.node(1).incarnation(),
+        epoch: 1,
+        request_id: 7,
+        hops,
+    };
+    let get = Get { key: key.clone() };
+    for hops in [0, MAX_HOPS + 1, 255] {
+        let e = peers.call(&node0, &header(hops), &get).await.unwrap_err();
+        assert_eq!(
+            e.remote_code(),
+            Some(ErrorCode::InvalidRequest),
+            "hops {hops}: {e}"
+        );
     }
-    let (status, answer) = http
-        .call_with(Method::POST, &rpc, Some(&envelope), &[("x-kv-hops", "2")])
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(answer["Err"]["code"], "misdirected", "{answer}");
+    let e = peers
+        .call(&node0, &header(MAX_HOPS), &get)
+        .await
+        .unwrap_err();
+    assert_eq!(e.remote_code(), Some(ErrorCode::Misdirected), "{e}");
     // With a hop left, the node forwards once more, to the owner.
-    let (_, answer) = http
-        .call_with(Method::POST, &rpc, Some(&envelope), &[("x-kv-hops", "1")])
-        .await;
-    assert_eq!(answer["Ok"]["reply"], "entry", "{answer}");
+    assert_eq!(peers.call(&node0, &header(1), &get).await, Ok(None));
     // Client-facing endpoints ignore the header: the request is routed normally.
     let (status, _) = http
         .call_with(
@@ -404,7 +427,7 @@ async fn a_forged_hop_count_cannot_make_a_request_loop() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(cluster.node(0).counters().snapshot().forwarded, 1);
+    assert_eq!(cluster.node(0).metrics().snapshot().forwarded, 1);
     cluster.shutdown().await;
 }
 
@@ -412,8 +435,8 @@ async fn a_forged_hop_count_cannot_make_a_request_loop() {
 async fn health_cluster_and_stats_describe_the_node() {
     let cluster = LocalCluster::builder()
         .nodes(3)
-        .replicas(2)
-        .seed_keys(true)
+        .configure(|c| c.replicas = 2)
+        .configure(|c| c.seed_keys = true)
         .start()
         .await
         .unwrap();

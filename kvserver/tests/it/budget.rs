@@ -37,8 +37,8 @@ async fn fill(http: &Http, url: &str) -> usize {
 async fn a_full_node_refuses_writes_with_507_and_keeps_serving_reads() {
     let cluster = LocalCluster::builder()
         .nodes(1)
-        .replicas(1)
-        .max_memory(Some(BUDGET))
+        .configure(|c| c.replicas = 1)
+        .configure(|c| c.max_memory = Some(BUDGET))
         .start()
         .await
         .unwrap();
@@ -75,8 +75,8 @@ async fn a_full_node_refuses_writes_with_507_and_keeps_serving_reads() {
 async fn a_cluster_stores_more_than_one_node_could() {
     let one = LocalCluster::builder()
         .nodes(1)
-        .replicas(1)
-        .max_memory(Some(BUDGET))
+        .configure(|c| c.replicas = 1)
+        .configure(|c| c.max_memory = Some(BUDGET))
         .start()
         .await
         .unwrap();
@@ -86,8 +86,8 @@ async fn a_cluster_stores_more_than_one_node_could() {
 
     let four = LocalCluster::builder()
         .nodes(4)
-        .replicas(1)
-        .max_memory(Some(BUDGET))
+        .configure(|c| c.replicas = 1)
+        .configure(|c| c.max_memory = Some(BUDGET))
         .start()
         .await
         .unwrap();

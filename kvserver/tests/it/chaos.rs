@@ -14,6 +14,8 @@ use std::time::Duration;
 use kvcore::{NodeId, Precondition, Value};
 use kvnet::Faults;
 use kvserver::{Error, LocalCluster, Node, Transport};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::checker::{check_all, History, Observed, Op, Outcome};
 
@@ -25,31 +27,33 @@ const COUNTERS: [&str; 1] = ["counter"];
 const CLIENTS: usize = 8;
 const OPS_PER_CLIENT: usize = 40;
 
-/// A tiny deterministic generator for the test's own choices.
-struct Rng(u64);
+/// Seeded choices, so a failing seed replays.
+struct Choices(SmallRng);
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+impl Choices {
+    fn new(seed: u64) -> Self {
+        Choices(SmallRng::seed_from_u64(seed))
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.gen_range(0..n)
     }
 
     fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 10_000) as f64 / 10_000.0 < p
+        self.0.gen_bool(p)
     }
 }
 
 /// How an error answer counts for the checker: definitely not applied, or maybe applied.
 fn classify(e: &Error) -> Outcome {
+    use kvcore::ErrorCode as C;
     match e.code() {
-        "quorum_unavailable" | "owner_unavailable" | "recovering" | "memory_full"
-        | "misdirected" => Outcome::Fail,
+        C::QuorumUnavailable
+        | C::OwnerUnavailable
+        | C::Recovering
+        | C::MemoryFull
+        | C::Misdirected
+        | C::Overloaded => Outcome::Fail,
         _ => Outcome::Unknown,
     }
 }
@@ -58,7 +62,7 @@ fn classify(e: &Error) -> Outcome {
 type Live = Arc<RwLock<Vec<Option<Arc<Node>>>>>;
 
 async fn client(id: usize, seed: u64, live: Live, history: Arc<History>) {
-    let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Choices::new(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // What this client last read per register, for compare-and-set.
     let mut last_read: std::collections::HashMap<&str, (i64, kvcore::Version)> = Default::default();
     for n in 0..OPS_PER_CLIENT {
@@ -173,13 +177,16 @@ async fn run_seed(seed: u64) -> (usize, usize) {
     let faults = Faults::new(seed);
     let cluster = LocalCluster::builder()
         .nodes(NODES)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .transport(Transport::InProcess)
         .faults(faults.clone())
-        .forward_timeout(Duration::from_millis(200))
-        .op_timeout(Duration::from_millis(1500))
-        .failure_detector(Duration::from_millis(40), Duration::from_millis(150))
-        .anti_entropy_interval(Duration::from_millis(100))
+        .configure(|c| c.forward_timeout_ms = 200)
+        .configure(|c| c.op_timeout_ms = 1500)
+        .configure(|c| {
+            c.heartbeat_ms = 40;
+            c.down_after_ms = 150;
+        })
+        .configure(|c| c.anti_entropy_ms = 100)
         .start()
         .await
         .unwrap();
@@ -202,7 +209,7 @@ async fn run_seed(seed: u64) -> (usize, usize) {
             history.clone(),
         );
         tokio::spawn(async move {
-            let mut rng = Rng(seed.wrapping_mul(31) | 1);
+            let mut rng = Choices::new(seed.wrapping_mul(31));
             let all: Vec<NodeId> = (0..NODES as u32).map(NodeId).collect();
             while !done.load(Ordering::Relaxed) {
                 match rng.below(6) {

@@ -751,6 +751,8 @@ impl std::error::Error for Violation {}
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
@@ -1115,23 +1117,16 @@ mod tests {
     }
 
     /// A tiny seeded generator, so failures reproduce from the printed seed.
-    struct XorShift(u64);
+    /// Seeded choices for generated histories.
+    struct Choices(SmallRng);
 
-    impl XorShift {
+    impl Choices {
         fn new(seed: u64) -> Self {
-            // Zero is xorshift's fixed point.
-            XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-        }
-
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+            Choices(SmallRng::seed_from_u64(seed))
         }
 
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.0.gen_range(0..n)
         }
 
         fn percent(&mut self, p: u64) -> bool {
@@ -1180,7 +1175,7 @@ mod tests {
     ///
     /// Written values are `n << 32` for a fresh `n`, and increments are small, so every value
     /// that can ever be read reveals which write it descends from.
-    fn generate(rng: &mut XorShift, shape: &Shape) -> Generated {
+    fn generate(rng: &mut Choices, shape: &Shape) -> Generated {
         let mut fresh = 0;
         let initial = rng.percent(50).then(|| fresh_value(&mut fresh));
         let mut free_at = vec![0; shape.clients as usize];
@@ -1263,7 +1258,7 @@ mod tests {
         }
     }
 
-    fn random_shape(rng: &mut XorShift) -> Shape {
+    fn random_shape(rng: &mut Choices) -> Shape {
         Shape {
             clients: 1 + rng.below(8),
             ops: 1 + rng.below(120) as usize,
@@ -1273,7 +1268,7 @@ mod tests {
         }
     }
 
-    fn shuffle(rng: &mut XorShift, events: &mut [Event]) {
+    fn shuffle(rng: &mut Choices, events: &mut [Event]) {
         for i in (1..events.len()).rev() {
             events.swap(i, rng.below(i as u64 + 1) as usize);
         }
@@ -1282,7 +1277,7 @@ mod tests {
     #[test]
     fn generated_histories_are_linearizable() {
         for seed in 1..=300 {
-            let mut rng = XorShift::new(seed);
+            let mut rng = Choices::new(seed);
             let shape = random_shape(&mut rng);
             let mut history = generate(&mut rng, &shape);
             if let Err(violation) = check(&history.events, history.initial) {
@@ -1297,7 +1292,7 @@ mod tests {
     }
 
     /// A random completed operation that `wanted` accepts.
-    fn pick(rng: &mut XorShift, events: &[Event], wanted: fn(&Op) -> bool) -> Option<usize> {
+    fn pick(rng: &mut Choices, events: &[Event], wanted: fn(&Op) -> bool) -> Option<usize> {
         let found: Vec<usize> = (0..events.len())
             .filter(|&i| wanted(&events[i].op) && matches!(events[i].outcome, Outcome::Ok(_)))
             .collect();
@@ -1311,7 +1306,7 @@ mod tests {
     fn mutated_histories_are_not_linearizable() {
         let mut mutated = [0; 4];
         for seed in 1..=400 {
-            let mut rng = XorShift::new(seed);
+            let mut rng = Choices::new(seed);
             let mut shape = random_shape(&mut rng);
             let mutation = rng.below(4) as usize;
             if mutation == 3 {
@@ -1364,7 +1359,7 @@ mod tests {
         let shapes = [(5, false, 1_000_000), (10, true, 2_000_000)];
         for (unknown_percent, unit_incr, budget) in shapes {
             for seed in 1..=2 {
-                let mut rng = XorShift::new(seed);
+                let mut rng = Choices::new(seed);
                 let shape = Shape {
                     clients: 8,
                     ops: 400,
@@ -1435,7 +1430,7 @@ mod tests {
     fn agrees_with_brute_force_on_small_histories() {
         let mut verdicts = [0; 2];
         for seed in 1..=3000 {
-            let mut rng = XorShift::new(seed);
+            let mut rng = Choices::new(seed);
             let shape = Shape {
                 clients: 1 + rng.below(4),
                 ops: 1 + rng.below(7) as usize,

@@ -12,10 +12,13 @@ use crate::util::{poll, Http};
 
 fn quick() -> kvserver::LocalClusterBuilder {
     LocalCluster::builder()
-        .failure_detector(Duration::from_millis(50), Duration::from_millis(200))
-        .anti_entropy_interval(Duration::from_millis(100))
-        .forward_timeout(Duration::from_millis(500))
-        .op_timeout(Duration::from_secs(2))
+        .configure(|c| {
+            c.heartbeat_ms = 50;
+            c.down_after_ms = 200;
+        })
+        .configure(|c| c.anti_entropy_ms = 100)
+        .configure(|c| c.forward_timeout_ms = 500)
+        .configure(|c| c.op_timeout_ms = 2000)
 }
 
 #[tokio::test]
@@ -23,7 +26,7 @@ async fn losing_a_quorum_refuses_writes_and_loses_nothing_acknowledged() {
     let faults = Faults::new(9);
     let mut cluster = quick()
         .nodes(3)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .faults(faults.clone())
         .start()
         .await
@@ -115,7 +118,7 @@ async fn a_restarted_node_recovers_before_voting_and_serves_everything() {
     let faults = Faults::new(1);
     let mut cluster = quick()
         .nodes(4)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .transport(Transport::InProcess)
         .faults(faults.clone())
         .start()
@@ -212,7 +215,7 @@ async fn anti_entropy_restores_every_copy_after_a_partition_heals() {
     let faults = Faults::new(2);
     let cluster = quick()
         .nodes(3)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .transport(Transport::InProcess)
         .faults(faults.clone())
         .start()
@@ -260,7 +263,7 @@ async fn anti_entropy_restores_every_copy_after_a_partition_heals() {
 async fn conditional_writes_and_increments_are_atomic_across_coordinators() {
     let cluster = quick()
         .nodes(3)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .transport(Transport::InProcess)
         .start()
         .await
@@ -361,7 +364,7 @@ async fn conditional_writes_and_increments_are_atomic_across_coordinators() {
 async fn a_write_survives_its_primary_crashing() {
     let mut cluster = LocalCluster::builder()
         .nodes(3)
-        .replicas(3)
+        .configure(|c| c.replicas = 3)
         .start()
         .await
         .unwrap();

@@ -1,18 +1,18 @@
-//! What a node knows of its peers: liveness from heartbeats, and each peer's incarnation.
-//!
-//! Incarnations fence off a restarted node's previous life: a node that restarts comes back
-//! empty with a higher incarnation, and a promise it made before the restart must no longer
-//! count. Every peer message carries the sender's incarnation; [`Membership::observe`] records the
-//! highest seen under a write lock, and replicas check proposals against it under the read lock
-//! (see `Node::acceptor`), so once a peer has seen a node's new incarnation no accept relying
-//! on the old one can be applied there.
+//! The failure detector: which peers answer heartbeats, on tokio's clock.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvcore::NodeId;
+use kvnet::rpc::Ping;
 use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::peers::{new_request_id, PeerClient};
+use crate::topology::Topology;
 
 /// A peer's state as seen from this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,17 +43,16 @@ struct Health {
     last_ok: Instant,
 }
 
-/// Liveness and incarnations of a node's peers.
+/// Liveness of a node's peers, from heartbeats.
 #[derive(Debug)]
-pub struct Membership {
+pub struct FailureDetector {
     health: Mutex<HashMap<NodeId, Health>>,
     /// Counts changes of any peer's state.
-    transitions: std::sync::atomic::AtomicU64,
-    incarnations: RwLock<HashMap<NodeId, u64>>,
+    transitions: AtomicU64,
     down_after: Duration,
 }
 
-impl Membership {
+impl FailureDetector {
     /// Peers start out `up`: a request to a peer that is actually down fails fast with a
     /// connection error, and heartbeats correct the view within `down_after`.
     pub fn new(peers: impl IntoIterator<Item = NodeId>, down_after: Duration) -> Self {
@@ -61,19 +60,19 @@ impl Membership {
         let health = peers
             .into_iter()
             .map(|id| {
+                let state = PeerState::Up;
                 (
                     id,
                     Health {
-                        state: PeerState::Up,
+                        state,
                         last_ok: now,
                     },
                 )
             })
             .collect();
-        Membership {
+        FailureDetector {
             health: Mutex::new(health),
-            transitions: std::sync::atomic::AtomicU64::new(0),
-            incarnations: RwLock::default(),
+            transitions: AtomicU64::new(0),
             down_after,
         }
     }
@@ -105,17 +104,16 @@ impl Membership {
     fn set(&self, health: &mut Health, state: PeerState) {
         if health.state != state {
             health.state = state;
-            self.transitions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.transitions.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// How many times any peer changed state so far.
     pub fn transitions(&self) -> u64 {
-        self.transitions.load(std::sync::atomic::Ordering::Relaxed)
+        self.transitions.load(Ordering::Relaxed)
     }
 
-    /// The peer's state (`Up` for this node itself or unknown ids).
+    /// The peer's state (`Up` for unknown ids).
     pub fn state(&self, id: NodeId) -> PeerState {
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         health.get(&id).map_or(PeerState::Up, |h| h.state)
@@ -126,23 +124,31 @@ impl Membership {
         self.state(id) == PeerState::Down
     }
 
-    /// Records a peer's incarnation if it is newer than the one known. Returns the highest known.
-    pub fn observe(&self, id: NodeId, incarnation: u64) -> u64 {
-        if let Some(&known) = self.read_incarnations().get(&id) {
-            if known >= incarnation {
-                return known;
+    /// Pings every peer each `interval` and records who answers. Runs until its task is
+    /// cancelled.
+    pub async fn run(
+        self: Arc<Self>,
+        client: Arc<PeerClient>,
+        topology: Arc<Topology>,
+        interval: Duration,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut pings = JoinSet::new();
+            for peer in topology.peers() {
+                let (detector, client) = (self.clone(), client.clone());
+                pings.spawn(async move {
+                    let ping = client.call(peer, new_request_id(), 1, &Ping);
+                    match tokio::time::timeout(interval * 2, ping).await {
+                        Ok(Ok(pong)) => detector.heard(peer, pong.ready),
+                        _ => detector.missed(peer),
+                    }
+                });
             }
+            while pings.join_next().await.is_some() {}
         }
-        let mut map = self.incarnations.write().unwrap_or_else(|p| p.into_inner());
-        let known = map.entry(id).or_insert(incarnation);
-        *known = (*known).max(incarnation);
-        *known
-    }
-
-    /// The incarnations known, read-locked: hold the guard while applying anything that must not
-    /// interleave with a newer incarnation being recorded.
-    pub fn read_incarnations(&self) -> RwLockReadGuard<'_, HashMap<NodeId, u64>> {
-        self.incarnations.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -150,26 +156,21 @@ impl Membership {
 mod tests {
     use super::*;
 
-    #[test]
-    fn peers_go_down_only_after_the_grace_period_and_come_back() {
-        let m = Membership::new([NodeId(1)], Duration::from_secs(3600));
-        m.missed(NodeId(1));
-        assert_eq!(m.state(NodeId(1)), PeerState::Up);
-        let m = Membership::new([NodeId(1)], Duration::ZERO);
-        m.missed(NodeId(1));
-        assert!(m.is_down(NodeId(1)));
-        m.heard(NodeId(1), false);
-        assert_eq!(m.state(NodeId(1)), PeerState::Recovering);
-        m.heard(NodeId(1), true);
-        assert_eq!(m.state(NodeId(1)), PeerState::Up);
-    }
-
-    #[test]
-    fn incarnations_only_grow() {
-        let m = Membership::new([NodeId(1)], Duration::from_secs(1));
-        assert_eq!(m.observe(NodeId(1), 5), 5);
-        assert_eq!(m.observe(NodeId(1), 3), 5);
-        assert_eq!(m.observe(NodeId(1), 8), 8);
-        assert_eq!(m.read_incarnations().get(&NodeId(1)), Some(&8));
+    #[tokio::test(start_paused = true)]
+    async fn peers_go_down_only_after_the_grace_period_and_come_back() {
+        let d = FailureDetector::new([NodeId(1)], Duration::from_secs(1));
+        d.missed(NodeId(1));
+        assert_eq!(d.state(NodeId(1)), PeerState::Up);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        d.missed(NodeId(1));
+        assert_eq!(d.state(NodeId(1)), PeerState::Up);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        d.missed(NodeId(1));
+        assert!(d.is_down(NodeId(1)));
+        d.heard(NodeId(1), false);
+        assert_eq!(d.state(NodeId(1)), PeerState::Recovering);
+        d.heard(NodeId(1), true);
+        assert_eq!(d.state(NodeId(1)), PeerState::Up);
+        assert_eq!(d.transitions(), 3);
     }
 }

@@ -1,0 +1,231 @@
+//! The acceptor: a replica's side of the replication protocol.
+//!
+//! It answers [`Prepare`], [`Accept`], [`Read`] and [`Repair`] for one key at a time, applying
+//! the acceptor rules atomically in the store, and serves the bulk [`SyncShard`] and
+//! [`DigestShard`] pages used by catch-up and anti-entropy. While the node is catching up after
+//! a start it refuses to vote for keys whose other replicas it has not merged yet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kvcore::{Ballot, ErrorCode, NodeId, Store};
+use kvnet::rpc::{
+    Accept, AcceptReply, DigestPage, DigestShard, Prepare, PrepareReply, Read, Repair, SyncPage,
+    SyncShard,
+};
+use kvnet::{RemoteError, Rpc};
+
+use crate::incarnations::Incarnations;
+use crate::metrics::{bump, Metrics};
+use crate::readiness::Readiness;
+use crate::topology::Topology;
+
+/// Ballots this node proposes: always higher than any it has seen.
+#[derive(Debug)]
+pub struct BallotClock {
+    me: NodeId,
+    round: AtomicU64,
+}
+
+impl BallotClock {
+    /// A clock for proposals of node `me`.
+    pub fn new(me: NodeId) -> Self {
+        BallotClock {
+            me,
+            round: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes a ballot seen, so this node's next ballot is higher.
+    pub fn observe(&self, ballot: Ballot) {
+        self.round.fetch_max(ballot.round(), Ordering::AcqRel);
+    }
+
+    /// A ballot higher than any this node has seen.
+    pub fn next(&self) -> Ballot {
+        Ballot::new(self.round.fetch_add(1, Ordering::AcqRel) + 1, self.me)
+    }
+}
+
+/// A replica's acceptor.
+#[derive(Debug)]
+pub struct Acceptor {
+    incarnation: u64,
+    store: Arc<Store>,
+    topology: Arc<Topology>,
+    readiness: Arc<Readiness>,
+    incarnations: Arc<Incarnations>,
+    ballots: Arc<BallotClock>,
+    metrics: Arc<Metrics>,
+}
+
+/// A key-scoped acceptor message, answered in place (by the local replica) or for a peer.
+pub trait AcceptorRpc: Rpc + Clone {
+    /// The key the message is about.
+    fn key(&self) -> &str;
+    /// The acceptor's answer.
+    fn apply(self, acceptor: &Acceptor) -> Result<Self::Reply, RemoteError>;
+}
+
+impl Acceptor {
+    /// The acceptor of incarnation `incarnation` of a node.
+    pub fn new(
+        incarnation: u64,
+        store: Arc<Store>,
+        topology: Arc<Topology>,
+        readiness: Arc<Readiness>,
+        incarnations: Arc<Incarnations>,
+        ballots: Arc<BallotClock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Acceptor {
+            incarnation,
+            store,
+            topology,
+            readiness,
+            incarnations,
+            ballots,
+            metrics,
+        }
+    }
+
+    /// The replica's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Answers a key-scoped message, unless this replica cannot vote for the key yet.
+    pub fn handle<R: AcceptorRpc>(&self, request: R) -> Result<R::Reply, RemoteError> {
+        let placement = self.topology.placement(request.key());
+        if !self
+            .readiness
+            .can_vote(self.topology.me(), &placement.replicas)
+        {
+            return Err(RemoteError::new(
+                ErrorCode::Recovering,
+                format!(
+                    "node {} is catching up and does not vote for this key yet",
+                    self.topology.me()
+                ),
+            ));
+        }
+        request.apply(self)
+    }
+
+    /// The keys of one store shard that `peer` replicates, with their full replica state.
+    pub fn sync_shard(&self, peer: NodeId, request: SyncShard) -> SyncPage {
+        let map = self.topology.map();
+        let r = self.topology.replication_factor();
+        let mut owners = Vec::with_capacity(r);
+        let states = self.store.scan_shard(request.shard as usize, |key| {
+            map.owners_into(key.as_bytes(), r, &mut owners);
+            owners.contains(&peer)
+        });
+        SyncPage {
+            states,
+            next: next_shard(request.shard),
+        }
+    }
+
+    /// The accepted ballots of one store shard's keys whose primary is `primary`.
+    pub fn digest_shard(&self, primary: NodeId, request: DigestShard) -> DigestPage {
+        let map = self.topology.map();
+        let r = self.topology.replication_factor();
+        let mut owners = Vec::with_capacity(r);
+        let ballots = self
+            .store
+            .scan_shard(request.shard as usize, |key| {
+                map.owners_into(key.as_bytes(), r, &mut owners);
+                owners.first() == Some(&primary)
+            })
+            .into_iter()
+            .map(|s| (s.key, s.register.ballot))
+            .collect();
+        DigestPage {
+            ballots,
+            next: next_shard(request.shard),
+        }
+    }
+}
+
+fn next_shard(shard: u32) -> Option<u32> {
+    let next = shard.saturating_add(1);
+    ((next as usize) < Store::SHARDS).then_some(next)
+}
+
+impl AcceptorRpc for Prepare {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn apply(self, a: &Acceptor) -> Result<PrepareReply, RemoteError> {
+        a.ballots.observe(self.ballot);
+        Ok(
+            match a
+                .store
+                .prepare(&self.key, self.ballot, self.grow as usize)?
+            {
+                Ok(register) => PrepareReply::Promised {
+                    incarnation: a.incarnation,
+                    register,
+                },
+                Err(promised) => PrepareReply::Rejected { promised },
+            },
+        )
+    }
+}
+
+impl AcceptorRpc for Accept {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn apply(self, a: &Acceptor) -> Result<AcceptReply, RemoteError> {
+        a.ballots.observe(self.register.ballot);
+        // Held across the check and the write, so a newer incarnation cannot be recorded (and a
+        // recovering peer cannot copy this shard) in between.
+        let known = a.incarnations.read();
+        let me = a.topology.me();
+        let stale = self.promisers.iter().find(|&&(node, incarnation)| {
+            if node == me {
+                incarnation != a.incarnation
+            } else {
+                known.get(&node).is_some_and(|&k| k > incarnation)
+            }
+        });
+        if let Some((node, _)) = stale {
+            return Err(RemoteError::new(
+                ErrorCode::StaleIncarnation,
+                format!("node {node} restarted since it promised this ballot"),
+            ));
+        }
+        Ok(match a.store.accept(&self.key, self.register)? {
+            Ok(()) => AcceptReply::Accepted,
+            Err(promised) => AcceptReply::Rejected { promised },
+        })
+    }
+}
+
+impl AcceptorRpc for Read {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn apply(self, a: &Acceptor) -> Result<kvcore::Register, RemoteError> {
+        Ok(a.store.register(&self.key))
+    }
+}
+
+impl AcceptorRpc for Repair {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn apply(self, a: &Acceptor) -> Result<bool, RemoteError> {
+        let applied = a.store.repair(&self.key, self.register)?;
+        if applied {
+            bump(&a.metrics.repairs);
+        }
+        Ok(applied)
+    }
+}

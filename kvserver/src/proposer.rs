@@ -1,0 +1,395 @@
+//! The proposer: linearizable single-key operations over the key's replicas (CASPaxos).
+//!
+//! Every key is an independent register replicated on its `R` owners; an operation is a
+//! function from the register's current state to its next ([`Operation`]). A replica
+//! coordinating an operation runs two phases against the replicas and needs a majority in each:
+//!
+//! 1. **Prepare** with a fresh ballot. Each replica promises to ignore lower ballots and answers
+//!    with the register it accepted last. The state with the highest ballot among a majority is
+//!    the current one.
+//! 2. **Accept** the operation's result under the same ballot. Once a majority has accepted, the
+//!    new state is chosen and the client gets its answer.
+//!
+//! Reads ask a majority for their accepted register without promising anything; when a majority
+//! answers with the same ballot, that state is chosen and current, and the read returns after
+//! one round trip. Otherwise a full round with the identity function settles it. See
+//! `docs/consistency.md` for the argument and the failure cases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvcore::{Entry, ErrorCode, NodeId, Register, Store};
+use kvnet::rpc::{Accept, AcceptReply, Prepare, PrepareReply, Read, Repair};
+use kvnet::CallError;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::acceptor::BallotClock;
+use crate::error::Error;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{bump, Metrics};
+use crate::operation::Operation;
+use crate::peers::PeerClient;
+use crate::quorum::{Answer, Quorum};
+use crate::topology::Placement;
+
+/// Runs CASPaxos rounds for the keys this node coordinates.
+#[derive(Debug)]
+pub struct Proposer {
+    me: NodeId,
+    store: Arc<Store>,
+    quorum: Arc<Quorum>,
+    client: Arc<PeerClient>,
+    ballots: Arc<BallotClock>,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+    op_timeout: Duration,
+    /// Striped locks queueing proposals per key; see [`Proposer::turn`].
+    queues: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Proposer {
+    /// A proposer for node `me`; `op_timeout` bounds each operation, retries included.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: NodeId,
+        store: Arc<Store>,
+        quorum: Arc<Quorum>,
+        client: Arc<PeerClient>,
+        ballots: Arc<BallotClock>,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        op_timeout: Duration,
+    ) -> Self {
+        Proposer {
+            me,
+            store,
+            quorum,
+            client,
+            ballots,
+            metrics,
+            lifecycle,
+            op_timeout,
+            queues: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// Runs `op` with this node as its proposer.
+    pub async fn run<O: Operation>(
+        &self,
+        placement: &Placement,
+        op: &O,
+        request_id: u64,
+    ) -> Result<O::Reply, Error> {
+        if placement.replicas == [self.me] {
+            return self.apply_locally(op);
+        }
+        self.propose(placement, op, request_id).await
+    }
+
+    /// The lock that queues this node's proposals for `key`: rounds for one key from one node
+    /// run one at a time rather than outbidding each other.
+    fn turn(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        let stripe = kvcore::partition::key_hash(key.as_bytes()) as usize % self.queues.len();
+        &self.queues[stripe]
+    }
+
+    /// A key whose only replica is this node (`R = 1`, or a one-node cluster): the same prepare
+    /// and accept, straight on the local store, with no messages.
+    fn apply_locally<O: Operation>(&self, op: &O) -> Result<O::Reply, Error> {
+        let key = op.key();
+        if !O::WRITES {
+            let (_, reply) = op.apply(&self.store.register(key));
+            return reply;
+        }
+        loop {
+            let ballot = self.ballots.next();
+            let current = match self.store.prepare(key, ballot, op.grow() as usize)? {
+                Ok(current) => current,
+                // Another local proposal got in between; take a higher ballot.
+                Err(promised) => {
+                    self.ballots.observe(promised);
+                    continue;
+                }
+            };
+            let (next, reply) = op.apply(&current);
+            let Some(mut register) = next else {
+                return reply;
+            };
+            register.ballot = ballot;
+            match self.store.accept(key, register)? {
+                Ok(()) => return reply,
+                Err(promised) => self.ballots.observe(promised),
+            }
+        }
+    }
+
+    /// Phase-1-free read: asks a majority of the replicas for their register. If they answer
+    /// with one ballot, that register is chosen and current: returns it. Otherwise the other
+    /// replicas are asked too; if a majority then holds the highest ballot seen, that is
+    /// returned (and the replicas that lag are repaired). `None` when a full round must decide.
+    pub async fn fast_read(
+        &self,
+        placement: &Placement,
+        key: &str,
+        request_id: u64,
+    ) -> Result<Option<Option<Entry>>, Error> {
+        let total = placement.replicas.len();
+        let quorum = placement.quorum();
+        let deadline = Instant::now() + self.op_timeout;
+        let mut gather = self
+            .quorum
+            .gather(placement, request_id, Read { key: key.into() });
+        let mut registers: Vec<(NodeId, Register)> = Vec::with_capacity(total);
+        let mut failed = 0;
+        while registers.len() + failed < total {
+            // Done once a majority holds the highest ballot seen.
+            let highest = registers.iter().map(|(_, r)| r.ballot).max();
+            let holders = registers
+                .iter()
+                .filter(|(_, r)| Some(r.ballot) == highest)
+                .count();
+            if holders >= quorum {
+                break;
+            }
+            match gather.next(&self.quorum, deadline).await {
+                Some((node, Ok(register))) => {
+                    self.ballots.observe(register.ballot);
+                    if registers
+                        .first()
+                        .is_some_and(|(_, r)| r.ballot != register.ballot)
+                    {
+                        gather.widen(&self.quorum);
+                    }
+                    registers.push((node, register));
+                }
+                Some((_, Err(_))) => {
+                    failed += 1;
+                    gather.widen(&self.quorum);
+                    if failed > total - quorum {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if registers.len() < quorum {
+            return Err(quorum_unavailable(key, registers.len(), quorum));
+        }
+        let highest = registers
+            .iter()
+            .map(|(_, r)| r.ballot)
+            .max()
+            .expect("non-empty");
+        let holders = registers
+            .iter()
+            .filter(|(_, r)| r.ballot == highest)
+            .count();
+        if holders < quorum {
+            return Ok(None);
+        }
+        bump(&self.metrics.fast_reads);
+        let chosen = registers
+            .iter()
+            .find(|(_, r)| r.ballot == highest)
+            .map(|(_, r)| r.clone())
+            .expect("held by a quorum");
+        let entry = chosen.entry();
+        let lagging: Vec<NodeId> = registers
+            .iter()
+            .filter(|(_, r)| r.ballot < highest)
+            .map(|(n, _)| *n)
+            .collect();
+        if !lagging.is_empty() {
+            self.repair_in_background(placement, key, chosen, gather.into_rest(), lagging);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Waits (in the background) for the replicas that had not answered a read and brings any
+    /// that lag up to `chosen`.
+    fn repair_in_background(
+        &self,
+        placement: &Placement,
+        key: &str,
+        chosen: Register,
+        mut rest: mpsc::UnboundedReceiver<Answer<Read>>,
+        mut lagging: Vec<NodeId>,
+    ) {
+        let client = self.client.clone();
+        let placement = placement.clone();
+        let repair = Repair {
+            key: key.to_owned(),
+            register: chosen,
+        };
+        self.lifecycle.spawn(async move {
+            while let Some((node, answer)) = rest.recv().await {
+                if matches!(answer, Ok(register) if register.ballot < repair.register.ballot) {
+                    lagging.push(node);
+                }
+            }
+            if lagging.is_empty() {
+                return;
+            }
+            let frame = client.frame(crate::peers::new_request_id(), 1, &repair);
+            for node in lagging {
+                if let Some(info) = placement.node(node) {
+                    let _ = client.send(info, &frame).await;
+                }
+            }
+        });
+    }
+
+    /// A full CASPaxos round applying `op`, retried on ballot conflicts until the operation's
+    /// deadline.
+    async fn propose<O: Operation>(
+        &self,
+        placement: &Placement,
+        op: &O,
+        request_id: u64,
+    ) -> Result<O::Reply, Error> {
+        let key = op.key();
+        let quorum = placement.quorum();
+        let total = placement.replicas.len();
+        let tolerated = total - quorum;
+        let deadline = Instant::now() + self.op_timeout;
+        let Ok(_turn) = tokio::time::timeout_at(deadline, self.turn(key).lock()).await else {
+            return Err(Error::Overloaded {
+                message: format!("too many writes queued for key {key:?}; nothing was changed"),
+            });
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let ballot = self.ballots.next();
+
+            // Phase 1: promises from a majority.
+            let prepare = Prepare {
+                key: key.into(),
+                ballot,
+                grow: op.grow(),
+            };
+            let mut gather = self.quorum.gather(placement, request_id, prepare);
+            let mut promises: Vec<(NodeId, u64, Register)> = Vec::with_capacity(total);
+            let (mut failed, mut conflicted, mut full) = (0, false, 0);
+            let mut memory_error = None;
+            while promises.len() < quorum && failed <= tolerated {
+                match gather.next(&self.quorum, deadline).await {
+                    Some((
+                        node,
+                        Ok(PrepareReply::Promised {
+                            incarnation,
+                            register,
+                        }),
+                    )) => promises.push((node, incarnation, register)),
+                    Some((_, Ok(PrepareReply::Rejected { promised }))) => {
+                        self.ballots.observe(promised);
+                        conflicted = true;
+                        failed += 1;
+                        gather.widen(&self.quorum);
+                    }
+                    Some((_, Err(CallError::Remote(e)))) if e.code == ErrorCode::MemoryFull => {
+                        full += 1;
+                        failed += 1;
+                        memory_error = Some(e);
+                        gather.widen(&self.quorum);
+                    }
+                    Some((_, Err(_))) => {
+                        failed += 1;
+                        gather.widen(&self.quorum);
+                    }
+                    None => break,
+                }
+            }
+            if promises.len() < quorum {
+                // Nothing was accepted in this round, so failing here is a clean failure.
+                if full > tolerated {
+                    return Err(Error::Remote(memory_error.expect("counted")));
+                }
+                if conflicted && Instant::now() < deadline {
+                    self.back_off(attempt, deadline).await;
+                    continue;
+                }
+                return Err(quorum_unavailable(key, promises.len(), quorum));
+            }
+
+            // The current state is the one accepted with the highest ballot.
+            let current = promises
+                .iter()
+                .map(|(_, _, r)| r)
+                .max_by_key(|r| r.ballot)
+                .cloned()
+                .expect("a quorum is never empty");
+            let (next, reply) = op.apply(&current);
+            // An operation that changes nothing is still accepted under the new ballot, so that
+            // the state it observed is chosen.
+            let mut register = next.unwrap_or(current);
+            register.ballot = ballot;
+
+            // Phase 2: every replica is asked to accept, not only the promisers: one that
+            // promised late (or not at all, if nothing higher was promised there) still takes
+            // the copy, so a chosen value usually reaches all replicas at once.
+            let accept = Accept {
+                key: key.into(),
+                register,
+                promisers: promises.iter().map(|&(n, inc, _)| (n, inc)).collect(),
+            };
+            let mut rx = self.quorum.broadcast(placement, request_id, accept);
+            let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
+            // Stop at a majority of accepts. Short of one, hear every replica out: a new round
+            // is only safe if every one of them refused, since an accept still in flight could
+            // land and the new round would then apply the operation a second time.
+            while accepted < quorum && accepted + refused + unknown < total {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((_, Ok(AcceptReply::Accepted)))) => accepted += 1,
+                    Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
+                        self.ballots.observe(promised);
+                        refused += 1;
+                    }
+                    Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
+                    Ok(Some(_)) => unknown += 1,
+                    Ok(None) | Err(_) => {
+                        unknown = total - accepted - refused;
+                        break;
+                    }
+                }
+                let pending = total - accepted - refused - unknown;
+                if accepted + pending < quorum && (accepted > 0 || unknown > 0) {
+                    // No majority is possible and a retry is already ruled out: the outcome is
+                    // unknown whatever the rest answer.
+                    break;
+                }
+            }
+            if accepted >= quorum {
+                return reply;
+            }
+            if accepted == 0 && unknown == 0 && Instant::now() < deadline {
+                // Every replica refused: nothing was accepted anywhere, so a new round is safe.
+                self.back_off(attempt, deadline).await;
+                continue;
+            }
+            return Err(Error::OutcomeUnknown {
+                reason: format!(
+                    "{accepted} of {total} replicas accepted the write, {quorum} needed; it may still take effect"
+                ),
+            });
+        }
+    }
+
+    /// Randomized exponential back-off between rounds, so competing proposers stop colliding.
+    async fn back_off(&self, attempt: u32, deadline: Instant) {
+        bump(&self.metrics.retries);
+        let cap = Duration::from_millis(2u64 << attempt.min(6));
+        let wait = cap.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+    }
+}
+
+fn quorum_unavailable(key: &str, got: usize, quorum: usize) -> Error {
+    Error::QuorumUnavailable {
+        message: format!(
+            "only {got} of the {quorum} replicas needed for key {key:?} answered; nothing was changed"
+        ),
+    }
+}

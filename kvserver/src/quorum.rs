@@ -1,0 +1,221 @@
+//! Fan-out of acceptor messages to a key's replicas, answers gathered as they come.
+//!
+//! A message is encoded once and the same bytes go to every remote replica; the local replica
+//! (if this node is one) answers in place, without a message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvcore::NodeId;
+use kvnet::{CallError, Frame, Rpc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::acceptor::{Acceptor, AcceptorRpc};
+use crate::detector::FailureDetector;
+use crate::lifecycle::Lifecycle;
+use crate::peers::PeerClient;
+use crate::readiness::Readiness;
+use crate::topology::Placement;
+
+/// One replica's answer.
+pub type Answer<R> = (NodeId, Result<<R as Rpc>::Reply, CallError>);
+
+/// Sends acceptor messages to replicas.
+#[derive(Debug)]
+pub struct Quorum {
+    client: Arc<PeerClient>,
+    acceptor: Arc<Acceptor>,
+    detector: Arc<FailureDetector>,
+    readiness: Arc<Readiness>,
+    lifecycle: Arc<Lifecycle>,
+    /// Rotates which remote replicas are asked first, to spread reads.
+    spread: AtomicUsize,
+    /// How long the first replicas asked may take before the others are asked too; also how
+    /// long a replica reported down is waited for.
+    hedge: Duration,
+}
+
+impl Quorum {
+    /// Fan-out through `client`, answering for the local replica with `acceptor`; remote sends
+    /// run as tasks of `lifecycle`.
+    pub fn new(
+        client: Arc<PeerClient>,
+        acceptor: Arc<Acceptor>,
+        detector: Arc<FailureDetector>,
+        readiness: Arc<Readiness>,
+        lifecycle: Arc<Lifecycle>,
+        hedge: Duration,
+    ) -> Self {
+        Quorum {
+            client,
+            acceptor,
+            detector,
+            readiness,
+            lifecycle,
+            spread: AtomicUsize::new(0),
+            hedge,
+        }
+    }
+
+    fn me(&self) -> NodeId {
+        self.client.me()
+    }
+
+    /// Sends `request` to every replica at once and returns a channel of their answers.
+    pub fn broadcast<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        request_id: u64,
+        request: R,
+    ) -> mpsc::UnboundedReceiver<Answer<R>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let frame = self.client.frame(request_id, 1, &request);
+        self.send_to(placement, &placement.replicas, &request, &frame, &tx);
+        rx
+    }
+
+    /// Sends `request` to a majority of the replicas first — this node's own replica among them
+    /// when it votes — and to the others only when one of those fails, disagrees or is slow
+    /// (see [`Gather`]). The common case then costs `quorum - 1` remote messages, not `R - 1`.
+    pub fn gather<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        request_id: u64,
+        request: R,
+    ) -> Gather<R> {
+        let me = self.me();
+        let mut order: Vec<NodeId> = Vec::with_capacity(placement.replicas.len());
+        let local_votes =
+            placement.contains(me) && self.readiness.can_vote(me, &placement.replicas);
+        if local_votes {
+            order.push(me);
+        }
+        // Remote replicas in turn, so reads spread over them; those known down go last.
+        let turn = self.spread.fetch_add(1, Ordering::Relaxed);
+        let mut remote: Vec<NodeId> = placement
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&r| r != me)
+            .collect();
+        if !remote.is_empty() {
+            let len = remote.len();
+            remote.rotate_left(turn % len);
+        }
+        remote.sort_by_key(|&r| self.detector.is_down(r));
+        order.extend(remote);
+        if placement.contains(me) && !local_votes {
+            order.push(me);
+        }
+        let rest = order.split_off(placement.quorum().min(order.len()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let frame = self.client.frame(request_id, 1, &request);
+        self.send_to(placement, &order, &request, &frame, &tx);
+        Gather {
+            tx,
+            rx,
+            rest,
+            request,
+            frame,
+            placement: placement.clone(),
+            hedge: Instant::now() + self.hedge,
+        }
+    }
+
+    fn send_to<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        targets: &[NodeId],
+        request: &R,
+        frame: &Frame<R>,
+        tx: &mpsc::UnboundedSender<Answer<R>>,
+    ) {
+        let me = self.me();
+        for &to in targets {
+            if to == me {
+                let answer = self
+                    .acceptor
+                    .handle(request.clone())
+                    .map_err(CallError::Remote);
+                let _ = tx.send((to, answer));
+                continue;
+            }
+            let Some(info) = placement.node(to).cloned() else {
+                let _ = tx.send((
+                    to,
+                    Err(CallError::Unreachable {
+                        node: to,
+                        reason: "not a member of the cluster map".into(),
+                    }),
+                ));
+                continue;
+            };
+            // A replica the failure detector reports down still gets the request (it may have
+            // just come back), but only for as long as a heartbeat takes: nobody waits for it.
+            let patience = self.detector.is_down(to).then_some(self.hedge);
+            let (client, frame, tx) = (self.client.clone(), frame.clone(), tx.clone());
+            self.lifecycle.spawn(async move {
+                let send = client.send(&info, &frame);
+                let answer = match patience {
+                    None => send.await,
+                    Some(limit) => match tokio::time::timeout(limit, send).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(CallError::Timeout {
+                            node: to,
+                            timeout: limit,
+                        }),
+                    },
+                };
+                let _ = tx.send((to, answer));
+            });
+        }
+    }
+}
+
+/// A request sent to a majority of a key's replicas, with the rest held back until needed.
+#[derive(Debug)]
+pub struct Gather<R: Rpc> {
+    tx: mpsc::UnboundedSender<Answer<R>>,
+    rx: mpsc::UnboundedReceiver<Answer<R>>,
+    /// Replicas not asked yet.
+    rest: Vec<NodeId>,
+    request: R,
+    frame: Frame<R>,
+    placement: Placement,
+    /// When to ask the rest anyway, if the first ones are slow.
+    hedge: Instant,
+}
+
+impl<R: AcceptorRpc> Gather<R> {
+    /// Asks the replicas held back (once).
+    pub fn widen(&mut self, quorum: &Quorum) {
+        if !self.rest.is_empty() {
+            let rest = std::mem::take(&mut self.rest);
+            quorum.send_to(&self.placement, &rest, &self.request, &self.frame, &self.tx);
+        }
+    }
+
+    /// The next answer, or `None` once `deadline` passes. Asks the rest when the hedge time
+    /// passes first.
+    pub async fn next(&mut self, quorum: &Quorum, deadline: Instant) -> Option<Answer<R>> {
+        loop {
+            let until = if self.rest.is_empty() {
+                deadline
+            } else {
+                self.hedge.min(deadline)
+            };
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(answer) => return answer,
+                Err(_) if Instant::now() >= deadline => return None,
+                Err(_) => self.widen(quorum),
+            }
+        }
+    }
+
+    /// The answers still to come, once the caller is done: for background repair.
+    pub fn into_rest(self) -> mpsc::UnboundedReceiver<Answer<R>> {
+        self.rx
+    }
+}

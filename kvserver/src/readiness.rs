@@ -1,0 +1,65 @@
+//! Whether this node's replica may vote: a started node first merges its peers' copies.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use kvcore::NodeId;
+
+/// Catch-up progress of a starting node.
+///
+/// A node starts empty. Before its replica may vote for a key it merges the copies of every other
+/// replica of that key; until then a read quorum that included it could miss a write
+/// acknowledged before the restart.
+#[derive(Debug)]
+pub struct Readiness {
+    ready: AtomicBool,
+    /// Peers whose copies this node has merged since it started.
+    synced: Mutex<HashSet<NodeId>>,
+}
+
+impl Readiness {
+    /// A node that still has to catch up, unless `alone` (it has no peers).
+    pub fn new(alone: bool) -> Self {
+        Readiness {
+            ready: AtomicBool::new(alone),
+            synced: Mutex::default(),
+        }
+    }
+
+    /// Whether the node has merged every peer and votes for every key.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the node caught up.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether `peer`'s copies have been merged.
+    pub fn has_synced(&self, peer: NodeId) -> bool {
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+    }
+
+    /// Records that `peer`'s copies have been merged.
+    pub fn synced(&self, peer: NodeId) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
+    }
+
+    /// Whether node `me` may vote for a key replicated on `replicas`: it is ready, or it has
+    /// merged the copies of every other replica of the key.
+    pub fn can_vote(&self, me: NodeId, replicas: &[NodeId]) -> bool {
+        if self.is_ready() {
+            return true;
+        }
+        let synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        replicas.iter().all(|&r| r == me || synced.contains(&r))
+    }
+}

@@ -1,0 +1,224 @@
+//! The node's answers to its peers: one handler per message of the peer protocol.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kvcore::{validate_key, Entry, ErrorCode, Limits};
+use kvnet::rpc::{
+    self, Accept, AcceptReply, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare,
+    PrepareReply, Read, Repair, Set, SetReply, SyncPage, SyncShard,
+};
+use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError};
+
+use crate::acceptor::Acceptor;
+use crate::coordinator::Coordinator;
+use crate::incarnations::Incarnations;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{bump, Metrics};
+use crate::readiness::Readiness;
+use crate::topology::Topology;
+
+/// Answers peer requests for one node.
+#[derive(Debug)]
+pub struct PeerHandler {
+    incarnation: u64,
+    limits: Limits,
+    topology: Arc<Topology>,
+    coordinator: Arc<Coordinator>,
+    acceptor: Arc<Acceptor>,
+    incarnations: Arc<Incarnations>,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+type Reply<'a, T> = BoxFuture<'a, Result<T, RemoteError>>;
+
+impl PeerHandler {
+    /// The peer side of a node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        incarnation: u64,
+        limits: Limits,
+        topology: Arc<Topology>,
+        coordinator: Arc<Coordinator>,
+        acceptor: Arc<Acceptor>,
+        incarnations: Arc<Incarnations>,
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        PeerHandler {
+            incarnation,
+            limits,
+            topology,
+            coordinator,
+            acceptor,
+            incarnations,
+            readiness,
+            metrics,
+            lifecycle,
+        }
+    }
+
+    /// What every message goes through first. The sender's incarnation is recorded before
+    /// anything else: a recovering node's first sync request must fence off its previous life
+    /// before this node copies anything to it.
+    fn admit(&self, header: &Header) -> Result<(), RemoteError> {
+        self.incarnations.observe(header.from, header.incarnation);
+        let epoch = self.topology.map().epoch();
+        if header.epoch != epoch {
+            return Err(RemoteError::new(
+                ErrorCode::EpochMismatch,
+                format!(
+                    "node {} sent a message for cluster map epoch {}, this node is at epoch {epoch}",
+                    header.from, header.epoch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn admit_key(&self, header: &Header, key: &str) -> Result<(), RemoteError> {
+        self.admit(header)?;
+        validate_key(key)?;
+        Ok(())
+    }
+}
+
+impl FrameHandler for PeerHandler {
+    fn handle_frame(&self, frame: Bytes) -> BoxFuture<'_, Result<Bytes, FrameError>> {
+        bump(&self.metrics.peer);
+        Box::pin(async move {
+            // A crash of this node ends the handler where it stands, as it would end a process.
+            self.lifecycle
+                .unless_stopped(rpc::dispatch(self, &frame))
+                .await
+                .unwrap_or(Err(FrameError::Stopped))
+        })
+    }
+}
+
+impl Handle<Get> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Get) -> Reply<'a, Option<Entry>> {
+        Box::pin(async move {
+            self.admit_key(header, &r.key)?;
+            let reply = self
+                .coordinator
+                .get(&r.key, header.hops, header.request_id)
+                .await;
+            reply.map_err(|e| e.to_remote())
+        })
+    }
+}
+
+impl Handle<Set> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Set) -> Reply<'a, SetReply> {
+        Box::pin(async move {
+            self.admit_key(header, &r.key)?;
+            self.limits.check_value(&r.value)?;
+            let reply = self
+                .coordinator
+                .write(r, header.hops, header.request_id)
+                .await;
+            reply.map_err(|e| e.to_remote())
+        })
+    }
+}
+
+impl Handle<Delete> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Delete) -> Reply<'a, Option<Entry>> {
+        Box::pin(async move {
+            self.admit_key(header, &r.key)?;
+            let reply = self
+                .coordinator
+                .write(r, header.hops, header.request_id)
+                .await;
+            reply.map_err(|e| e.to_remote())
+        })
+    }
+}
+
+impl Handle<Incr> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Incr) -> Reply<'a, Entry> {
+        Box::pin(async move {
+            self.admit_key(header, &r.key)?;
+            let reply = self
+                .coordinator
+                .write(r, header.hops, header.request_id)
+                .await;
+            reply.map_err(|e| e.to_remote())
+        })
+    }
+}
+
+impl Handle<Prepare> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Prepare) -> Reply<'a, PrepareReply> {
+        Box::pin(async move {
+            self.admit(header)?;
+            self.acceptor.handle(r)
+        })
+    }
+}
+
+impl Handle<Accept> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Accept) -> Reply<'a, AcceptReply> {
+        Box::pin(async move {
+            self.admit(header)?;
+            if let Some(value) = &r.register.value {
+                self.limits.check_value(value)?;
+            }
+            self.acceptor.handle(r)
+        })
+    }
+}
+
+impl Handle<Read> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Read) -> Reply<'a, kvcore::Register> {
+        Box::pin(async move {
+            self.admit(header)?;
+            self.acceptor.handle(r)
+        })
+    }
+}
+
+impl Handle<Repair> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Repair) -> Reply<'a, bool> {
+        Box::pin(async move {
+            self.admit(header)?;
+            self.acceptor.handle(r)
+        })
+    }
+}
+
+impl Handle<SyncShard> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: SyncShard) -> Reply<'a, SyncPage> {
+        Box::pin(async move {
+            self.admit(header)?;
+            Ok(self.acceptor.sync_shard(header.from, r))
+        })
+    }
+}
+
+impl Handle<DigestShard> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: DigestShard) -> Reply<'a, DigestPage> {
+        Box::pin(async move {
+            self.admit(header)?;
+            Ok(self.acceptor.digest_shard(header.from, r))
+        })
+    }
+}
+
+impl Handle<Ping> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, _: Ping) -> Reply<'a, Pong> {
+        Box::pin(async move {
+            self.admit(header)?;
+            Ok(Pong {
+                node: self.topology.me(),
+                epoch: self.topology.map().epoch(),
+                incarnation: self.incarnation,
+                ready: self.readiness.is_ready(),
+            })
+        })
+    }
+}
