@@ -14,8 +14,12 @@ use kvcore::{NodeId, NodeInfo};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use tokio::sync::watch;
+
 use crate::error::CallError;
+use crate::rpc::Kind;
 use crate::transport::{BoxFuture, Transport};
+use crate::wire::Incoming;
 
 #[derive(Debug)]
 struct State {
@@ -30,7 +34,25 @@ struct State {
     /// Extra latency before delivery, drawn uniformly from this range; with several messages
     /// in flight it also reorders them.
     delay: Option<(Duration, Duration)>,
+    /// Messages matching any of these are held until [`Faults::release`].
+    holds: Vec<Hold>,
     rng: SmallRng,
+}
+
+/// Which messages a hold applies to; `None` matches anything.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    from: Option<NodeId>,
+    to: Option<NodeId>,
+    kind: Option<Kind>,
+}
+
+impl Hold {
+    fn matches(&self, from: NodeId, to: NodeId, kind: Option<Kind>) -> bool {
+        self.from.map_or(true, |f| f == from)
+            && self.to.map_or(true, |t| t == to)
+            && self.kind.map_or(true, |k| Some(k) == kind)
+    }
 }
 
 impl State {
@@ -47,6 +69,8 @@ impl State {
 #[derive(Clone)]
 pub struct Faults {
     state: Arc<Mutex<State>>,
+    /// Bumped by every [`Faults::release`]; held messages wait for it to move.
+    released: Arc<watch::Sender<u64>>,
 }
 
 impl fmt::Debug for Faults {
@@ -65,8 +89,10 @@ impl Faults {
                 drop_reply: 0.0,
                 duplicate: 0.0,
                 delay: None,
+                holds: Vec::new(),
                 rng: SmallRng::seed_from_u64(seed),
             })),
+            released: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -106,6 +132,9 @@ impl Faults {
     }
 
     /// Delivers requests a second time, after another random delay, with this probability.
+    /// Only messages of [idempotent](Kind::is_idempotent) kinds are duplicated: a network over
+    /// TCP never repeats a request, and a client operation forwarded twice would be a retry, not
+    /// a network fault.
     pub fn set_duplicate(&self, probability: f64) {
         self.with(|s| s.duplicate = probability);
     }
@@ -115,7 +144,20 @@ impl Faults {
         self.with(|s| s.delay = delay);
     }
 
-    /// Removes every fault.
+    /// Holds every message from `from` to `to` of kind `kind` (`None` matches any) until
+    /// [`release`](Self::release): a message can be stopped at an exact step of the protocol,
+    /// for instance a coordinator's accepts to one replica, while everything else flows.
+    pub fn hold(&self, from: Option<NodeId>, to: Option<NodeId>, kind: Option<Kind>) {
+        self.with(|s| s.holds.push(Hold { from, to, kind }));
+    }
+
+    /// Delivers every held message (subject to the other faults) and removes the holds.
+    pub fn release(&self) {
+        self.with(|s| s.holds.clear());
+        self.released.send_modify(|n| *n += 1);
+    }
+
+    /// Removes every fault; held messages are delivered.
     pub fn clear(&self) {
         self.with(|s| {
             s.cut.clear();
@@ -124,6 +166,7 @@ impl Faults {
             s.duplicate = 0.0;
             s.delay = None;
         });
+        self.release();
     }
 
     /// Wraps the transport of node `from` so that its messages suffer these faults.
@@ -164,6 +207,15 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         frame: Bytes,
     ) -> BoxFuture<'a, Result<Bytes, CallError>> {
         Box::pin(async move {
+            let kind = Incoming::parse(&frame).ok().map(|i| i.kind);
+            let mut released = self.faults.released.subscribe();
+            let held = self
+                .faults
+                .with(|s| s.holds.iter().any(|h| h.matches(self.from, to.id, kind)));
+            if held {
+                // Until the next release; a message held when its sender crashes is never sent.
+                let _ = released.changed().await;
+            }
             let fate = self.faults.with(|s| {
                 if s.cut.contains(&(self.from, to.id)) {
                     return Fate::Cut;
@@ -172,9 +224,8 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                 if s.rng.gen_bool(s.drop_request.clamp(0.0, 1.0)) {
                     return Fate::Lost { after: delay };
                 }
-                let again_after = s
-                    .rng
-                    .gen_bool(s.duplicate.clamp(0.0, 1.0))
+                let duplicable = kind.is_some_and(Kind::is_idempotent);
+                let again_after = (duplicable && s.rng.gen_bool(s.duplicate.clamp(0.0, 1.0)))
                     .then(|| delay + s.delay());
                 Fate::Deliver {
                     delay,
@@ -229,7 +280,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::{Ping, Pong};
+    use crate::rpc::{Kind, Ping, Pong};
     use crate::transport::{FrameHandler, Peers};
     use crate::wire::{encode_reply, FrameError, Header, Incoming};
     use crate::InProcessNetwork;
@@ -315,6 +366,28 @@ mod tests {
         );
         faults.clear();
         assert!(peers.call(&n1, &header(0), &Ping).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_messages_wait_for_release_and_others_flow() {
+        let (faults, net, counter, _handler, n1) = setup(11);
+        let peers = Arc::new(Peers::new(Arc::new(faults.wrap(NodeId(0), net.clone()))));
+        let other = Peers::new(Arc::new(faults.wrap(NodeId(2), net)));
+        faults.hold(Some(NodeId(0)), None, Some(Kind::Ping));
+        let held = {
+            let (peers, n1) = (peers.clone(), n1.clone());
+            tokio::spawn(async move { peers.call(&n1, &header(0), &Ping).await })
+        };
+        assert!(other.call(&n1, &header(2), &Ping).await.is_ok());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "the held ping was delivered"
+        );
+        faults.release();
+        assert!(held.await.unwrap().is_ok());
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,14 @@ macro_rules! kinds {
         }
 
         impl Kind {
+            /// Whether handling a message of this kind twice has the effect of handling it once.
+            /// Acceptor messages are (a repeated promise or accept of the same ballot changes
+            /// nothing); forwarded writes are not: a `Set`, `Delete` or `Incr` delivered twice is
+            /// applied twice. Transports over TCP never deliver a request twice.
+            pub fn is_idempotent(self) -> bool {
+                !matches!(self, Kind::Set | Kind::Delete | Kind::Incr)
+            }
+
             /// The kind with this tag.
             pub fn from_u8(tag: u8) -> Option<Kind> {
                 match tag {

@@ -6,5 +6,6 @@ mod chaos;
 mod checker;
 mod cluster;
 mod process;
+mod protocol;
 mod replication;
 mod util;

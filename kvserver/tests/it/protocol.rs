@@ -1,0 +1,412 @@
+//! The replication protocol step by step: nodes over the in-process transport, under tokio's
+//! paused clock, with messages held, dropped, duplicated and reordered at exact points.
+//!
+//! No HTTP here: every node is a [`Node`] whose peers reach it through an
+//! [`InProcessNetwork`] (the same frames as over HTTP), so time only moves when every task
+//! waits, and a test can stop a coordinator between two of its accepts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvcore::{ErrorCode, NodeId, NodeInfo, Precondition, Register, Value, Version};
+use kvnet::rpc::{Accept, AcceptReply, Kind};
+use kvnet::{Faults, Header, InProcessNetwork, Peers};
+use kvserver::{Config, Error, Node};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::checker::{check_all, History, Observed, Op, Outcome};
+
+/// Nodes of one cluster in this process, with faults between them.
+struct Sim {
+    net: InProcessNetwork,
+    faults: Faults,
+    config: Config,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Sim {
+    /// `n` nodes keeping `replicas` copies of each key, all caught up.
+    async fn start(n: usize, replicas: usize, seed: u64) -> Sim {
+        let config = Config {
+            peers: (0..n).map(|i| format!("10.9.0.{}:5100", i + 1)).collect(),
+            replicas,
+            seed_keys: false,
+            heartbeat_ms: 50,
+            down_after_ms: 200,
+            anti_entropy_ms: 200,
+            forward_timeout_ms: 500,
+            op_timeout_ms: 3000,
+            ..Config::default()
+        };
+        let mut sim = Sim {
+            net: InProcessNetwork::new(config.forward_timeout()),
+            faults: Faults::new(seed),
+            config,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let node = sim.launch(i);
+            sim.nodes.push(node);
+        }
+        for i in 0..n {
+            sim.ready(i).await;
+        }
+        sim
+    }
+
+    fn launch(&self, i: usize) -> Arc<Node> {
+        let config = Config {
+            id: i as u32,
+            ..self.config.clone()
+        };
+        let transport = Arc::new(self.faults.wrap(NodeId(i as u32), self.net.clone()));
+        let node = Arc::new(Node::new(&config, transport).unwrap());
+        self.net.register(
+            self.config.peers[i].clone(),
+            Arc::downgrade(&node.peer_handler()),
+        );
+        node.start();
+        node
+    }
+
+    fn node(&self, i: usize) -> &Arc<Node> {
+        &self.nodes[i]
+    }
+
+    /// Crashes node `i`: every task it runs stops where it stands, its memory is gone.
+    fn crash(&self, i: usize) {
+        self.net.unregister(&self.config.peers[i]);
+        self.nodes[i].crash();
+    }
+
+    /// Starts node `i` again, empty, with a new incarnation, and waits until it has caught up.
+    async fn restart(&mut self, i: usize) {
+        self.nodes[i] = self.launch(i);
+        self.ready(i).await;
+    }
+
+    /// Waits (in virtual time) until node `i` has caught up.
+    async fn ready(&self, i: usize) {
+        for _ in 0..10_000 {
+            if self.nodes[i].is_ready() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("node {i} did not catch up");
+    }
+
+    /// Node indexes of `key`'s replicas, primary first.
+    fn replicas(&self, key: &str) -> Vec<usize> {
+        let owners = self.nodes[0].owners(key);
+        owners.into_iter().map(|n| n.0 as usize).collect()
+    }
+
+    async fn stop(self) {
+        for node in &self.nodes {
+            node.stop().await;
+        }
+    }
+}
+
+/// Polls `check` in virtual time until it holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn outcome_of(e: &Error) -> Outcome {
+    match e.code() {
+        ErrorCode::QuorumUnavailable | ErrorCode::OwnerUnavailable | ErrorCode::Recovering => {
+            Outcome::Fail
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+async fn incr(history: &History, client: usize, node: &Node, key: &str, by: i64) -> Outcome {
+    let t = history.start(client, key, Op::Incr(by));
+    let outcome = match node.incr(key, by).await {
+        Ok(entry) => Outcome::Ok(Observed::Incr(entry.value.as_i64().unwrap())),
+        Err(e) => outcome_of(&e),
+    };
+    history.finish(t, outcome);
+    outcome
+}
+
+async fn read(history: &History, client: usize, node: &Node, key: &str) -> Option<i64> {
+    let t = history.start(client, key, Op::Read);
+    match node.get(key).await {
+        Ok(entry) => {
+            let value = entry.map(|e| e.value.as_i64().unwrap());
+            history.finish(t, Outcome::Ok(Observed::Read(value)));
+            value
+        }
+        Err(e) => panic!("read through node {}: {e}", node.id()),
+    }
+}
+
+fn assert_linearizable(history: &History) {
+    if let Err(violation) = check_all(&history.events(), None) {
+        panic!("not linearizable:\n{violation}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_coordinator_crashing_between_its_accepts_applies_the_write_once_or_not_at_all() {
+    // Five replicas: the coordinator's own accept and one more are two of the three needed.
+    let mut sim = Sim::start(5, 5, 1).await;
+    let key = "counter";
+    let replicas = sim.replicas(key);
+    let (p, x) = (replicas[0], replicas[1]);
+    let history = Arc::new(History::new());
+    assert_eq!(
+        incr(&history, 0, sim.node(p), key, 10).await,
+        Outcome::Ok(Observed::Incr(10))
+    );
+
+    // The primary's accepts reach `x` and nobody else; then it crashes.
+    for &other in &replicas[2..] {
+        sim.faults.hold(
+            Some(NodeId(p as u32)),
+            Some(NodeId(other as u32)),
+            Some(Kind::Accept),
+        );
+    }
+    let interrupted = {
+        let (history, node) = (history.clone(), sim.node(p).clone());
+        tokio::spawn(async move { incr(&history, 1, &node, key, 1).await })
+    };
+    let on_x = sim.node(x).clone();
+    until("the accept reached x", || {
+        on_x.store().get(key).and_then(|e| e.value.as_i64()) == Some(11)
+    })
+    .await;
+    sim.crash(p);
+    sim.faults.release();
+    let outcome = interrupted.await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Unknown,
+        "a write short of a quorum is never acknowledged"
+    );
+
+    // The survivors decide it one way, once, and agree; then it comes back and agrees too.
+    let survivors: Vec<usize> = (0..5).filter(|&i| i != p).collect();
+    for (client, &i) in survivors.iter().enumerate() {
+        read(&history, 10 + client, sim.node(i), key).await;
+        incr(&history, 10 + client, sim.node(i), key, 100).await;
+    }
+    sim.restart(p).await;
+    let mut seen = Vec::new();
+    for i in 0..5 {
+        seen.push(read(&history, 20 + i, sim.node(i), key).await.unwrap());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert!(seen[0] == 410 || seen[0] == 411, "{seen:?}");
+    assert_linearizable(&history);
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_promise_from_an_earlier_life_is_not_counted() {
+    let mut sim = Sim::start(3, 3, 2).await;
+    let key = "k";
+    let replicas = sim.replicas(key);
+    let (a, b) = (replicas[1], replicas[2]);
+    let old = sim.node(a).incarnation();
+    sim.crash(a);
+    sim.restart(a).await;
+    let new = sim.node(a).incarnation();
+    assert!(new > old);
+    // Node `b` has heard from `a`'s new life (its catch-up asked `b` for copies), so an accept
+    // that counted a promise `a` made before the restart is refused there.
+    let peers = Peers::new(Arc::new(sim.net.clone()));
+    let to_b = NodeInfo {
+        id: NodeId(b as u32),
+        addr: sim.config.peers[b].clone(),
+    };
+    let header = Header {
+        from: NodeId(replicas[0] as u32),
+        incarnation: sim.node(replicas[0]).incarnation(),
+        epoch: 1,
+        request_id: 1,
+        hops: 1,
+    };
+    let accept = |incarnation_of_a| Accept {
+        key: key.into(),
+        register: Register {
+            ballot: kvcore::Ballot::new(1_000, NodeId(replicas[0] as u32)),
+            version: Version(1),
+            value: Some(Value::integer(7)),
+        },
+        promisers: vec![(NodeId(a as u32), incarnation_of_a)],
+    };
+    let refused = peers.call(&to_b, &header, &accept(old)).await.unwrap_err();
+    assert_eq!(refused.remote_code(), Some(ErrorCode::StaleIncarnation));
+    assert!(
+        sim.node(b).store().get(key).is_none(),
+        "a refused accept changed nothing"
+    );
+    let accepted = peers.call(&to_b, &header, &accept(new)).await.unwrap();
+    assert_eq!(accepted, AcceptReply::Accepted);
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_round_whose_promiser_restarted_midway_is_never_acknowledged_wrongly() {
+    let mut sim = Sim::start(3, 3, 3).await;
+    let key = "k";
+    let replicas = sim.replicas(key);
+    let (p, a, b) = (replicas[0], replicas[1], replicas[2]);
+    let history = Arc::new(History::new());
+    assert_eq!(
+        incr(&history, 0, sim.node(p), key, 5).await,
+        Outcome::Ok(Observed::Incr(5))
+    );
+    // The primary's round counts `a`'s promise; `b` hears nothing from it, and the accepts to
+    // `a` wait while `a` restarts and forgets.
+    let (pn, an, bn) = (NodeId(p as u32), NodeId(a as u32), NodeId(b as u32));
+    sim.faults.hold(Some(pn), Some(bn), None);
+    sim.faults.hold(Some(pn), Some(an), Some(Kind::Accept));
+    let interrupted = {
+        let (history, node) = (history.clone(), sim.node(p).clone());
+        tokio::spawn(async move { incr(&history, 1, &node, key, 1).await })
+    };
+    let on_p = sim.node(p).clone();
+    until("the primary accepted its own proposal", || {
+        on_p.store().get(key).and_then(|e| e.value.as_i64()) == Some(6)
+    })
+    .await;
+    sim.crash(a);
+    sim.restart(a).await;
+    sim.faults.release();
+    let outcome = interrupted.await.unwrap();
+    assert_ne!(
+        outcome,
+        Outcome::Ok(Observed::Incr(6)),
+        "the accepts relying on a forgotten promise were refused, so the round cannot succeed"
+    );
+    for (client, i) in [p, a, b].into_iter().enumerate() {
+        read(&history, 10 + client, sim.node(i), key).await;
+        incr(&history, 10 + client, sim.node(i), key, 10).await;
+    }
+    assert_linearizable(&history);
+    sim.stop().await;
+}
+
+/// Seeds per replication factor: `KV_PROTOCOL_SEEDS` raises it for longer local runs.
+fn seeds() -> u64 {
+    std::env::var("KV_PROTOCOL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Concurrent clients through random nodes while messages are dropped, duplicated, delayed and
+/// reordered; every key's history must be linearizable. Run at odd and even replication
+/// factors, so quorum arithmetic is exercised beyond `R = 3`.
+async fn messy_network(replicas: usize, seed: u64) {
+    let sim = Sim::start(5, replicas, seed).await;
+    sim.faults.set_drop(0.05, 0.05);
+    sim.faults.set_duplicate(0.3);
+    sim.faults
+        .set_delay(Some((Duration::from_millis(0), Duration::from_millis(30))));
+    let history = Arc::new(History::new());
+    let mut clients = Vec::new();
+    for client in 0..6 {
+        let nodes = sim.nodes.clone();
+        let history = history.clone();
+        clients.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed * 100 + client as u64);
+            for n in 0..25 {
+                let node = &nodes[rng.gen_range(0..nodes.len())];
+                let key = ["x", "y"][rng.gen_range(0..2)];
+                match rng.gen_range(0..4) {
+                    0 => {
+                        incr(&history, client, node, key, 1 + rng.gen_range(0..3)).await;
+                    }
+                    1 => {
+                        let value = (client * 1000 + n) as i64;
+                        let t = history.start(client, key, Op::Write(value));
+                        let outcome = match node
+                            .set(key, Value::integer(value), Precondition::None)
+                            .await
+                        {
+                            Ok(Ok(_)) => Outcome::Ok(Observed::Done),
+                            Ok(Err(_)) => unreachable!("an unconditional write has no conflict"),
+                            Err(e) => outcome_of(&e),
+                        };
+                        history.finish(t, outcome);
+                    }
+                    _ => {
+                        let t = history.start(client, key, Op::Read);
+                        let outcome = match node.get(key).await {
+                            Ok(e) => {
+                                Outcome::Ok(Observed::Read(e.map(|e| e.value.as_i64().unwrap())))
+                            }
+                            Err(_) => Outcome::Fail,
+                        };
+                        history.finish(t, outcome);
+                    }
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    sim.faults.clear();
+    for (i, node) in sim.nodes.iter().enumerate() {
+        for key in ["x", "y"] {
+            read(&history, 100 + i, node, key).await;
+        }
+    }
+    let events = history.events();
+    let acknowledged = events
+        .iter()
+        .filter(|e| matches!(e.outcome, Outcome::Ok(_)))
+        .count();
+    assert!(
+        acknowledged > events.len() / 2,
+        "R={replicas}: too few operations succeeded to mean anything"
+    );
+    if let Err(violation) = check_all(&events, None) {
+        panic!("R={replicas}, seed {seed}: not linearizable:\n{violation}");
+    }
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicated_delayed_and_reordered_messages_keep_histories_linearizable_at_r2() {
+    for seed in 1..=seeds() {
+        messy_network(2, seed).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicated_delayed_and_reordered_messages_keep_histories_linearizable_at_r3() {
+    for seed in 1..=seeds() {
+        messy_network(3, seed).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicated_delayed_and_reordered_messages_keep_histories_linearizable_at_r4() {
+    for seed in 1..=seeds() {
+        messy_network(4, seed).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicated_delayed_and_reordered_messages_keep_histories_linearizable_at_r5() {
+    for seed in 1..=seeds() {
+        messy_network(5, seed).await;
+    }
+}
