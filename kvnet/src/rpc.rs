@@ -227,13 +227,21 @@ pub struct Accept {
     /// a newer incarnation of one of them refuses, since that replica has restarted and
     /// forgotten its promise.
     pub promisers: Vec<(NodeId, u64)>,
+    /// The proposer's next ballot, to be promised in the same step if the register is accepted:
+    /// the phase 1 of the proposer's next round on this key, done in advance, so that round
+    /// needs only an accept (CASPaxos's one-round-trip optimisation).
+    pub promise_next: Option<Ballot>,
 }
 
 /// The answer to an [`Accept`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AcceptReply {
     /// The register was accepted.
-    Accepted,
+    Accepted {
+        /// Set when [`Accept::promise_next`] was promised too, with nothing accepted in between:
+        /// the replica's incarnation, to be named in the accept that relies on the promise.
+        promised_next: Option<u64>,
+    },
     /// A higher ballot was promised.
     Rejected {
         /// That ballot.
@@ -423,6 +431,7 @@ mod tests {
                 value: Some(Value::integer(-3)),
             },
             promisers: vec![(NodeId(1), 5), (NodeId(2), 6)],
+            promise_next: Some(Ballot::new(4, NodeId(1))),
         });
         round_trip(Read { key: "k".into() });
         round_trip(SyncShard { shard: 3 });

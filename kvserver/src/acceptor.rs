@@ -199,10 +199,23 @@ impl AcceptorRpc for Accept {
                 format!("node {node} restarted since it promised this ballot"),
             ));
         }
-        Ok(match a.store.accept(&self.key, self.register)? {
-            Ok(()) => AcceptReply::Accepted,
-            Err(promised) => AcceptReply::Rejected { promised },
-        })
+        let ballot = self.register.ballot;
+        if let Err(promised) = a.store.accept(&self.key, self.register)? {
+            return Ok(AcceptReply::Rejected { promised });
+        }
+        // Promising the next ballot counts as that ballot's phase 1 only if what this replica
+        // holds then is still what it just accepted.
+        let promised_next = match self.promise_next {
+            Some(next) if next > ballot => {
+                a.ballots.observe(next);
+                match a.store.prepare(&self.key, next, 0)? {
+                    Ok(register) if register.ballot == ballot => Some(a.incarnation),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(AcceptReply::Accepted { promised_next })
     }
 }
 

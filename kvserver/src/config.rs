@@ -60,6 +60,10 @@ pub struct Config {
     /// Do not write the seed keys `a` and `b` at start-up.
     #[arg(long = "no-seed", action = clap::ArgAction::SetFalse)]
     pub seed_keys: bool,
+    /// Run every write as two rounds (prepare, accept) instead of letting a key's primary keep
+    /// the promise of its last round and skip the prepare of the next.
+    #[arg(long = "no-cached-promises", action = clap::ArgAction::SetFalse)]
+    pub cached_promises: bool,
     /// How long a client may take to send request headers, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
@@ -84,6 +88,7 @@ impl Default for Config {
             down_after_ms: 1000,
             anti_entropy_ms: 2000,
             seed_keys: true,
+            cached_promises: true,
             header_read_timeout_ms: 10_000,
             shutdown_grace_ms: 5000,
         }

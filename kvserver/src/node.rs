@@ -128,7 +128,9 @@ impl Node {
             ballots,
             metrics.clone(),
             lifecycle.clone(),
+            incarnations.clone(),
             config.op_timeout(),
+            config.cached_promises,
         ));
         let coordinator = Arc::new(Coordinator::new(
             topology.clone(),

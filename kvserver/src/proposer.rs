@@ -15,10 +15,11 @@
 //! one round trip. Otherwise a full round with the identity function settles it. See
 //! `docs/consistency.md` for the argument and the failure cases.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvcore::{Entry, ErrorCode, NodeId, Register, Store};
+use kvcore::{Ballot, Entry, ErrorCode, NodeId, Register, Store};
 use kvnet::rpc::{Accept, AcceptReply, Prepare, PrepareReply, Read, Repair};
 use kvnet::CallError;
 use rand::Rng;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::acceptor::BallotClock;
 use crate::error::Error;
+use crate::incarnations::Incarnations;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
@@ -44,9 +46,73 @@ pub struct Proposer {
     ballots: Arc<BallotClock>,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    incarnations: Arc<Incarnations>,
     op_timeout: Duration,
     /// Striped locks queueing proposals per key; see [`Proposer::turn`].
     queues: Box<[tokio::sync::Mutex<()>]>,
+    /// Promises kept from this node's last round on a key, when enabled.
+    promises: Option<PromiseCache>,
+}
+
+/// A majority's promise of this node's next ballot on a key, given with the accept of its last
+/// round there: the next round on the key can skip its prepare.
+#[derive(Debug, Clone)]
+struct Cached {
+    /// The map epoch the promise was given under; any change of the map drops it.
+    epoch: u64,
+    /// The ballot of the round that was accepted.
+    accepted: Ballot,
+    /// The ballot promised for the next round.
+    next: Ballot,
+    /// Who promised, and in which incarnation.
+    promisers: Vec<(NodeId, u64)>,
+}
+
+/// Kept promises, at most [`PromiseCache::CAPACITY`] keys.
+#[derive(Debug, Default)]
+struct PromiseCache {
+    entries: std::sync::Mutex<HashMap<Box<str>, Cached>>,
+}
+
+impl PromiseCache {
+    /// Bounds the memory of kept promises (about 100 bytes each plus the key), whatever the
+    /// number of keys written; a key whose promise was evicted takes two rounds once.
+    const CAPACITY: usize = 1 << 16;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Cached>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the promise kept for `key` if it still holds: same map, and none of the promisers
+    /// has restarted since (a restarted replica forgot its promise).
+    fn take(&self, key: &str, epoch: u64, incarnations: &Incarnations) -> Option<Cached> {
+        let cached = self.lock().remove(key)?;
+        let known = incarnations.read();
+        let current = cached.epoch == epoch
+            && cached
+                .promisers
+                .iter()
+                .all(|(node, inc)| known.get(node).map_or(true, |k| k <= inc));
+        current.then_some(cached)
+    }
+
+    fn keep(&self, key: &str, cached: Cached) {
+        let mut entries = self.lock();
+        if entries.len() >= Self::CAPACITY && !entries.contains_key(key) {
+            if let Some(evicted) = entries.keys().next().cloned() {
+                entries.remove(&evicted);
+            }
+        }
+        entries.insert(key.into(), cached);
+    }
+}
+
+/// How a round that relied on a kept promise ended.
+enum Fast<T> {
+    /// With this answer for the client.
+    Done(Result<T, Error>),
+    /// Nothing was accepted anywhere: a full round is safe.
+    NotApplied,
 }
 
 impl Proposer {
@@ -60,7 +126,9 @@ impl Proposer {
         ballots: Arc<BallotClock>,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
+        incarnations: Arc<Incarnations>,
         op_timeout: Duration,
+        cached_promises: bool,
     ) -> Self {
         Proposer {
             me,
@@ -70,8 +138,10 @@ impl Proposer {
             ballots,
             metrics,
             lifecycle,
+            incarnations,
             op_timeout,
             queues: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            promises: cached_promises.then(PromiseCache::default),
         }
     }
 
@@ -259,6 +329,19 @@ impl Proposer {
                 message: format!("too many writes queued for key {key:?}; nothing was changed"),
             });
         };
+        if let Some(cached) = self
+            .promises
+            .as_ref()
+            .and_then(|p| p.take(key, placement.map.epoch(), &self.incarnations))
+        {
+            match self
+                .fast_round(placement, op, request_id, cached, deadline)
+                .await
+            {
+                Fast::Done(result) => return result,
+                Fast::NotApplied => {}
+            }
+        }
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -330,19 +413,25 @@ impl Proposer {
             // Phase 2: every replica is asked to accept, not only the promisers: one that
             // promised late (or not at all, if nothing higher was promised there) still takes
             // the copy, so a chosen value usually reaches all replicas at once.
+            let next = self.promises.as_ref().map(|_| self.ballots.next());
             let accept = Accept {
                 key: key.into(),
                 register,
                 promisers: promises.iter().map(|&(n, inc, _)| (n, inc)).collect(),
+                promise_next: next,
             };
             let mut rx = self.quorum.broadcast(placement, request_id, accept);
             let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
+            let mut promised_next = Vec::with_capacity(total);
             // Stop at a majority of accepts. Short of one, hear every replica out: a new round
             // is only safe if every one of them refused, since an accept still in flight could
             // land and the new round would then apply the operation a second time.
             while accepted < quorum && accepted + refused + unknown < total {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((_, Ok(AcceptReply::Accepted)))) => accepted += 1,
+                    Ok(Some((node, Ok(AcceptReply::Accepted { promised_next: p })))) => {
+                        accepted += 1;
+                        promised_next.extend(p.map(|incarnation| (node, incarnation)));
+                    }
                     Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
                         self.ballots.observe(promised);
                         refused += 1;
@@ -362,6 +451,17 @@ impl Proposer {
                 }
             }
             if accepted >= quorum {
+                if let (Some(next), Some(cache)) = (next, &self.promises) {
+                    if promised_next.len() >= quorum {
+                        let cached = Cached {
+                            epoch: placement.map.epoch(),
+                            accepted: ballot,
+                            next,
+                            promisers: promised_next,
+                        };
+                        cache.keep(key, cached);
+                    }
+                }
                 return reply;
             }
             if accepted == 0 && unknown == 0 && Instant::now() < deadline {
@@ -374,6 +474,103 @@ impl Proposer {
                     "{accepted} of {total} replicas accepted the write, {quorum} needed; it may still take effect"
                 ),
             });
+        }
+    }
+
+    /// A round that relies on the promise kept from this node's last round on the key: phase 1
+    /// was done then, and its result is what this node's replica accepted in that round, so only
+    /// the accept is sent. The remote replicas are asked first and this node's own replica
+    /// accepts only once enough of them have: if the promise no longer holds (another proposer
+    /// ran, a replica restarted), they refuse and nothing was accepted anywhere, so a full round
+    /// can follow safely instead of the outcome becoming unknown.
+    async fn fast_round<O: Operation>(
+        &self,
+        placement: &Placement,
+        op: &O,
+        request_id: u64,
+        cached: Cached,
+        deadline: Instant,
+    ) -> Fast<O::Reply> {
+        let key = op.key();
+        let current = self.store.register(key);
+        if current.ballot != cached.accepted || !placement.contains(self.me) {
+            return Fast::NotApplied;
+        }
+        let quorum = placement.quorum();
+        let (next, reply) = op.apply(&current);
+        let mut register = next.unwrap_or(current);
+        register.ballot = cached.next;
+        let promise_next = self.ballots.next();
+        let accept = Accept {
+            key: key.into(),
+            register,
+            promisers: cached.promisers,
+            promise_next: Some(promise_next),
+        };
+        let remote: Vec<NodeId> = placement
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&r| r != self.me)
+            .collect();
+        let needed = quorum - 1;
+        let mut rx = self.quorum.send(placement, &remote, request_id, &accept);
+        let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
+        let mut promised_next = Vec::with_capacity(placement.replicas.len());
+        while accepted < needed && accepted + refused + unknown < remote.len() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((node, Ok(AcceptReply::Accepted { promised_next: p })))) => {
+                    accepted += 1;
+                    promised_next.extend(p.map(|incarnation| (node, incarnation)));
+                }
+                Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
+                    self.ballots.observe(promised);
+                    refused += 1;
+                }
+                Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
+                Ok(Some(_)) => unknown += 1,
+                Ok(None) | Err(_) => {
+                    unknown = remote.len() - accepted - refused;
+                    break;
+                }
+            }
+            if accepted + (remote.len() - accepted - refused - unknown) < needed {
+                break;
+            }
+        }
+        if accepted < needed {
+            if accepted == 0 && unknown == 0 {
+                return Fast::NotApplied;
+            }
+            return Fast::Done(Err(Error::OutcomeUnknown {
+                reason: format!(
+                    "{accepted} of {} replicas accepted the write, {quorum} needed; it may still take effect",
+                    placement.replicas.len()
+                ),
+            }));
+        }
+        match self.quorum.local(accept) {
+            Ok(AcceptReply::Accepted { promised_next: p }) => {
+                promised_next.extend(p.map(|incarnation| (self.me, incarnation)));
+                if let Some(cache) = &self.promises {
+                    if promised_next.len() >= quorum {
+                        let cached = Cached {
+                            epoch: placement.map.epoch(),
+                            accepted: cached.next,
+                            next: promise_next,
+                            promisers: promised_next,
+                        };
+                        cache.keep(key, cached);
+                    }
+                }
+                Fast::Done(reply)
+            }
+            _ if accepted >= quorum => Fast::Done(reply),
+            _ => Fast::Done(Err(Error::OutcomeUnknown {
+                reason: format!(
+                    "{accepted} remote replicas accepted the write but this one refused; it may still take effect"
+                ),
+            })),
         }
     }
 

@@ -76,6 +76,25 @@ impl Quorum {
         rx
     }
 
+    /// Sends `request` to `targets` (remote replicas) and returns a channel of their answers.
+    pub fn send<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        targets: &[NodeId],
+        request_id: u64,
+        request: &R,
+    ) -> mpsc::UnboundedReceiver<Answer<R>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let frame = self.client.frame(request_id, 1, request);
+        self.send_to(placement, targets, request, &frame, &tx);
+        rx
+    }
+
+    /// This node's own replica's answer to `request`.
+    pub fn local<R: AcceptorRpc>(&self, request: R) -> Result<R::Reply, CallError> {
+        self.acceptor.handle(request).map_err(CallError::Remote)
+    }
+
     /// Sends `request` to a majority of the replicas first — this node's own replica among them
     /// when it votes — and to the others only when one of those fails, disagrees or is slow
     /// (see [`Gather`]). The common case then costs `quorum - 1` remote messages, not `R - 1`.
