@@ -84,7 +84,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn cluster(args: ClusterArgs) -> Result<(), String> {
+async fn cluster(args: ClusterArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Validate the shared options once, against a placeholder membership of the right size.
     let peers = (0..args.nodes.max(1))
         .map(|i| format!("h:{}", 1 + i))
@@ -94,16 +94,14 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
         peers,
         ..config.clone()
     }
-    .validate()
-    .map_err(|e| e.to_string())?;
+    .validate()?;
     let cluster = LocalCluster::builder()
         .nodes(args.nodes)
         .host(args.host.clone())
         .base_port(args.base_port)
         .config(config.clone())
         .start()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let map = cluster.node(0).map();
     println!(
         "kvserver: {} nodes up ({} replicas per key, partitioner {}, max memory per node {})",
@@ -133,13 +131,13 @@ async fn cluster(args: ClusterArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn node(args: NodeArgs) -> Result<(), String> {
+async fn node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config {
         id: args.id,
         peers: args.peers,
         ..args.config
     };
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate()?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -148,7 +146,7 @@ async fn node(args: NodeArgs) -> Result<(), String> {
         connect_timeout: config.forward_timeout().min(Duration::from_millis(500)),
         ..Default::default()
     }));
-    let node = Arc::new(Node::new(&config, transport).map_err(|e| e.to_string())?);
+    let node = Arc::new(Node::new(&config, transport)?);
     node.start();
     tracing::info!(
         id = config.id,

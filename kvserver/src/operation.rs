@@ -5,7 +5,7 @@
 //! Running one is the same for all: find the current register, [`apply`](Operation::apply) the
 //! operation, accept the result.
 
-use kvcore::{Entry, ErrorCode, Register, Value};
+use kvcore::{Entry, ErrorCode, Limits, Register, Value};
 use kvnet::rpc::{Delete, Get, Incr, Set, SetReply};
 use kvnet::Rpc;
 
@@ -27,6 +27,11 @@ pub trait Operation: Rpc + Clone {
     /// Value bytes the operation may add on a replica, checked against its budget in phase 1.
     fn grow(&self) -> u32 {
         0
+    }
+
+    /// Checks what the operation carries against the size limits.
+    fn check(&self, _limits: &Limits) -> Result<(), kvcore::Error> {
+        Ok(())
     }
 }
 
@@ -71,6 +76,10 @@ impl Operation for Set {
 
     fn grow(&self) -> u32 {
         u32::try_from(self.value.len()).unwrap_or(u32::MAX)
+    }
+
+    fn check(&self, limits: &Limits) -> Result<(), kvcore::Error> {
+        limits.check_value(&self.value)
     }
 }
 

@@ -107,6 +107,15 @@ impl PromiseCache {
     }
 }
 
+/// Answers to one round's accepts.
+struct Tally {
+    accepted: usize,
+    /// Replicas whose accept may or may not have been applied.
+    unknown: usize,
+    /// Replicas that also promised the next ballot, with their incarnations.
+    promised_next: Vec<(NodeId, u64)>,
+}
+
 /// How a round that relied on a kept promise ended.
 enum Fast<T> {
     /// With this answer for the client.
@@ -420,47 +429,15 @@ impl Proposer {
                 promisers: promises.iter().map(|&(n, inc, _)| (n, inc)).collect(),
                 promise_next: next,
             };
-            let mut rx = self.quorum.broadcast(placement, request_id, accept);
-            let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
-            let mut promised_next = Vec::with_capacity(total);
-            // Stop at a majority of accepts. Short of one, hear every replica out: a new round
-            // is only safe if every one of them refused, since an accept still in flight could
-            // land and the new round would then apply the operation a second time.
-            while accepted < quorum && accepted + refused + unknown < total {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((node, Ok(AcceptReply::Accepted { promised_next: p })))) => {
-                        accepted += 1;
-                        promised_next.extend(p.map(|incarnation| (node, incarnation)));
-                    }
-                    Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
-                        self.ballots.observe(promised);
-                        refused += 1;
-                    }
-                    Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
-                    Ok(Some(_)) => unknown += 1,
-                    Ok(None) | Err(_) => {
-                        unknown = total - accepted - refused;
-                        break;
-                    }
-                }
-                let pending = total - accepted - refused - unknown;
-                if accepted + pending < quorum && (accepted > 0 || unknown > 0) {
-                    // No majority is possible and a retry is already ruled out: the outcome is
-                    // unknown whatever the rest answer.
-                    break;
-                }
-            }
+            let rx = self.quorum.broadcast(placement, request_id, accept);
+            let Tally {
+                accepted,
+                unknown,
+                promised_next,
+            } = self.tally(rx, total, quorum, deadline).await;
             if accepted >= quorum {
-                if let (Some(next), Some(cache)) = (next, &self.promises) {
-                    if promised_next.len() >= quorum {
-                        let cached = Cached {
-                            epoch: placement.map.epoch(),
-                            accepted: ballot,
-                            next,
-                            promisers: promised_next,
-                        };
-                        cache.keep(key, cached);
-                    }
+                if let Some(next) = next {
+                    self.keep_promise(placement, key, ballot, next, promised_next);
                 }
                 return reply;
             }
@@ -514,30 +491,12 @@ impl Proposer {
             .filter(|&r| r != self.me)
             .collect();
         let needed = quorum - 1;
-        let mut rx = self.quorum.send(placement, &remote, request_id, &accept);
-        let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
-        let mut promised_next = Vec::with_capacity(placement.replicas.len());
-        while accepted < needed && accepted + refused + unknown < remote.len() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((node, Ok(AcceptReply::Accepted { promised_next: p })))) => {
-                    accepted += 1;
-                    promised_next.extend(p.map(|incarnation| (node, incarnation)));
-                }
-                Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
-                    self.ballots.observe(promised);
-                    refused += 1;
-                }
-                Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
-                Ok(Some(_)) => unknown += 1,
-                Ok(None) | Err(_) => {
-                    unknown = remote.len() - accepted - refused;
-                    break;
-                }
-            }
-            if accepted + (remote.len() - accepted - refused - unknown) < needed {
-                break;
-            }
-        }
+        let rx = self.quorum.send(placement, &remote, request_id, &accept);
+        let Tally {
+            accepted,
+            unknown,
+            mut promised_next,
+        } = self.tally(rx, remote.len(), needed, deadline).await;
         if accepted < needed {
             if accepted == 0 && unknown == 0 {
                 return Fast::NotApplied;
@@ -552,25 +511,82 @@ impl Proposer {
         match self.quorum.local(accept) {
             Ok(AcceptReply::Accepted { promised_next: p }) => {
                 promised_next.extend(p.map(|incarnation| (self.me, incarnation)));
-                if let Some(cache) = &self.promises {
-                    if promised_next.len() >= quorum {
-                        let cached = Cached {
-                            epoch: placement.map.epoch(),
-                            accepted: cached.next,
-                            next: promise_next,
-                            promisers: promised_next,
-                        };
-                        cache.keep(key, cached);
-                    }
-                }
+                self.keep_promise(placement, key, cached.next, promise_next, promised_next);
                 Fast::Done(reply)
             }
-            _ if accepted >= quorum => Fast::Done(reply),
             _ => Fast::Done(Err(Error::OutcomeUnknown {
                 reason: format!(
                     "{accepted} remote replicas accepted the write but this one refused; it may still take effect"
                 ),
             })),
+        }
+    }
+
+    /// Gathers the answers to accepts sent to `targets` replicas until `needed` have accepted.
+    /// Short of that, it hears every replica out: a new round is only safe if every one of them
+    /// refused, since an accept still in flight could land and the new round would then apply
+    /// the operation a second time. It stops early only once `needed` is out of reach and a
+    /// retry is already ruled out (something was accepted, or may have been).
+    async fn tally(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Answer<Accept>>,
+        targets: usize,
+        needed: usize,
+        deadline: Instant,
+    ) -> Tally {
+        let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
+        let mut promised_next = Vec::with_capacity(targets);
+        while accepted < needed && accepted + refused + unknown < targets {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((node, Ok(AcceptReply::Accepted { promised_next: p })))) => {
+                    accepted += 1;
+                    promised_next.extend(p.map(|incarnation| (node, incarnation)));
+                }
+                Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
+                    self.ballots.observe(promised);
+                    refused += 1;
+                }
+                Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
+                Ok(Some(_)) => unknown += 1,
+                Ok(None) | Err(_) => {
+                    unknown = targets - accepted - refused;
+                    break;
+                }
+            }
+            let pending = targets - accepted - refused - unknown;
+            if accepted + pending < needed && (accepted > 0 || unknown > 0) {
+                break;
+            }
+        }
+        Tally {
+            accepted,
+            unknown,
+            promised_next,
+        }
+    }
+
+    /// Keeps the promise of `next` given with the accept of `accepted`, if a majority gave it.
+    fn keep_promise(
+        &self,
+        placement: &Placement,
+        key: &str,
+        accepted: Ballot,
+        next: Ballot,
+        promisers: Vec<(NodeId, u64)>,
+    ) {
+        if let Some(cache) = &self.promises {
+            if promisers.len() >= placement.quorum() {
+                let epoch = placement.map.epoch();
+                cache.keep(
+                    key,
+                    Cached {
+                        epoch,
+                        accepted,
+                        next,
+                        promisers,
+                    },
+                );
+            }
         }
     }
 

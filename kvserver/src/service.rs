@@ -6,15 +6,16 @@ use bytes::Bytes;
 use kvcore::{validate_key, Entry, ErrorCode, Limits};
 use kvnet::rpc::{
     self, Accept, AcceptReply, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare,
-    PrepareReply, Read, Repair, Set, SetReply, SyncPage, SyncShard,
+    PrepareReply, Read, Repair, Set, SyncPage, SyncShard,
 };
-use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError};
+use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
 use crate::acceptor::Acceptor;
 use crate::coordinator::Coordinator;
 use crate::incarnations::Incarnations;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
+use crate::operation::Operation;
 use crate::readiness::Readiness;
 use crate::topology::Topology;
 
@@ -84,6 +85,16 @@ impl PeerHandler {
         validate_key(key)?;
         Ok(())
     }
+
+    async fn write<O: Operation>(&self, header: &Header, op: O) -> Result<O::Reply, RemoteError> {
+        self.admit_key(header, op.key())?;
+        op.check(&self.limits)?;
+        let reply = self
+            .coordinator
+            .write(op, header.hops, header.request_id)
+            .await;
+        reply.map_err(|e| e.to_remote())
+    }
 }
 
 impl FrameHandler for PeerHandler {
@@ -112,45 +123,22 @@ impl Handle<Get> for PeerHandler {
     }
 }
 
-impl Handle<Set> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Set) -> Reply<'a, SetReply> {
-        Box::pin(async move {
-            self.admit_key(header, &r.key)?;
-            self.limits.check_value(&r.value)?;
-            let reply = self
-                .coordinator
-                .write(r, header.hops, header.request_id)
-                .await;
-            reply.map_err(|e| e.to_remote())
-        })
-    }
+/// Forwarded writes: checked like a client's, then routed.
+macro_rules! write_handlers {
+    ($($op:ident),*) => {$(
+        impl Handle<$op> for PeerHandler {
+            fn handle<'a>(
+                &'a self,
+                header: &'a Header,
+                op: $op,
+            ) -> Reply<'a, <$op as Rpc>::Reply> {
+                Box::pin(self.write(header, op))
+            }
+        }
+    )*};
 }
 
-impl Handle<Delete> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Delete) -> Reply<'a, Option<Entry>> {
-        Box::pin(async move {
-            self.admit_key(header, &r.key)?;
-            let reply = self
-                .coordinator
-                .write(r, header.hops, header.request_id)
-                .await;
-            reply.map_err(|e| e.to_remote())
-        })
-    }
-}
-
-impl Handle<Incr> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Incr) -> Reply<'a, Entry> {
-        Box::pin(async move {
-            self.admit_key(header, &r.key)?;
-            let reply = self
-                .coordinator
-                .write(r, header.hops, header.request_id)
-                .await;
-            reply.map_err(|e| e.to_remote())
-        })
-    }
-}
+write_handlers!(Set, Delete, Incr);
 
 impl Handle<Prepare> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: Prepare) -> Reply<'a, PrepareReply> {
