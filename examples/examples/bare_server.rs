@@ -12,7 +12,7 @@
 //! connections, `TCP_NODELAY`, a multi-threaded Tokio runtime, request bodies read in full), and
 //! the fixed body is the size of a kvserver answer for a 16-byte key and a 32-byte value, so a
 //! benchmark's ratio against them is the cost of everything kvserver does besides HTTP. The
-//! forwarding client is configured like kvnet's `HttpForwarder`. The bound address is printed on
+//! forwarding client is configured like kvnet's `HttpTransport`. The bound address is printed on
 //! the first line of standard output; Ctrl-C or SIGTERM stops the server.
 
 use std::convert::Infallible;
