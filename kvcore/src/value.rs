@@ -397,6 +397,15 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// Constructors for the store, which keeps values as an encoding and bytes of its own.
+impl Value {
+    /// A value from a copy of bytes the store wrote from a [`Value`] of this `encoding`; they
+    /// were validated on the way in, so they are not validated again.
+    pub(crate) fn from_stored(encoding: Encoding, bytes: Bytes) -> Self {
+        Value::raw(encoding, bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,21 +200,19 @@ impl AcceptorRpc for Accept {
             ));
         }
         let ballot = self.register.ballot;
-        if let Err(promised) = a.store.accept(&self.key, self.register)? {
+        // The next ballot is promised in the same step as the accept, so the promise counts as
+        // that ballot's phase 1, with this register as its result.
+        let next = self.promise_next.filter(|&next| next > ballot);
+        if let Some(next) = next {
+            a.ballots.observe(next);
+        }
+        let accepted =
+            a.store
+                .accept_promising(&self.key, self.register, next.unwrap_or(ballot))?;
+        if let Err(promised) = accepted {
             return Ok(AcceptReply::Rejected { promised });
         }
-        // Promising the next ballot counts as that ballot's phase 1 only if what this replica
-        // holds then is still what it just accepted.
-        let promised_next = match self.promise_next {
-            Some(next) if next > ballot => {
-                a.ballots.observe(next);
-                match a.store.prepare(&self.key, next, 0)? {
-                    Ok(register) if register.ballot == ballot => Some(a.incarnation),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
+        let promised_next = next.map(|_| a.incarnation);
         Ok(AcceptReply::Accepted { promised_next })
     }
 }

@@ -83,10 +83,10 @@ impl AntiEntropy {
         let mut owners = Vec::with_capacity(r);
         // key -> ballot per replica (None: the replica did not answer).
         let mut seen: HashMap<String, Vec<(NodeId, Option<Ballot>)>> = HashMap::new();
-        self.store.for_each_register(|key, register| {
+        self.store.for_each_ballot(|key, ballot| {
             map.owners_into(key.as_bytes(), r, &mut owners);
             if owners[0] == me {
-                seen.insert(key.to_owned(), vec![(me, Some(register.ballot))]);
+                seen.insert(key.to_owned(), vec![(me, Some(ballot))]);
             }
         });
         let mut answered = Vec::new();

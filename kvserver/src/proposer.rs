@@ -184,21 +184,12 @@ impl Proposer {
         }
         loop {
             let ballot = self.ballots.next();
-            let current = match self.store.prepare(key, ballot, op.grow() as usize)? {
-                Ok(current) => current,
+            match self
+                .store
+                .propose_alone(key, ballot, |current| op.apply(current))?
+            {
+                Ok(reply) => return reply,
                 // Another local proposal got in between; take a higher ballot.
-                Err(promised) => {
-                    self.ballots.observe(promised);
-                    continue;
-                }
-            };
-            let (next, reply) = op.apply(&current);
-            let Some(mut register) = next else {
-                return reply;
-            };
-            register.ballot = ballot;
-            match self.store.accept(key, register)? {
-                Ok(()) => return reply,
                 Err(promised) => self.ballots.observe(promised),
             }
         }

@@ -1,0 +1,683 @@
+//! The in-memory store: a sharded concurrent map with exact byte accounting and an optional budget.
+//!
+//! # Layout
+//! - this module: the [`Store`], its two APIs (the plain map and the replication acceptor) and
+//!   the byte accounting behind the budget.
+//! - `shard`: one shard, an arena of records indexed by a hash table of `u32` offsets.
+//! - `record`: the byte layout of one key's record: header, key, value, optional fields.
+//! - `read_buffer`: where values read out of the store are copied to.
+//!
+//! A key costs one record in its shard's arena (22 header bytes, the key and the value) and one
+//! 4-byte table slot; there is no allocation per key. See [`ENTRY_OVERHEAD`].
+
+mod read_buffer;
+mod record;
+mod shard;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockWriteGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::key::{validate_key, Limits};
+use crate::replica::{Ballot, Register, ReplicaState};
+use crate::value::Value;
+use record::{Meta, Record};
+use shard::{hash_key, Shard};
+
+/// Number of independently locked shards; a power of two so the shard is a mask of the hash.
+/// Many small shards keep each arena small, so compacting one is short, and keep two threads
+/// from meeting on one lock.
+const SHARDS: usize = 256;
+
+/// Bytes charged per entry on top of its key and value bytes.
+///
+/// What a key costs besides its key and value: the record's 22-byte header (lengths, version,
+/// accepted ballot); its table slot, a 4-byte offset and a control byte in a table kept between
+/// 7/16 and 7/8 full, so 6 to 11 bytes; and the arena's garbage, kept below a quarter of it by
+/// compaction. A million 16-byte keys with 32-byte values, loaded through either API, grow the
+/// process by 82 bytes a key, 34 on top of the 48 bytes of key and value
+/// (`cargo bench -p kvcore --bench memory`); the other 6 are for garbage between compactions. A
+/// promise pending on a key (8 bytes until the accept) is not charged.
+pub const ENTRY_OVERHEAD: u64 = 40;
+
+/// The version of a stored entry. Versions of one key only grow; `0` is never a stored version.
+///
+/// The map API counts a key's writes and deletes; the acceptor API stores whatever version the
+/// replication protocol chose, which counts the same way.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Version(pub u64);
+
+impl Version {
+    /// The version after this one.
+    pub fn next(self) -> Version {
+        Version(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A stored value and its version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The value.
+    pub value: Value,
+    /// Its version.
+    pub version: Version,
+}
+
+/// What a write requires of the key's current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// Write whatever is there.
+    #[default]
+    None,
+    /// Write only if the key's current version is exactly this.
+    IfVersion(Version),
+    /// Write only if the key does not exist.
+    IfAbsent,
+}
+
+/// A write that was not applied because its [`Precondition`] did not hold. An expected outcome,
+/// so it is a value, not an [`Error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// What the key held when the write was refused.
+    pub current: Option<Entry>,
+}
+
+/// How a [`Store`] is set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Memory budget in bytes, as counted by [`Store::used_bytes`]; `None` for no limit.
+    pub max_memory: Option<u64>,
+    /// Key and value size limits.
+    pub limits: Limits,
+}
+
+/// A point-in-time summary of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Number of keys.
+    pub keys: u64,
+    /// Bytes charged against the budget.
+    pub bytes: u64,
+    /// The budget, if any.
+    pub max_memory: Option<u64>,
+}
+
+/// A shard's lock on cache lines of its own, so threads working on neighbouring shards do not
+/// take each other's line away (128 bytes: adjacent-line prefetching pairs 64-byte lines).
+#[derive(Default)]
+#[repr(align(128))]
+struct PaddedShard(RwLock<Shard>);
+
+/// A concurrent in-memory map from keys to versioned [`Value`]s, which is also the acceptor of
+/// the replication protocol.
+///
+/// It has two APIs over the same keys:
+/// - the [map API](#map-api) ([`get`](Store::get), [`set`](Store::set), [`put`](Store::put),
+///   [`delete`](Store::delete)) for programs that embed kvcore and use it as a map;
+/// - the [acceptor API](#acceptor-api) ([`prepare`](Store::prepare), [`accept`](Store::accept),
+///   [`repair`](Store::repair), [`restore`](Store::restore), [`register`](Store::register),
+///   [`scan_shard`](Store::scan_shard)) through which the replication protocol (CASPaxos, run by
+///   kvserver) keeps a key's replicas; it applies the acceptor's rules atomically per key.
+///
+/// A replicated node writes only through the acceptor API; a map write to a replicated key would
+/// change this replica without a ballot, behind the protocol's back.
+///
+/// Memory is accounted per entry as key bytes + encoded value bytes + [`ENTRY_OVERHEAD`]. With a
+/// budget set, a write that would take the total over it fails with [`Error::MemoryFull`] and
+/// changes nothing; reads, deletes and writes that shrink an entry always go through.
+///
+/// ```
+/// use kvcore::{Store, StoreConfig, Value};
+///
+/// let store = Store::new(StoreConfig::default());
+/// let v1 = store.set("greeting", Value::string("hello")).unwrap();
+/// let v2 = store.set("greeting", Value::string("hi")).unwrap();
+/// assert!(v2 > v1);
+/// assert_eq!(store.get("greeting").unwrap().value.as_str(), Some("hi"));
+/// ```
+pub struct Store {
+    shards: Box<[PaddedShard]>,
+    hasher: ahash::RandomState,
+    used: AtomicU64,
+    config: StoreConfig,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// # Map API
+///
+/// A plain map with versions, for programs that embed kvcore. A key's version is 1 when it is
+/// created and grows by one with every write and every delete, so a deleted key that is written
+/// again continues from where it was and never repeats a version: a delete leaves a tombstone
+/// that keeps the key's version (and its replication state). Tombstones count towards
+/// [`used_bytes`](Store::used_bytes) with their key and [`ENTRY_OVERHEAD`] but not towards
+/// [`len`](Store::len); they are kept for now (collecting them is future work).
+impl Store {
+    /// An empty store.
+    pub fn new(config: StoreConfig) -> Self {
+        Store {
+            shards: (0..SHARDS).map(|_| PaddedShard::default()).collect(),
+            hasher: ahash::RandomState::new(),
+            used: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The entry stored under `key`, its value copied out.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.read(key, |record| record.and_then(|r| r.entry()))
+    }
+
+    /// Stores `value` under `key` whatever was there, returning the new version.
+    pub fn set(&self, key: &str, value: Value) -> Result<Version> {
+        match self.put(key, value, Precondition::None)? {
+            Ok(version) => Ok(version),
+            Err(_) => unreachable!("an unconditional write has no conflict"),
+        }
+    }
+
+    /// Stores `value` under `key` if `precondition` holds; the new version, or the [`Conflict`].
+    ///
+    /// The key's ballots are kept as they are: the map API does not take part in replication.
+    pub fn put(
+        &self,
+        key: &str,
+        value: Value,
+        precondition: Precondition,
+    ) -> Result<Result<Version, Conflict>> {
+        validate_key(key)?;
+        self.config.limits.check_value(&value)?;
+        let (h, mut shard) = self.write(key);
+        // One lookup, and the record rewritten in place when the value keeps its size: this is
+        // the hot path of every write.
+        let at = shard.find(h, key.as_bytes());
+        let current = at.map(|at| shard.record(at));
+        let version = current.map_or(Version(0), |r| r.version());
+        let exists = current.is_some_and(|r| r.has_value());
+        if !precondition.holds_for(exists.then_some(version)) {
+            return Ok(Err(Conflict {
+                current: current.and_then(|r| r.entry()),
+            }));
+        }
+        let version = version.next();
+        let stored = (value.encoding(), &value.as_bytes()[..]);
+        // A value as long as the one it replaces costs no bytes more or less.
+        if at.is_some_and(|at| shard.overwrite_value(at, version, stored)) {
+            return Ok(Ok(version));
+        }
+        let next = Meta {
+            version,
+            expires: None,
+            ..at.map_or_else(Meta::default, |at| shard.record(at).meta())
+        };
+        self.apply(&mut shard, h, key, at, &next, Some(&value), true)?;
+        Ok(Ok(version))
+    }
+
+    /// Deletes `key`, returning what it held. The key is left as a tombstone one version past
+    /// the deleted entry, so a later write continues its versions (see the [map API](#map-api)).
+    pub fn delete(&self, key: &str) -> Option<Entry> {
+        let (h, mut shard) = self.write(key);
+        let at = shard.find(h, key.as_bytes())?;
+        let record = shard.record(at);
+        let old = record.entry()?;
+        let next = Meta {
+            version: old.version.next(),
+            expires: None,
+            ..record.meta()
+        };
+        self.apply(&mut shard, h, key, Some(at), &next, None, false)
+            .expect("a tombstone fits where the entry was");
+        Some(old)
+    }
+}
+
+/// # Acceptor API
+///
+/// The replica side of the replication protocol (CASPaxos, run by kvserver). Per key the store
+/// keeps the accepted [`Register`] (ballot, version, value or tombstone) and the highest ballot
+/// promised, and applies the acceptor's rules to them atomically. A promise is never lower than
+/// the accepted ballot: accepting a ballot promises it too. Proposing, quorums and retries are
+/// the server's job. A key written only through the map API has accepted nothing (its ballot
+/// is [`Ballot::ZERO`]), so no replica's state is ever older than it and
+/// [`restore`](Store::restore) never copies it.
+impl Store {
+    /// The register of `key` on this replica (the default, empty register if it has none).
+    pub fn register(&self, key: &str) -> Register {
+        self.read(key, |record| {
+            record.map(|r| r.register()).unwrap_or_default()
+        })
+    }
+
+    /// Phase 1 of a proposal: promises `ballot` if it is higher than anything promised or
+    /// accepted for `key`, returning the accepted register; otherwise returns the higher ballot.
+    ///
+    /// `grow` is how many value bytes the proposal may add; if the budget cannot take them the
+    /// promise is refused with [`Error::MemoryFull`] and nothing changes, so a write that cannot
+    /// fit is refused before any replica accepts it.
+    pub fn prepare(
+        &self,
+        key: &str,
+        ballot: Ballot,
+        grow: usize,
+    ) -> Result<Result<Register, Ballot>> {
+        validate_key(key)?;
+        let (h, mut shard) = self.write(key);
+        let at = shard.find(h, key.as_bytes());
+        let current = at.map(|at| shard.record(at));
+        let meta = current.map_or_else(Meta::default, |r| r.meta());
+        if ballot <= meta.promised {
+            return Ok(Err(meta.promised));
+        }
+        let value_len = current.map_or(0, |r| r.value_len());
+        let before = at.map_or(0, |_| charge(key, value_len));
+        let after = charge(key, value_len.max(grow));
+        if after > before {
+            self.check_room(after - before)?;
+        }
+        let register = current.map(|r| r.register()).unwrap_or_default();
+        let next = Meta {
+            promised: ballot,
+            ..meta
+        };
+        self.apply(
+            &mut shard,
+            h,
+            key,
+            at,
+            &next,
+            register.value.as_ref(),
+            false,
+        )?;
+        Ok(Ok(register))
+    }
+
+    /// Phase 2 of a proposal: accepts `register` (whose ballot is the proposal's) unless a higher
+    /// ballot was promised, returning that ballot if so.
+    pub fn accept(&self, key: &str, register: Register) -> Result<Result<(), Ballot>> {
+        let ballot = register.ballot;
+        self.accept_promising(key, register, ballot)
+    }
+
+    /// [`accept`](Store::accept), and in the same step the promise of `next`, the proposer's
+    /// next ballot: phase 1 of its next round on this key, whose result is the register just
+    /// accepted. Done in one step, so nothing can be accepted in between, and the record keeps
+    /// its size from one such write to the next.
+    pub fn accept_promising(
+        &self,
+        key: &str,
+        register: Register,
+        next: Ballot,
+    ) -> Result<Result<(), Ballot>> {
+        validate_key(key)?;
+        if let Some(value) = &register.value {
+            self.config.limits.check_value(value)?;
+        }
+        let (h, mut shard) = self.write(key);
+        let at = shard.find(h, key.as_bytes());
+        let promised = at.map_or(Ballot::ZERO, |at| shard.record(at).meta().promised);
+        if register.ballot < promised {
+            return Ok(Err(promised));
+        }
+        let next = Meta {
+            version: register.version,
+            ballot: register.ballot,
+            promised: next.max(register.ballot),
+            expires: None,
+        };
+        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), true)?;
+        Ok(Ok(()))
+    }
+
+    /// A whole round by the only replica of `key`: promises `ballot` and, if `round` returns a
+    /// new register, accepts it, all under one lock, so a key kept on one node costs one lookup
+    /// per write and its record never carries a promise. `round` gets the accepted register and
+    /// returns the register to accept (its ballot is set to `ballot`) and what to answer.
+    /// Returns the higher ballot if one was promised.
+    pub fn propose_alone<T>(
+        &self,
+        key: &str,
+        ballot: Ballot,
+        round: impl FnOnce(&Register) -> (Option<Register>, T),
+    ) -> Result<Result<T, Ballot>> {
+        validate_key(key)?;
+        let (h, mut shard) = self.write(key);
+        let at = shard.find(h, key.as_bytes());
+        let current = at.map(|at| shard.record(at));
+        let meta = current.map_or_else(Meta::default, |r| r.meta());
+        if ballot <= meta.promised {
+            return Ok(Err(meta.promised));
+        }
+        let register = current.map(|r| r.register()).unwrap_or_default();
+        let (next, answer) = round(&register);
+        let Some(mut next) = next else {
+            return Ok(Ok(answer));
+        };
+        if let Some(value) = &next.value {
+            self.config.limits.check_value(value)?;
+        }
+        next.ballot = ballot;
+        let meta = Meta {
+            version: next.version,
+            ballot,
+            promised: ballot,
+            expires: None,
+        };
+        self.apply(&mut shard, h, key, at, &meta, next.value.as_ref(), true)?;
+        Ok(Ok(answer))
+    }
+
+    /// Brings a lagging replica up to a register known to be chosen (held by a quorum). Applied
+    /// only if it is newer than what is accepted here and no higher ballot was promised, exactly
+    /// as a late copy of the original accept would be. Returns whether it was applied.
+    pub fn repair(&self, key: &str, register: Register) -> Result<bool> {
+        validate_key(key)?;
+        let (h, mut shard) = self.write(key);
+        let at = shard.find(h, key.as_bytes());
+        let meta = at.map_or_else(Meta::default, |at| shard.record(at).meta());
+        if register.ballot <= meta.ballot || register.ballot < meta.promised {
+            return Ok(false);
+        }
+        let next = Meta {
+            version: register.version,
+            ballot: register.ballot,
+            promised: meta.promised.max(register.ballot),
+            expires: None,
+        };
+        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), true)?;
+        Ok(true)
+    }
+
+    /// Merges a peer's copy of `key` into a replica that is recovering: the higher promise and
+    /// the newer accepted register win. Never refused for the budget (a recovering replica must
+    /// hold what its peers hold); returns whether anything changed.
+    pub fn restore(&self, state: ReplicaState) -> Result<bool> {
+        validate_key(&state.key)?;
+        let key = state.key.as_str();
+        let (h, mut shard) = self.write(key);
+        let at = shard.find(h, key.as_bytes());
+        let current = at.map(|at| shard.record(at));
+        let meta = current.map_or_else(Meta::default, |r| r.meta());
+        let (mut next, register) = if state.register.ballot > meta.ballot {
+            let next = Meta {
+                version: state.register.version,
+                ballot: state.register.ballot,
+                promised: state.register.ballot,
+                expires: None,
+            };
+            (next, state.register)
+        } else {
+            let register = current.map(|r| r.register()).unwrap_or_default();
+            (meta, register)
+        };
+        next.promised = next.promised.max(meta.promised).max(state.promised);
+        if next.promised == meta.promised && next.ballot == meta.ballot {
+            return Ok(false);
+        }
+        self.apply(
+            &mut shard,
+            h,
+            key,
+            at,
+            &next,
+            register.value.as_ref(),
+            false,
+        )?;
+        Ok(true)
+    }
+
+    /// Copies the state of every key in shard `shard` (0..[`Store::SHARDS`]) that `filter`
+    /// accepts, tombstones and promise-only keys included. Used to bring a recovering replica
+    /// up to date, one shard at a time.
+    pub fn scan_shard(
+        &self,
+        shard: usize,
+        mut filter: impl FnMut(&str) -> bool,
+    ) -> Vec<ReplicaState> {
+        let Some(shard) = self.shards.get(shard) else {
+            return Vec::new();
+        };
+        let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+        shard
+            .records()
+            .filter(|r| filter(r.key_str()))
+            .map(|r| ReplicaState {
+                key: r.key_str().to_owned(),
+                promised: r.meta().promised,
+                register: r.register(),
+            })
+            .collect()
+    }
+
+    /// Number of shards, for [`scan_shard`](Store::scan_shard).
+    pub const SHARDS: usize = SHARDS;
+}
+
+/// # Inspection
+///
+/// Counts and walks over the whole store, for either API.
+impl Store {
+    /// Number of keys that hold a value (tombstones and promise-only keys are not counted).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.0.read().unwrap_or_else(|p| p.into_inner()).values())
+            .sum()
+    }
+
+    /// Whether the store holds no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A counter that moves whenever anything in the store changes, so a background task can
+    /// tell that nothing happened since it last looked.
+    pub fn changes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.read().unwrap_or_else(|p| p.into_inner()).changes())
+            .sum()
+    }
+
+    /// Bytes charged against the budget.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Keys, bytes and budget.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            keys: self.len() as u64,
+            bytes: self.used_bytes(),
+            max_memory: self.config.max_memory,
+        }
+    }
+
+    /// Calls `f` with every key and its entry, one shard at a time (a shard is read-locked while
+    /// it is visited, so `f` must not write to the store).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &Entry)) {
+        self.visit(|r| {
+            if let Some(entry) = r.entry() {
+                f(r.key_str(), &entry);
+            }
+        });
+    }
+
+    /// Calls `f` with every key and its register, tombstones and promise-only keys included
+    /// (their register has no value), one shard at a time like [`for_each`](Store::for_each).
+    pub fn for_each_register(&self, mut f: impl FnMut(&str, &Register)) {
+        self.visit(|r| f(r.key_str(), &r.register()));
+    }
+
+    /// Calls `f` with every key and its accepted ballot, like
+    /// [`for_each_register`](Store::for_each_register) but without copying values out.
+    pub fn for_each_ballot(&self, mut f: impl FnMut(&str, Ballot)) {
+        self.visit(|r| f(r.key_str(), r.meta().ballot));
+    }
+}
+
+impl Store {
+    /// The key's hash and its shard. The table inside a shard uses the hash's low bits (bucket)
+    /// and top 7 bits (tag), so the shard is chosen from bits in between, independent of both.
+    #[inline]
+    fn locate(&self, key: &str) -> (u64, &RwLock<Shard>) {
+        let h = hash_key(&self.hasher, key.as_bytes());
+        (h, &self.shards[(h >> 40) as usize & (SHARDS - 1)].0)
+    }
+
+    fn write(&self, key: &str) -> (u64, RwLockWriteGuard<'_, Shard>) {
+        let (h, shard) = self.locate(key);
+        // A panic while holding the lock cannot leave a record half-written (a record is encoded
+        // after every check, and the table updated before), so a poisoned lock is safe to use.
+        (
+            h,
+            shard.write().unwrap_or_else(|poison| poison.into_inner()),
+        )
+    }
+
+    #[inline]
+    fn read<T>(&self, key: &str, f: impl FnOnce(Option<Record<'_>>) -> T) -> T {
+        let (h, shard) = self.locate(key);
+        let shard = shard.read().unwrap_or_else(|poison| poison.into_inner());
+        f(shard.get(h, key.as_bytes()))
+    }
+
+    fn visit(&self, mut f: impl FnMut(Record<'_>)) {
+        for shard in self.shards.iter() {
+            let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+            shard.records().for_each(&mut f);
+        }
+    }
+
+    /// Replaces `key`'s record (at `at`, or none yet) under its shard's write lock, charging the
+    /// difference in footprint. With `enforce` the budget is checked; without, the record is
+    /// stored regardless (the caller checked room earlier, or must not refuse). Nothing changes
+    /// if it fails.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        shard: &mut Shard,
+        h: u64,
+        key: &str,
+        at: Option<u32>,
+        meta: &Meta,
+        value: Option<&Value>,
+        enforce: bool,
+    ) -> Result<()> {
+        let old = at.map_or(0, |at| charge(key, shard.record(at).value_len()));
+        let new = charge(key, value.map_or(0, Value::len));
+        // Same-size writes, the common case, leave the shared counter alone.
+        if new > old {
+            if enforce {
+                self.reserve(new - old)?;
+            } else {
+                self.used.fetch_add(new - old, Ordering::Relaxed);
+            }
+        } else if new < old {
+            self.used.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        let value = value.map(|v| (v.encoding(), &v.as_bytes()[..]));
+        if let Err(full) = shard.write(&self.hasher, h, key.as_bytes(), at, meta, value) {
+            if new > old {
+                self.used.fetch_sub(new - old, Ordering::Relaxed);
+            } else {
+                self.used.fetch_add(old - new, Ordering::Relaxed);
+            }
+            // A shard's records are addressed with 32 bits; only a shard holding 4 GiB (a store
+            // of a terabyte) gets here, and then even without a budget.
+            return Err(Error::MemoryFull {
+                needed: full.needed as u64,
+                available: full.available as u64,
+                max_memory: u64::from(u32::MAX),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_room(&self, bytes: u64) -> Result<()> {
+        match self.config.max_memory {
+            Some(max) => {
+                let used = self.used.load(Ordering::Relaxed);
+                if used.saturating_add(bytes) > max {
+                    return Err(Error::MemoryFull {
+                        needed: bytes,
+                        available: max.saturating_sub(used),
+                        max_memory: max,
+                    });
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Charges `bytes` against the budget, or fails without charging anything.
+    fn reserve(&self, bytes: u64) -> Result<()> {
+        let Some(max) = self.config.max_memory else {
+            self.used.fetch_add(bytes, Ordering::Relaxed);
+            return Ok(());
+        };
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= max)
+            })
+            .map(drop)
+            .map_err(|used| Error::MemoryFull {
+                needed: bytes,
+                available: max.saturating_sub(used),
+                max_memory: max,
+            })
+    }
+}
+
+impl Precondition {
+    /// Whether the precondition holds for the key's current entry.
+    pub fn holds(&self, current: Option<&Entry>) -> bool {
+        self.holds_for(current.map(|e| e.version))
+    }
+
+    /// Whether the precondition holds for a key at this version (`None`: the key does not exist).
+    pub fn holds_for(&self, version: Option<Version>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::IfVersion(v) => version == Some(*v),
+            Precondition::IfAbsent => version.is_none(),
+        }
+    }
+}
+
+/// Bytes an entry is charged.
+pub fn footprint(key: &str, value: &Value) -> u64 {
+    charge(key, value.len())
+}
+
+fn charge(key: &str, value_len: usize) -> u64 {
+    key.len() as u64 + value_len as u64 + ENTRY_OVERHEAD
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,420 @@
+//! One shard of the store: an arena of records and a hash table of their offsets.
+//!
+//! Every key's record (see [`record`](super::record)) lives in the shard's arena, one `Vec<u8>`,
+//! and the table holds only each record's `u32` offset: 4 bytes and a control byte per bucket,
+//! and no allocation per key. A lookup hashes the key once (the hash also chose the shard),
+//! probes the table, and compares the key in the arena; the record's header and value sit on
+//! either side of the key, so a read touches one place in memory.
+//!
+//! A record that grows moves to the end of the arena, and its old bytes become garbage; once
+//! garbage is a quarter of the arena, the live records are copied into a fresh one. A record
+//! that shrinks, or grows at the end of the arena, stays where it is.
+
+use hashbrown::HashTable;
+
+use super::record::{self, Meta, Record};
+use super::Version;
+use crate::value::Encoding;
+
+/// Offsets are `u32`, so an arena stays below 4 GiB.
+const MAX_ARENA: usize = u32::MAX as usize;
+
+/// Capacity of an arena when it first grows. An allocation this large is mapped from the OS by
+/// common allocators (glibc's default threshold is 128 KiB), so growing it later remaps its pages
+/// instead of copying them and leaving the old block behind as a resident hole; small arenas
+/// growing by doubling left about 30 bytes per key of such holes at 300 000 keys. Pages not yet
+/// written cost no memory.
+const MIN_ARENA: usize = 128 << 10;
+
+/// The record of a key is replaced by a longer one and no room can be made: the arena would
+/// pass [`MAX_ARENA`] even without garbage.
+#[derive(Debug)]
+pub(super) struct ArenaFull {
+    /// Bytes the record needs.
+    pub needed: usize,
+    /// Bytes left in the arena.
+    pub available: usize,
+}
+
+/// The hash every lookup and every rehash of a table use.
+#[inline]
+pub(super) fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
+    hasher.hash_one(key)
+}
+
+/// `a == b`, for keys: most are 8 to 16 bytes, which two overlapping 8-byte loads compare without
+/// a call to `memcmp`.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    match a.len() {
+        n if n != b.len() => false,
+        8..=16 => {
+            let last = a.len() - 8;
+            word(a, 0) == word(b, 0) && word(a, last) == word(b, last)
+        }
+        _ => a == b,
+    }
+}
+
+/// The records of the keys whose hash picks this shard. Only the store's write lock around it
+/// allows changes, so a shard needs no synchronisation of its own.
+#[derive(Default)]
+pub(super) struct Shard {
+    table: HashTable<u32>,
+    arena: Vec<u8>,
+    /// Bytes of the arena that belong to no record.
+    garbage: usize,
+    /// Records that hold a value.
+    values: usize,
+    /// Mutations so far.
+    changes: u64,
+}
+
+impl Shard {
+    /// The offset of `key`'s record.
+    #[inline]
+    pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let arena = &self.arena[..];
+        self.table
+            .find(hash, |&at| {
+                same_key(Record::key_at(arena, at as usize), key)
+            })
+            .copied()
+    }
+
+    /// The record at `at`, an offset from [`find`](Shard::find) since the last write.
+    #[inline]
+    pub fn record(&self, at: u32) -> Record<'_> {
+        Record::at(&self.arena, at as usize)
+    }
+
+    /// `key`'s record.
+    #[inline]
+    pub fn get(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
+        self.find(hash, key).map(|at| self.record(at))
+    }
+
+    /// Every record, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = Record<'_>> {
+        self.table.iter().map(|&at| self.record(at))
+    }
+
+    /// Number of records that hold a value.
+    pub fn values(&self) -> usize {
+        self.values
+    }
+
+    /// Number of writes so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Sets the version and value of the record at `at` in place, if the value is as long as
+    /// the one there (see [`record::overwrite_value`]); returns whether it did.
+    pub fn overwrite_value(&mut self, at: u32, version: Version, value: (Encoding, &[u8])) -> bool {
+        let at = at as usize;
+        let had_value = self.record(at as u32).has_value();
+        if !record::overwrite_value(&mut self.arena[at..], version, value) {
+            return false;
+        }
+        self.values += usize::from(!had_value);
+        self.changes += 1;
+        true
+    }
+
+    /// Replaces `key`'s record (at `at`, from [`find`](Shard::find), or none yet) with one made of
+    /// `meta` and `value`. Nothing changes if it fails.
+    pub fn write(
+        &mut self,
+        hasher: &ahash::RandomState,
+        hash: u64,
+        key: &[u8],
+        mut at: Option<u32>,
+        meta: &Meta,
+        value: Option<(Encoding, &[u8])>,
+    ) -> Result<(), ArenaFull> {
+        let value_len = value.map_or(0, |(_, b)| b.len());
+        let len = record::encoded_len(key.len(), meta, value_len);
+        let old = at.map(|at| {
+            let r = self.record(at);
+            (at as usize, r.len(), r.has_value())
+        });
+        // Where the record goes: in place if it fits there, else at the end.
+        let place = match old {
+            Some((start, old_len, _)) if start + old_len == self.arena.len() => start,
+            Some((start, old_len, _)) if len <= old_len => start,
+            _ => self.arena.len(),
+        };
+        if place + len > MAX_ARENA {
+            if self.garbage == 0 || self.arena.len() - self.garbage + len > MAX_ARENA {
+                return Err(ArenaFull {
+                    needed: len,
+                    available: MAX_ARENA.saturating_sub(self.arena.len() - self.garbage),
+                });
+            }
+            self.compact(0);
+            at = self.find(hash, key);
+            return self.write(hasher, hash, key, at, meta, value);
+        }
+
+        if self.arena.capacity() < place + len {
+            let want = (place + len).max(self.arena.capacity() * 2).max(MIN_ARENA);
+            self.arena.reserve_exact(want - self.arena.len());
+        }
+        match old {
+            Some((start, old_len, _)) if place == start => {
+                if start + old_len == self.arena.len() {
+                    self.arena.resize(start + len, 0);
+                } else {
+                    self.garbage += old_len - len;
+                }
+            }
+            Some((start, old_len, _)) => {
+                self.garbage += old_len;
+                self.arena.resize(place + len, 0);
+                let slot = self
+                    .table
+                    .find_mut(hash, |&o| o as usize == start)
+                    .expect("the record being replaced is in the table");
+                *slot = place as u32;
+            }
+            None => {
+                self.arena.resize(place + len, 0);
+                let arena = &self.arena[..];
+                self.table.insert_unique(hash, place as u32, |&o| {
+                    hash_key(hasher, Record::key_at(arena, o as usize))
+                });
+            }
+        }
+        record::encode(&mut self.arena[place..place + len], key, meta, value);
+
+        let had_value = old.is_some_and(|(_, _, v)| v);
+        match (had_value, value.is_some()) {
+            (false, true) => self.values += 1,
+            (true, false) => self.values -= 1,
+            _ => {}
+        }
+        self.changes += 1;
+        if self.garbage > self.arena.len() / 4 {
+            self.compact(self.arena.len() / 8);
+        }
+        Ok(())
+    }
+
+    /// Copies the live records into a new arena with `headroom` spare bytes, dropping garbage.
+    fn compact(&mut self, headroom: usize) {
+        let live = self.arena.len() - self.garbage;
+        let mut next = Vec::with_capacity(live + headroom);
+        let arena = &self.arena[..];
+        for at in self.table.iter_mut() {
+            let bytes = Record::at(arena, *at as usize).as_bytes();
+            *at = next.len() as u32;
+            next.extend_from_slice(bytes);
+        }
+        self.arena = next;
+        self.garbage = 0;
+    }
+
+    /// Bytes of arena in use, garbage included, and of garbage.
+    #[cfg(test)]
+    pub fn arena_bytes(&self) -> (usize, usize) {
+        (self.arena.len(), self.garbage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::Ballot;
+    use crate::NodeId;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    struct Fixture {
+        hasher: ahash::RandomState,
+        shard: Shard,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                hasher: ahash::RandomState::new(),
+                shard: Shard::default(),
+            }
+        }
+
+        fn put(&mut self, key: &str, version: u64, value: Option<&[u8]>) {
+            let hash = hash_key(&self.hasher, key.as_bytes());
+            let at = self.shard.find(hash, key.as_bytes());
+            let meta = Meta {
+                version: Version(version),
+                ..Meta::default()
+            };
+            let value = value.map(|v| (Encoding::Binary, v));
+            self.shard
+                .write(&self.hasher, hash, key.as_bytes(), at, &meta, value)
+                .unwrap();
+        }
+
+        fn get(&self, key: &str) -> Option<(u64, Option<Vec<u8>>)> {
+            let hash = hash_key(&self.hasher, key.as_bytes());
+            let r = self.shard.get(hash, key.as_bytes())?;
+            Some((r.meta().version.0, r.value().map(|(_, b)| b.to_vec())))
+        }
+    }
+
+    #[test]
+    fn keys_compare_equal_only_when_every_byte_is() {
+        for len in 0..40 {
+            let a: Vec<u8> = (0..len as u8).collect();
+            assert!(same_key(&a, &a.clone()));
+            for i in 0..len {
+                let mut b = a.clone();
+                b[i] ^= 0x40;
+                assert!(!same_key(&a, &b), "{len} {i}");
+            }
+            if len > 0 {
+                assert!(!same_key(&a, &a[..len - 1]));
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_that_shrinks_or_sits_at_the_end_stays_in_place() {
+        let mut f = Fixture::new();
+        f.put("a", 1, Some(&[1; 10]));
+        f.put("b", 1, Some(&[2; 10]));
+        let len = f.shard.arena_bytes().0;
+        // `b` is last: it grows and shrinks in place.
+        f.put("b", 2, Some(&[2; 20]));
+        f.put("b", 3, Some(&[2; 5]));
+        assert_eq!(f.shard.arena_bytes(), (len - 5, 0));
+        // `a` is not: shrinking leaves garbage behind it, growing moves it to the end.
+        f.put("a", 2, Some(&[1; 8]));
+        assert_eq!(f.shard.arena_bytes(), (len - 5, 2));
+        f.put("a", 3, Some(&[1; 200]));
+        assert_eq!(f.get("a"), Some((3, Some(vec![1; 200]))));
+        assert_eq!(f.get("b"), Some((3, Some(vec![2; 5]))));
+        assert_eq!(f.shard.values(), 2);
+    }
+
+    #[test]
+    fn garbage_is_collected_once_it_is_a_quarter_of_the_arena() {
+        let mut f = Fixture::new();
+        for i in 0..100 {
+            f.put(&format!("key{i}"), 1, Some(&[0; 30]));
+        }
+        let full = f.shard.arena_bytes().0;
+        for round in 2..50 {
+            for i in (0..100).step_by(3) {
+                f.put(
+                    &format!("key{i}"),
+                    round,
+                    Some(&vec![round as u8; 30 + round as usize]),
+                );
+            }
+            let (len, garbage) = f.shard.arena_bytes();
+            assert!(garbage * 4 <= len, "{garbage} of {len}");
+        }
+        let (len, _) = f.shard.arena_bytes();
+        assert!(len < 3 * full, "{len} against {full}");
+        for i in 0..100 {
+            let expected = if i % 3 == 0 {
+                vec![49; 79]
+            } else {
+                vec![0; 30]
+            };
+            let version = if i % 3 == 0 { 49 } else { 1 };
+            assert_eq!(f.get(&format!("key{i}")), Some((version, Some(expected))));
+        }
+    }
+
+    #[test]
+    fn tombstones_and_promises_count_as_keys_without_values() {
+        let mut f = Fixture::new();
+        f.put("a", 1, Some(b"x"));
+        f.put("a", 2, None);
+        assert_eq!(f.shard.values(), 0);
+        assert_eq!(f.get("a"), Some((2, None)));
+        let hash = hash_key(&f.hasher, b"p");
+        let meta = Meta {
+            promised: Ballot::new(3, NodeId(1)),
+            ..Meta::default()
+        };
+        f.shard
+            .write(&f.hasher, hash, b"p", None, &meta, None)
+            .unwrap();
+        assert_eq!(f.shard.get(hash, b"p").unwrap().meta(), meta);
+        assert_eq!(f.shard.records().count(), 2);
+        assert_eq!(f.shard.values(), 0);
+        assert_eq!(f.shard.changes(), 3);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8, Option<Vec<u8>>),
+        Promise(u8, u64),
+    }
+
+    fn any_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0..20u8,
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100))
+            )
+                .prop_map(|(k, v)| Op::Put(k, v)),
+            (0..20u8, any::<u64>()).prop_map(|(k, b)| Op::Promise(k, b)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the sequence of growing, shrinking and moving records, every key reads
+        /// back what was last written, and the arena holds no more than its records and the
+        /// garbage it counts.
+        #[test]
+        fn the_shard_reads_back_what_was_written(ops in proptest::collection::vec(any_op(), 1..300)) {
+            let mut f = Fixture::new();
+            let mut model: BTreeMap<String, (Meta, Option<Vec<u8>>)> = BTreeMap::new();
+            for op in ops {
+                let (key, meta, value) = match op {
+                    Op::Put(k, value) => {
+                        let key = format!("key-{k}-{}", "x".repeat(k as usize));
+                        let mut meta = model.get(&key).map(|(m, _)| *m).unwrap_or_default();
+                        meta.version = meta.version.next();
+                        (key, meta, value)
+                    }
+                    Op::Promise(k, ballot) => {
+                        let key = format!("key-{k}-{}", "x".repeat(k as usize));
+                        let (mut meta, value) = model.get(&key).cloned().unwrap_or_default();
+                        meta.promised = Ballot::from_bits(ballot);
+                        (key, meta, value)
+                    }
+                };
+                let hash = hash_key(&f.hasher, key.as_bytes());
+                let at = f.shard.find(hash, key.as_bytes());
+                f.shard.write(
+                    &f.hasher,
+                    hash,
+                    key.as_bytes(),
+                    at,
+                    &meta,
+                    value.as_deref().map(|v| (Encoding::Binary, v)),
+                ).unwrap();
+                model.insert(key, (meta, value));
+            }
+            let mut live = 0;
+            for (key, (meta, value)) in &model {
+                let r = f.shard.get(hash_key(&f.hasher, key.as_bytes()), key.as_bytes()).unwrap();
+                prop_assert_eq!(r.meta(), *meta);
+                prop_assert_eq!(r.value().map(|(_, b)| b.to_vec()), value.clone());
+                live += r.as_bytes().len();
+            }
+            let (len, garbage) = f.shard.arena_bytes();
+            prop_assert_eq!(len, live + garbage);
+            prop_assert!(garbage * 4 <= len);
+            prop_assert_eq!(f.shard.records().count(), model.len());
+            prop_assert_eq!(f.shard.values(), model.values().filter(|(_, v)| v.is_some()).count());
+        }
+    }
+}

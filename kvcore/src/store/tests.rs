@@ -1,0 +1,750 @@
+use super::*;
+use crate::key::MAX_KEY_BYTES;
+use crate::NodeId;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn store_with_budget(max: u64) -> Store {
+    Store::new(StoreConfig {
+        max_memory: Some(max),
+        ..Default::default()
+    })
+}
+
+fn ballot(round: u64, node: u32) -> Ballot {
+    Ballot::new(round, NodeId(node))
+}
+
+fn reg(b: Ballot, version: u64, v: Option<i64>) -> Register {
+    Register {
+        ballot: b,
+        version: Version(version),
+        value: v.map(Value::integer),
+    }
+}
+
+fn state(key: &str, promised: Ballot, register: Register) -> ReplicaState {
+    ReplicaState {
+        key: key.into(),
+        promised,
+        register,
+    }
+}
+
+fn scan_all(s: &Store) -> Vec<ReplicaState> {
+    let mut all: Vec<_> = (0..Store::SHARDS)
+        .flat_map(|i| s.scan_shard(i, |_| true))
+        .collect();
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    all
+}
+
+/// What `used_bytes` must be: every record's key, value and overhead, tombstones included.
+fn recount(s: &Store) -> u64 {
+    let mut total = 0;
+    s.for_each_register(|key, r| total += charge(key, r.value_len()));
+    total
+}
+
+#[test]
+fn set_get_delete_and_versions() {
+    let s = Store::new(StoreConfig::default());
+    assert_eq!(s.get("k"), None);
+    assert_eq!(s.set("k", Value::integer(1)).unwrap(), Version(1));
+    assert_eq!(s.set("k", Value::integer(2)).unwrap(), Version(2));
+    let e = s.get("k").unwrap();
+    assert_eq!((e.value.as_i64(), e.version), (Some(2), Version(2)));
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.delete("k").unwrap().version, Version(2));
+    assert_eq!(s.get("k"), None);
+    assert_eq!(s.delete("k"), None);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_deleted_key_written_again_continues_its_versions() {
+    let s = Store::new(StoreConfig::default());
+    s.set("k", Value::integer(1)).unwrap();
+    s.set("k", Value::integer(2)).unwrap();
+    assert_eq!(s.delete("k").unwrap().version, Version(2));
+    // The tombstone is version 3: an `if_version` read before the delete cannot match.
+    assert_eq!(s.register("k"), reg(Ballot::ZERO, 3, None));
+    let stale = s
+        .put("k", Value::integer(9), Precondition::IfVersion(Version(2)))
+        .unwrap();
+    assert_eq!(stale, Err(Conflict { current: None }));
+    assert_eq!(
+        s.put("k", Value::integer(3), Precondition::IfAbsent)
+            .unwrap(),
+        Ok(Version(4))
+    );
+    assert_eq!(s.get("k").unwrap().version, Version(4));
+    // Deleting a tombstone changes nothing.
+    s.delete("k");
+    let changes = s.changes();
+    assert_eq!(s.delete("k"), None);
+    assert_eq!(s.register("k").version, Version(5));
+    assert_eq!(s.changes(), changes);
+}
+
+#[test]
+fn a_delete_keeps_the_replication_state() {
+    let s = Store::new(StoreConfig::default());
+    s.accept("k", reg(ballot(4, 1), 7, Some(1)))
+        .unwrap()
+        .unwrap();
+    s.prepare("k", ballot(6, 2), 0).unwrap().unwrap();
+    s.delete("k").unwrap();
+    assert_eq!(
+        scan_all(&s),
+        vec![state("k", ballot(6, 2), reg(ballot(4, 1), 8, None))]
+    );
+    assert_eq!(s.prepare("k", ballot(5, 0), 0).unwrap(), Err(ballot(6, 2)));
+}
+
+#[test]
+fn bytes_are_accounted_exactly() {
+    let s = Store::new(StoreConfig::default());
+    s.set("abc", Value::string("12345")).unwrap();
+    assert_eq!(s.used_bytes(), 3 + 5 + ENTRY_OVERHEAD);
+    s.set("abc", Value::string("1")).unwrap();
+    assert_eq!(s.used_bytes(), 3 + 1 + ENTRY_OVERHEAD);
+    s.set("de", Value::integer(7)).unwrap();
+    assert_eq!(s.used_bytes(), 3 + 1 + 2 + 8 + 2 * ENTRY_OVERHEAD);
+    // Tombstones keep their key and overhead, and are not keys to `len`.
+    s.delete("abc");
+    s.delete("de");
+    assert_eq!(s.used_bytes(), 3 + 2 + 2 * ENTRY_OVERHEAD);
+    assert_eq!(s.len(), 0);
+    s.set("de", Value::string("xy")).unwrap();
+    assert_eq!(s.used_bytes(), 3 + 2 + 2 + 2 * ENTRY_OVERHEAD);
+    assert_eq!(s.used_bytes(), recount(&s));
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn a_promise_costs_its_key_and_the_overhead_until_a_value_is_accepted() {
+    let s = Store::new(StoreConfig::default());
+    assert_eq!(
+        s.prepare("key", ballot(1, 0), 100).unwrap(),
+        Ok(Register::default())
+    );
+    assert_eq!(s.used_bytes(), 3 + ENTRY_OVERHEAD);
+    assert_eq!((s.len(), s.get("key")), (0, None));
+    assert_eq!(
+        scan_all(&s),
+        vec![state("key", ballot(1, 0), Register::default())]
+    );
+    s.accept("key", reg(ballot(1, 0), 1, Some(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.used_bytes(), 3 + 8 + ENTRY_OVERHEAD);
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn budget_refuses_overflowing_write_and_changes_nothing() {
+    let budget = 2 * (ENTRY_OVERHEAD + 10);
+    let s = store_with_budget(budget);
+    s.set("k1", Value::string("12345678")).unwrap(); // 10 + overhead
+    let before = s.used_bytes();
+    let err = s.set("k2", Value::string("123456789")).unwrap_err();
+    assert_eq!(err.code(), "memory_full");
+    assert!(matches!(err, Error::MemoryFull { needed, .. } if needed == ENTRY_OVERHEAD + 11));
+    assert_eq!(s.get("k2"), None);
+    assert_eq!(s.used_bytes(), before);
+    // An existing key cannot grow past the budget either, and keeps its value.
+    assert!(s
+        .set("k1", Value::string("x".repeat(2 * ENTRY_OVERHEAD as usize)))
+        .is_err());
+    assert_eq!(s.get("k1").unwrap().value.as_str(), Some("12345678"));
+    // Exactly filling the budget is allowed; shrinking and deleting always are.
+    s.set("k2", Value::string("12345678")).unwrap();
+    assert_eq!(s.used_bytes(), budget);
+    s.set("k1", Value::string("")).unwrap();
+    assert!(s.delete("k2").is_some());
+    // The deleted value's bytes are free again, but its tombstone still holds the key's: a
+    // new key does not fit, the deleted one written again does.
+    assert_eq!(s.used_bytes(), budget - 8 - 8);
+    assert!(s.set("k3", Value::string("1")).is_err());
+    s.set("k2", Value::string("12345678")).unwrap();
+    assert_eq!(s.used_bytes(), budget - 8);
+}
+
+#[test]
+fn preconditions_report_conflicts_as_values() {
+    let s = Store::new(StoreConfig::default());
+    assert_eq!(
+        s.put("k", Value::integer(1), Precondition::IfAbsent)
+            .unwrap(),
+        Ok(Version(1))
+    );
+    let c = s
+        .put("k", Value::integer(2), Precondition::IfAbsent)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(c.current.unwrap().version, Version(1));
+    let c = s
+        .put("k", Value::integer(2), Precondition::IfVersion(Version(7)))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(c.current.unwrap().value.as_i64(), Some(1));
+    assert_eq!(
+        s.put("k", Value::integer(2), Precondition::IfVersion(Version(1)))
+            .unwrap(),
+        Ok(Version(2))
+    );
+}
+
+#[test]
+fn acceptor_promises_only_higher_ballots_and_reports_the_accepted_register() {
+    let s = Store::new(StoreConfig::default());
+    assert_eq!(
+        s.prepare("k", ballot(1, 0), 8).unwrap(),
+        Ok(Register::default())
+    );
+    assert_eq!(s.prepare("k", ballot(1, 0), 8).unwrap(), Err(ballot(1, 0)));
+    assert_eq!(s.prepare("k", ballot(0, 9), 8).unwrap(), Err(ballot(1, 0)));
+    // A promise-only slot holds no value.
+    assert_eq!(s.get("k"), None);
+    assert_eq!(s.len(), 0);
+    assert_eq!(
+        s.accept("k", reg(ballot(1, 0), 1, Some(5))).unwrap(),
+        Ok(())
+    );
+    assert_eq!(s.get("k").unwrap().value.as_i64(), Some(5));
+    // A higher promise blocks older accepts; the accepted register is reported to it.
+    assert_eq!(
+        s.prepare("k", ballot(2, 1), 8).unwrap(),
+        Ok(reg(ballot(1, 0), 1, Some(5)))
+    );
+    assert_eq!(
+        s.accept("k", reg(ballot(1, 0), 2, Some(6))).unwrap(),
+        Err(ballot(2, 1))
+    );
+    assert_eq!(s.accept("k", reg(ballot(2, 1), 2, None)).unwrap(), Ok(()));
+    assert_eq!(s.get("k"), None);
+    assert_eq!(s.register("k").version, Version(2));
+    // An accept without a prior promise is fine if nothing higher was promised.
+    assert_eq!(
+        s.accept("k", reg(ballot(3, 0), 3, Some(1))).unwrap(),
+        Ok(())
+    );
+    assert_eq!(s.register("k").ballot, ballot(3, 0));
+}
+
+#[test]
+fn an_accept_can_promise_the_next_ballot_in_the_same_step() {
+    let s = Store::new(StoreConfig::default());
+    let (b1, b2, b3) = (ballot(1, 0), ballot(2, 0), ballot(3, 0));
+    assert_eq!(
+        s.accept_promising("k", reg(b1, 1, Some(5)), b2).unwrap(),
+        Ok(())
+    );
+    // The promise of b2 holds: lower ballots are refused, b2 itself is accepted without a
+    // prepare, and it can promise the next one again.
+    assert_eq!(s.prepare("k", b1, 0).unwrap(), Err(b2));
+    assert_eq!(scan_all(&s), vec![state("k", b2, reg(b1, 1, Some(5)))]);
+    let used = s.used_bytes();
+    assert_eq!(
+        s.accept_promising("k", reg(b2, 2, Some(6)), b3).unwrap(),
+        Ok(())
+    );
+    assert_eq!(s.used_bytes(), used, "the record keeps its size");
+    assert_eq!(scan_all(&s), vec![state("k", b3, reg(b2, 2, Some(6)))]);
+    // A higher promise from another proposer wins over the kept one.
+    let other = ballot(9, 1);
+    assert_eq!(s.prepare("k", other, 0).unwrap(), Ok(reg(b2, 2, Some(6))));
+    assert_eq!(
+        s.accept_promising("k", reg(b3, 3, Some(7)), ballot(4, 0))
+            .unwrap(),
+        Err(other)
+    );
+    assert_eq!(recount(&s), s.used_bytes());
+}
+
+#[test]
+fn a_round_by_the_only_replica_takes_one_step() {
+    let s = store_with_budget(ENTRY_OVERHEAD + 1 + 8);
+    let incr = |by: i64| {
+        move |current: &Register| {
+            let n = current.value.as_ref().and_then(Value::as_i64).unwrap_or(0) + by;
+            let next = Register {
+                ballot: Ballot::ZERO,
+                version: current.version.next(),
+                value: Some(Value::integer(n)),
+            };
+            (Some(next), n)
+        }
+    };
+    assert_eq!(s.propose_alone("k", ballot(1, 0), incr(2)).unwrap(), Ok(2));
+    assert_eq!(s.propose_alone("k", ballot(2, 0), incr(3)).unwrap(), Ok(5));
+    assert_eq!(s.register("k"), reg(ballot(2, 0), 2, Some(5)));
+    // Lower ballots are refused, and a round that changes nothing writes nothing.
+    assert_eq!(
+        s.propose_alone("k", ballot(1, 0), incr(1)).unwrap(),
+        Err(ballot(2, 0))
+    );
+    let read = s
+        .propose_alone("k", ballot(3, 0), |r: &Register| (None, r.version))
+        .unwrap();
+    assert_eq!(read, Ok(Version(2)));
+    assert_eq!(
+        scan_all(&s),
+        vec![state("k", ballot(2, 0), reg(ballot(2, 0), 2, Some(5)))]
+    );
+    // The budget holds: a second key does not fit.
+    let e = s.propose_alone("j", ballot(4, 0), incr(1)).unwrap_err();
+    assert_eq!(e.code(), "memory_full");
+    assert_eq!(s.get("j"), None);
+    assert_eq!(recount(&s), s.used_bytes());
+}
+
+#[test]
+fn prepare_refuses_writes_that_cannot_fit_before_anything_is_accepted() {
+    let s = store_with_budget(ENTRY_OVERHEAD + 20);
+    assert!(s.prepare("k", ballot(1, 0), 8).unwrap().is_ok());
+    let e = s.prepare("k", ballot(2, 0), 64).unwrap_err();
+    assert_eq!(e.code(), "memory_full");
+    // Nothing changed: the refused prepare did not promise.
+    assert!(s.prepare("k", ballot(2, 0), 8).unwrap().is_ok());
+}
+
+#[test]
+fn repair_and_restore_only_move_replicas_forward() {
+    let s = Store::new(StoreConfig::default());
+    s.prepare("k", ballot(5, 0), 0).unwrap().unwrap();
+    // Repair never overrides a higher promise.
+    assert!(!s.repair("k", reg(ballot(4, 1), 1, Some(1))).unwrap());
+    assert!(s.repair("k", reg(ballot(5, 1), 1, Some(1))).unwrap());
+    assert!(!s.repair("k", reg(ballot(5, 1), 1, Some(1))).unwrap());
+    assert!(!s
+        .restore(state("k", ballot(1, 0), reg(ballot(1, 0), 9, Some(9))))
+        .unwrap());
+    assert!(s
+        .restore(state("k", ballot(9, 2), reg(ballot(6, 2), 2, Some(2))))
+        .unwrap());
+    assert_eq!(s.register("k"), reg(ballot(6, 2), 2, Some(2)));
+    assert_eq!(s.prepare("k", ballot(8, 0), 0).unwrap(), Err(ballot(9, 2)));
+    assert_eq!(
+        scan_all(&s),
+        vec![state("k", ballot(9, 2), reg(ballot(6, 2), 2, Some(2)))]
+    );
+}
+
+#[test]
+fn restore_is_never_refused_for_the_budget() {
+    let s = store_with_budget(ENTRY_OVERHEAD);
+    let big = Register {
+        ballot: ballot(1, 1),
+        version: Version(1),
+        value: Some(Value::string("x".repeat(1000))),
+    };
+    assert!(s.restore(state("key", ballot(1, 1), big.clone())).unwrap());
+    assert_eq!(s.register("key"), big);
+    assert_eq!(s.used_bytes(), 3 + 1000 + ENTRY_OVERHEAD);
+}
+
+#[test]
+fn invalid_writes_are_refused() {
+    let s = Store::new(StoreConfig {
+        limits: Limits { max_value_bytes: 3 },
+        ..Default::default()
+    });
+    assert_eq!(
+        s.set("", Value::integer(1)).unwrap_err().code(),
+        "invalid_key"
+    );
+    assert_eq!(
+        s.set("k", Value::string("long")).unwrap_err().code(),
+        "value_too_large"
+    );
+    let long = "k".repeat(MAX_KEY_BYTES + 1);
+    assert_eq!(
+        s.prepare(&long, ballot(1, 0), 0).unwrap_err().code(),
+        "invalid_key"
+    );
+    assert!(s.is_empty());
+    assert_eq!(s.used_bytes(), 0);
+    assert_eq!(s.changes(), 0);
+}
+
+#[test]
+fn the_longest_keys_and_largest_values_round_trip() {
+    let s = Store::new(StoreConfig::default());
+    let key = "я".repeat(MAX_KEY_BYTES / 2);
+    let value = Value::binary(vec![0xab; crate::key::DEFAULT_MAX_VALUE_BYTES]);
+    s.set(&key, value.clone()).unwrap();
+    assert_eq!(s.get(&key).unwrap().value, value);
+    let r = Register {
+        ballot: ballot(3, 4),
+        version: Version(2),
+        value: Some(value.clone()),
+    };
+    s.accept(&key, r.clone()).unwrap().unwrap();
+    assert_eq!(s.register(&key), r);
+    assert_eq!(scan_all(&s), vec![state(&key, ballot(3, 4), r)]);
+    assert_eq!(s.used_bytes(), footprint(&key, &value));
+    let mut seen = Vec::new();
+    s.for_each(|k, e| seen.push((k.to_owned(), e.clone())));
+    assert_eq!(
+        seen,
+        vec![(
+            key.clone(),
+            Entry {
+                value,
+                version: Version(2)
+            }
+        )]
+    );
+}
+
+#[test]
+fn walks_see_every_key_once() {
+    let s = Store::new(StoreConfig::default());
+    for i in 0..2000 {
+        s.set(&format!("key{i}"), Value::integer(i)).unwrap();
+    }
+    s.delete("key7");
+    s.prepare("promised", ballot(1, 0), 0).unwrap().unwrap();
+    let mut entries = 0;
+    s.for_each(|_, _| entries += 1);
+    let mut registers = 0;
+    s.for_each_register(|_, _| registers += 1);
+    let mut ballots = Vec::new();
+    s.for_each_ballot(|k, b| ballots.push((k.to_owned(), b)));
+    assert_eq!((entries, registers, ballots.len()), (1999, 2001, 2001));
+    assert_eq!(scan_all(&s).len(), 2001);
+    assert_eq!(s.len(), 1999);
+    assert!(ballots.contains(&("promised".to_owned(), Ballot::ZERO)));
+}
+
+#[test]
+fn concurrent_writers_never_exceed_the_budget() {
+    let per_entry = ENTRY_OVERHEAD + 4 + 8;
+    let s = Arc::new(store_with_budget(100 * per_entry));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                (0..100)
+                    .filter(|i| s.set(&format!("{t}{i:03}"), Value::integer(*i)).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let stored: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(stored, 100);
+    assert_eq!(s.len(), 100);
+    assert_eq!(s.used_bytes(), 100 * per_entry);
+}
+
+#[test]
+fn concurrent_compare_and_set_loses_no_increment() {
+    let s = Arc::new(Store::new(StoreConfig::default()));
+    let keys = ["a", "b", "c"];
+    for k in keys {
+        s.set(k, Value::integer(0)).unwrap();
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut won = 0;
+                for i in 0..3000 {
+                    let key = keys[(i + t) % keys.len()];
+                    let e = s.get(key).unwrap();
+                    // Values of several sizes, so records move and arenas get compacted while
+                    // other threads read.
+                    let n = e.value.as_i64().unwrap_or_else(|| {
+                        e.value
+                            .as_str()
+                            .unwrap()
+                            .split(':')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    });
+                    let next = if i % 2 == 0 {
+                        Value::integer(n + 1)
+                    } else {
+                        Value::string(format!("{}:{}", n + 1, "x".repeat(i % 50)))
+                    };
+                    if s.put(key, next, Precondition::IfVersion(e.version))
+                        .unwrap()
+                        .is_ok()
+                    {
+                        won += 1;
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let won: i64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let total: i64 = keys
+        .iter()
+        .map(|k| {
+            let e = s.get(k).unwrap();
+            let n = e.value.as_i64().unwrap_or_else(|| {
+                e.value
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            });
+            assert_eq!(e.version, Version(n as u64 + 1));
+            n
+        })
+        .sum();
+    assert_eq!(total, won);
+    assert_eq!(s.used_bytes(), recount(&s));
+}
+
+#[test]
+fn concurrent_acceptors_keep_accounting_exact() {
+    let s = Arc::new(Store::new(StoreConfig::default()));
+    let handles: Vec<_> = (0..4u32)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000u64 {
+                    let key = format!("key{}", i % 37);
+                    let b = ballot(i + 1, t);
+                    match i % 5 {
+                        0 => {
+                            s.delete(&key);
+                        }
+                        1 => {
+                            s.set(&key, Value::string("v".repeat((i % 70) as usize)))
+                                .unwrap();
+                        }
+                        _ => {
+                            if let Ok(Ok(current)) = s.prepare(&key, b, 8) {
+                                let value = (i % 3 != 0).then(|| Value::integer(i as i64));
+                                let next = reg(b, current.version.0 + 1, None);
+                                let next = Register { value, ..next };
+                                // Another thread may have promised higher meanwhile.
+                                let _ = s.accept(&key, next).unwrap();
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(s.used_bytes(), recount(&s));
+    let mut with_values = 0;
+    s.for_each(|_, _| with_values += 1);
+    assert_eq!(s.len(), with_values);
+}
+
+/// The acceptor and map rules, written out plainly over an ordered map: what the store must do.
+#[derive(Default)]
+struct Model {
+    keys: BTreeMap<String, (Ballot, Register)>,
+    max: Option<u64>,
+}
+
+impl Model {
+    fn used(&self) -> u64 {
+        self.keys
+            .iter()
+            .map(|(k, (_, r))| charge(k, r.value_len()))
+            .sum()
+    }
+
+    fn fits(&self, key: &str, value_len: usize) -> bool {
+        let before = self
+            .keys
+            .get(key)
+            .map_or(0, |(_, r)| charge(key, r.value_len()));
+        let after = charge(key, value_len);
+        match self.max {
+            Some(max) => after <= before || self.used() + (after - before) <= max,
+            None => true,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<(Ballot, Register)> {
+        self.keys.get(key).cloned()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set(usize, Value, Precondition),
+    Delete(usize),
+    Prepare(usize, Ballot, usize),
+    Accept(usize, Register),
+    Repair(usize, Register),
+    Restore(usize, Ballot, Register),
+}
+
+fn key_name(k: usize) -> String {
+    // Keys of very different lengths, up to the longest, in the same shards' arenas.
+    match k {
+        0 => "k".repeat(MAX_KEY_BYTES),
+        k => format!("key{k}{}", "-".repeat(k * 7)),
+    }
+}
+
+fn any_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::integer),
+        "[a-z]{0,80}".prop_map(Value::string),
+        any::<bool>().prop_map(Value::boolean),
+        (0..3000usize).prop_map(|n| Value::binary(vec![7; n])),
+    ]
+}
+
+fn any_ballot() -> impl Strategy<Value = Ballot> {
+    (0..12u64, 0..3u32).prop_map(|(r, n)| ballot(r, n))
+}
+
+fn any_register() -> impl Strategy<Value = Register> {
+    (any_ballot(), 0..20u64, proptest::option::of(any_value())).prop_map(|(ballot, v, value)| {
+        Register {
+            ballot,
+            version: Version(v),
+            value,
+        }
+    })
+}
+
+fn any_op() -> impl Strategy<Value = Op> {
+    let key = 0..6usize;
+    prop_oneof![
+        (key.clone(), any_value(), 0..3u8, 0..6u64).prop_map(|(k, v, p, n)| {
+            let p = match p {
+                0 => Precondition::None,
+                1 => Precondition::IfAbsent,
+                _ => Precondition::IfVersion(Version(n)),
+            };
+            Op::Set(k, v, p)
+        }),
+        key.clone().prop_map(Op::Delete),
+        (key.clone(), any_ballot(), 0..4000usize).prop_map(|(k, b, g)| Op::Prepare(k, b, g)),
+        (key.clone(), any_register()).prop_map(|(k, r)| Op::Accept(k, r)),
+        (key.clone(), any_register()).prop_map(|(k, r)| Op::Repair(k, r)),
+        (key, any_ballot(), any_register()).prop_map(|(k, b, r)| Op::Restore(k, b, r)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Every operation answers as the plain model does, and after each one the byte count, the
+    /// key count and every key's full state agree with it.
+    #[test]
+    fn the_store_behaves_like_the_model(
+        ops in proptest::collection::vec(any_op(), 1..120),
+        budget in proptest::option::of(0..20_000u64),
+    ) {
+        let s = Store::new(StoreConfig { max_memory: budget, ..Default::default() });
+        let mut m = Model { max: budget, ..Model::default() };
+        for op in ops {
+            match op {
+                Op::Set(k, value, pre) => {
+                    let key = key_name(k);
+                    let (promised, mut r) = m.get(&key).unwrap_or_default();
+                    let current = r.entry();
+                    let got = s.put(&key, value.clone(), pre);
+                    if !pre.holds(current.as_ref()) {
+                        prop_assert_eq!(got, Ok(Err(Conflict { current })));
+                    } else if !m.fits(&key, value.len()) {
+                        prop_assert_eq!(got.unwrap_err().code(), "memory_full");
+                    } else {
+                        r.version = r.version.next();
+                        r.value = Some(value);
+                        prop_assert_eq!(got, Ok(Ok(r.version)));
+                        m.keys.insert(key, (promised, r));
+                    }
+                }
+                Op::Delete(k) => {
+                    let key = key_name(k);
+                    let got = s.delete(&key);
+                    match m.get(&key) {
+                        Some((promised, r)) if r.value.is_some() => {
+                            prop_assert_eq!(got, r.entry());
+                            let tombstone = Register { version: r.version.next(), value: None, ..r };
+                            m.keys.insert(key, (promised, tombstone));
+                        }
+                        _ => prop_assert_eq!(got, None),
+                    }
+                }
+                Op::Prepare(k, b, grow) => {
+                    let key = key_name(k);
+                    let (promised, r) = m.get(&key).unwrap_or_default();
+                    let got = s.prepare(&key, b, grow);
+                    if b <= promised {
+                        prop_assert_eq!(got, Ok(Err(promised)));
+                    } else if !m.fits(&key, r.value_len().max(grow)) {
+                        prop_assert_eq!(got.unwrap_err().code(), "memory_full");
+                    } else {
+                        prop_assert_eq!(got, Ok(Ok(r.clone())));
+                        m.keys.insert(key, (b, r));
+                    }
+                }
+                Op::Accept(k, r) => {
+                    let key = key_name(k);
+                    let (promised, _) = m.get(&key).unwrap_or_default();
+                    let got = s.accept(&key, r.clone());
+                    if r.ballot < promised {
+                        prop_assert_eq!(got, Ok(Err(promised)));
+                    } else if !m.fits(&key, r.value_len()) {
+                        prop_assert_eq!(got.unwrap_err().code(), "memory_full");
+                    } else {
+                        prop_assert_eq!(got, Ok(Ok(())));
+                        m.keys.insert(key, (r.ballot, r));
+                    }
+                }
+                Op::Repair(k, r) => {
+                    let key = key_name(k);
+                    let (promised, current) = m.get(&key).unwrap_or_default();
+                    let got = s.repair(&key, r.clone());
+                    if r.ballot <= current.ballot || r.ballot < promised {
+                        prop_assert_eq!(got, Ok(false));
+                    } else if !m.fits(&key, r.value_len()) {
+                        prop_assert_eq!(got.unwrap_err().code(), "memory_full");
+                    } else {
+                        prop_assert_eq!(got, Ok(true));
+                        m.keys.insert(key, (promised.max(r.ballot), r));
+                    }
+                }
+                Op::Restore(k, p, r) => {
+                    let key = key_name(k);
+                    let (promised, current) = m.get(&key).unwrap_or_default();
+                    let got = s.restore(state(&key, p, r.clone()));
+                    let newer = r.ballot > current.ballot;
+                    let next = if newer { r } else { current };
+                    let next_promised = promised.max(p).max(next.ballot);
+                    let changed = newer || next_promised != promised;
+                    prop_assert_eq!(got, Ok(changed));
+                    if changed {
+                        m.keys.insert(key, (next_promised, next));
+                    }
+                }
+            }
+            prop_assert_eq!(s.used_bytes(), m.used());
+            prop_assert_eq!(s.len(), m.keys.values().filter(|(_, r)| r.value.is_some()).count());
+        }
+        let expected: Vec<ReplicaState> = m
+            .keys
+            .iter()
+            .map(|(k, (p, r))| state(k, *p, r.clone()))
+            .collect();
+        prop_assert_eq!(scan_all(&s), expected);
+        if let Some(max) = budget {
+            prop_assert!(s.used_bytes() <= max.max(m.used()));
+        }
+    }
+}
