@@ -175,8 +175,8 @@ struct LocalNode {
     server: Option<JoinHandle<()>>,
 }
 
-/// A running in-process cluster. Dropping it leaves the nodes running until the runtime ends;
-/// prefer [`shutdown`](LocalCluster::shutdown).
+/// A running in-process cluster. Dropping it starts a graceful shutdown of every node without
+/// waiting for it; prefer [`shutdown`](LocalCluster::shutdown), which waits.
 pub struct LocalCluster {
     nodes: Vec<LocalNode>,
     network: InProcessNetwork,
