@@ -13,8 +13,9 @@ use kvnet::rpc::{
     Accept, AcceptReply, DigestPage, DigestShard, Prepare, PrepareReply, Read, Repair, SyncPage,
     SyncShard,
 };
-use kvnet::{RemoteError, Rpc};
+use kvnet::{CallError, RemoteError, Rpc};
 
+use crate::drift::Drift;
 use crate::incarnations::Incarnations;
 use crate::metrics::{bump, Metrics};
 use crate::readiness::Readiness;
@@ -57,6 +58,7 @@ pub struct Acceptor {
     incarnations: Arc<Incarnations>,
     ballots: Arc<BallotClock>,
     metrics: Arc<Metrics>,
+    drift: Arc<Drift>,
 }
 
 /// A key-scoped acceptor message, answered in place (by the local replica) or for a peer.
@@ -65,10 +67,17 @@ pub trait AcceptorRpc: Rpc + Clone {
     fn key(&self) -> &str;
     /// The acceptor's answer.
     fn apply(self, acceptor: &Acceptor) -> Result<Self::Reply, RemoteError>;
+
+    /// Whether this answer leaves the replica without a copy the round may have made chosen:
+    /// a refused or lost accept.
+    fn misses_copy(_answer: &Result<Self::Reply, CallError>) -> bool {
+        false
+    }
 }
 
 impl Acceptor {
     /// The acceptor of incarnation `incarnation` of a node.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         incarnation: u64,
         store: Arc<Store>,
@@ -77,6 +86,7 @@ impl Acceptor {
         incarnations: Arc<Incarnations>,
         ballots: Arc<BallotClock>,
         metrics: Arc<Metrics>,
+        drift: Arc<Drift>,
     ) -> Self {
         Acceptor {
             incarnation,
@@ -86,6 +96,7 @@ impl Acceptor {
             incarnations,
             ballots,
             metrics,
+            drift,
         }
     }
 
@@ -180,6 +191,10 @@ impl AcceptorRpc for Accept {
         &self.key
     }
 
+    fn misses_copy(answer: &Result<AcceptReply, CallError>) -> bool {
+        !matches!(answer, Ok(AcceptReply::Accepted { .. }))
+    }
+
     fn apply(self, a: &Acceptor) -> Result<AcceptReply, RemoteError> {
         a.ballots.observe(self.register.ballot);
         // Held across the check and the write, so a newer incarnation cannot be recorded (and a
@@ -213,6 +228,12 @@ impl AcceptorRpc for Accept {
             return Ok(AcceptReply::Rejected { promised });
         }
         let promised_next = next.map(|_| a.incarnation);
+        // A round on a key this node is primary for, coordinated elsewhere: only anti-entropy
+        // can tell whether every replica got it.
+        let me = a.topology.me();
+        if ballot.node() != me && a.topology.placement(&self.key).primary() == me {
+            a.drift.note();
+        }
         Ok(AcceptReply::Accepted { promised_next })
     }
 }

@@ -31,7 +31,8 @@
 //! - [`proposer`]: CASPaxos rounds, fast reads, read repair.
 //! - [`coordinator`]: runs an operation here or forwards it to a replica.
 //! - [`service`]: answers peers' messages.
-//! - [`catchup`], [`seed`], [`anti_entropy`]: background work.
+//! - [`catchup`], [`seed`], [`anti_entropy`]: background work; [`drift`] tells anti-entropy
+//!   when a pass is worth running.
 //! - [`node`]: the [`Node`] façade that builds and starts the parts.
 //! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]).
 //! - [`local`]: [`LocalCluster`], in-process clusters.
@@ -43,6 +44,7 @@ pub mod catchup;
 pub mod config;
 pub mod coordinator;
 pub mod detector;
+pub mod drift;
 pub mod error;
 pub mod incarnations;
 pub mod lifecycle;

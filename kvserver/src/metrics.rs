@@ -47,6 +47,8 @@ counters! {
     fast_reads,
     /// Replicas brought up to date by reads and anti-entropy.
     repairs,
+    /// Anti-entropy passes run (passes are skipped while no copy can have gone missing).
+    anti_entropy_passes,
     /// Requests answered with a 4xx status.
     client_errors,
     /// Requests answered with a 5xx status.

@@ -25,6 +25,7 @@ use crate::catchup::catch_up;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::detector::{FailureDetector, PeerState};
+use crate::drift::Drift;
 use crate::error::Error;
 use crate::incarnations::{new_incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
@@ -51,6 +52,7 @@ pub struct Node {
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     under_replicated: Arc<AtomicU64>,
+    drift: Arc<Drift>,
     client: Arc<PeerClient>,
     coordinator: Arc<Coordinator>,
     handler: Arc<PeerHandler>,
@@ -102,6 +104,7 @@ impl Node {
         let readiness = Arc::new(Readiness::new(alone));
         let incarnations = Arc::new(Incarnations::default());
         let ballots = Arc::new(BallotClock::new(me));
+        let drift = Arc::new(Drift::default());
         let client = Arc::new(PeerClient::new(transport, topology.clone(), incarnation));
         let acceptor = Arc::new(Acceptor::new(
             incarnation,
@@ -111,6 +114,7 @@ impl Node {
             incarnations.clone(),
             ballots.clone(),
             metrics.clone(),
+            drift.clone(),
         ));
         let quorum = Arc::new(Quorum::new(
             client.clone(),
@@ -118,6 +122,7 @@ impl Node {
             detector.clone(),
             readiness.clone(),
             lifecycle.clone(),
+            drift.clone(),
             config.heartbeat_interval(),
         ));
         let proposer = Arc::new(Proposer::new(
@@ -160,6 +165,7 @@ impl Node {
             readiness,
             metrics,
             under_replicated: Arc::default(),
+            drift,
             client,
             coordinator,
             handler,
@@ -202,6 +208,7 @@ impl Node {
             coordinator: self.coordinator.clone(),
             metrics: self.metrics.clone(),
             under_replicated: self.under_replicated.clone(),
+            drift: self.drift.clone(),
         };
         self.lifecycle
             .spawn(anti_entropy.run(self.config.anti_entropy_interval()));

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::acceptor::{Acceptor, AcceptorRpc};
 use crate::detector::FailureDetector;
+use crate::drift::Drift;
 use crate::lifecycle::Lifecycle;
 use crate::peers::PeerClient;
 use crate::readiness::Readiness;
@@ -30,6 +31,7 @@ pub struct Quorum {
     detector: Arc<FailureDetector>,
     readiness: Arc<Readiness>,
     lifecycle: Arc<Lifecycle>,
+    drift: Arc<Drift>,
     /// Rotates which remote replicas are asked first, to spread reads.
     spread: AtomicUsize,
     /// How long the first replicas asked may take before the others are asked too; also how
@@ -46,6 +48,7 @@ impl Quorum {
         detector: Arc<FailureDetector>,
         readiness: Arc<Readiness>,
         lifecycle: Arc<Lifecycle>,
+        drift: Arc<Drift>,
         hedge: Duration,
     ) -> Self {
         Quorum {
@@ -54,6 +57,7 @@ impl Quorum {
             detector,
             readiness,
             lifecycle,
+            drift,
             spread: AtomicUsize::new(0),
             hedge,
         }
@@ -175,6 +179,7 @@ impl Quorum {
             // just come back), but only for as long as a heartbeat takes: nobody waits for it.
             let patience = self.detector.is_down(to).then_some(self.hedge);
             let (client, frame, tx) = (self.client.clone(), frame.clone(), tx.clone());
+            let drift = self.drift.clone();
             self.lifecycle.spawn(async move {
                 let send = client.send(&info, &frame);
                 let answer = match patience {
@@ -187,6 +192,10 @@ impl Quorum {
                         }),
                     },
                 };
+                // Heard here, not by the proposer, which stops listening at a majority.
+                if R::misses_copy(&answer) {
+                    drift.note();
+                }
                 let _ = tx.send((to, answer));
             });
         }

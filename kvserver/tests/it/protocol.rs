@@ -392,6 +392,42 @@ async fn a_kept_promise_is_not_relied_on_after_its_promiser_restarts() {
     sim.stop().await;
 }
 
+fn passes(sim: &Sim) -> u64 {
+    sim.nodes
+        .iter()
+        .map(|n| n.metrics().snapshot().anti_entropy_passes)
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn anti_entropy_rests_while_every_copy_is_made_and_wakes_when_one_is_missed() {
+    let sim = Sim::start(3, 3, 6).await;
+    let interval = sim.config.anti_entropy_interval();
+    // Every node runs a first pass once it is ready; then they rest.
+    tokio::time::sleep(interval * 2).await;
+    let settled = passes(&sim);
+    for i in 0..30 {
+        let node = sim.node(i % 3);
+        node.incr(&format!("k{i}"), 1).await.unwrap();
+    }
+    tokio::time::sleep(interval * 5).await;
+    assert_eq!(passes(&sim), settled, "healthy writes woke anti-entropy");
+    // An accept that never arrives: its primary's next pass runs and restores the copy.
+    let key = "missed";
+    let replicas = sim.replicas(key);
+    let (p, lagging) = (NodeId(replicas[0] as u32), replicas[2]);
+    sim.faults.isolate(NodeId(lagging as u32), &[p]);
+    sim.node(replicas[0]).incr(key, 1).await.unwrap();
+    sim.faults.heal();
+    let on_lagging = sim.node(lagging).clone();
+    until("anti-entropy copied the missed write", || {
+        on_lagging.store().get(key).is_some()
+    })
+    .await;
+    assert!(passes(&sim) > settled);
+    sim.stop().await;
+}
+
 /// Seeds per replication factor: `KV_PROTOCOL_SEEDS` raises it for longer local runs.
 fn seeds() -> u64 {
     std::env::var("KV_PROTOCOL_SEEDS")
