@@ -299,6 +299,7 @@ mod tests {
                     epoch: 0,
                     incarnation: 0,
                     ready: true,
+                    drift: 0,
                 })))
             })
         }

@@ -120,6 +120,7 @@ mod tests {
                         epoch: h.epoch,
                         incarnation: h.incarnation,
                         ready: true,
+                        drift: 0,
                     })));
                 }
                 Ok(encode_reply::<Pong>(&Err(RemoteError::new(
@@ -161,6 +162,7 @@ mod tests {
                 epoch: 5,
                 incarnation: 1,
                 ready: true,
+                drift: 0,
             }
         );
 

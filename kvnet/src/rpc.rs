@@ -340,6 +340,10 @@ pub struct Pong {
     pub incarnation: u64,
     /// Whether it has caught up after starting and votes as a replica.
     pub ready: bool,
+    /// How many times the answering node has seen a replica miss a copy (a refused or lost
+    /// accept): heard by every peer, so that a key's primary learns of a copy missed in a round
+    /// another node coordinated.
+    pub drift: u64,
 }
 
 impl Rpc for Ping {

@@ -311,6 +311,7 @@ mod tests {
             epoch: 2,
             incarnation: 3,
             ready: true,
+            drift: 0,
         };
         let frame = Frame::encode(&header(), &Ping);
         let ok = encode_reply::<Pong>(&Ok(pong.clone()));

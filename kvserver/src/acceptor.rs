@@ -19,7 +19,7 @@ use crate::drift::Drift;
 use crate::incarnations::Incarnations;
 use crate::metrics::{bump, Metrics};
 use crate::readiness::Readiness;
-use crate::topology::Topology;
+use crate::topology::{Placement, Topology};
 
 /// Ballots this node proposes: always higher than any it has seen.
 #[derive(Debug)]
@@ -65,8 +65,8 @@ pub struct Acceptor {
 pub trait AcceptorRpc: Rpc + Clone {
     /// The key the message is about.
     fn key(&self) -> &str;
-    /// The acceptor's answer.
-    fn apply(self, acceptor: &Acceptor) -> Result<Self::Reply, RemoteError>;
+    /// The acceptor's answer, for a key replicated as `placement` says.
+    fn apply(self, acceptor: &Acceptor, placement: &Placement) -> Result<Self::Reply, RemoteError>;
 
     /// Whether this answer leaves the replica without a copy the round may have made chosen:
     /// a refused or lost accept.
@@ -120,7 +120,7 @@ impl Acceptor {
                 ),
             ));
         }
-        request.apply(self)
+        request.apply(self, &placement)
     }
 
     /// The keys of one store shard that `peer` replicates, with their full replica state.
@@ -169,7 +169,7 @@ impl AcceptorRpc for Prepare {
         &self.key
     }
 
-    fn apply(self, a: &Acceptor) -> Result<PrepareReply, RemoteError> {
+    fn apply(self, a: &Acceptor, _: &Placement) -> Result<PrepareReply, RemoteError> {
         a.ballots.observe(self.ballot);
         Ok(
             match a
@@ -195,7 +195,7 @@ impl AcceptorRpc for Accept {
         !matches!(answer, Ok(AcceptReply::Accepted { .. }))
     }
 
-    fn apply(self, a: &Acceptor) -> Result<AcceptReply, RemoteError> {
+    fn apply(self, a: &Acceptor, placement: &Placement) -> Result<AcceptReply, RemoteError> {
         a.ballots.observe(self.register.ballot);
         // Held across the check and the write, so a newer incarnation cannot be recorded (and a
         // recovering peer cannot copy this shard) in between.
@@ -231,7 +231,7 @@ impl AcceptorRpc for Accept {
         // A round on a key this node is primary for, coordinated elsewhere: only anti-entropy
         // can tell whether every replica got it.
         let me = a.topology.me();
-        if ballot.node() != me && a.topology.placement(&self.key).primary() == me {
+        if ballot.node() != me && placement.primary() == me {
             a.drift.note();
         }
         Ok(AcceptReply::Accepted { promised_next })
@@ -243,7 +243,7 @@ impl AcceptorRpc for Read {
         &self.key
     }
 
-    fn apply(self, a: &Acceptor) -> Result<kvcore::Register, RemoteError> {
+    fn apply(self, a: &Acceptor, _: &Placement) -> Result<kvcore::Register, RemoteError> {
         Ok(a.store.register(&self.key))
     }
 }
@@ -253,7 +253,7 @@ impl AcceptorRpc for Repair {
         &self.key
     }
 
-    fn apply(self, a: &Acceptor) -> Result<bool, RemoteError> {
+    fn apply(self, a: &Acceptor, _: &Placement) -> Result<bool, RemoteError> {
         let applied = a.store.repair(&self.key, self.register)?;
         if applied {
             bump(&a.metrics.repairs);

@@ -48,8 +48,8 @@ impl AntiEntropy {
     ///
     /// A pass reads every key's ballot from every replica, so it is skipped while no copy can
     /// have gone missing: the last pass found every copy, no peer has changed state, and no
-    /// accept was refused or lost, nor any round on this node's keys run elsewhere, since (see
-    /// [`Drift`]). A healthy cluster under load then spends nothing on it. Every tenth interval
+    /// accept was refused or lost, here or on any peer (peers report their count in heartbeats),
+    /// nor any round on this node's keys run elsewhere, since (see [`Drift`]). A healthy cluster under load then spends nothing on it. Every tenth interval
     /// a pass runs regardless, as a backstop for whatever that misses.
     pub async fn run(self, interval: Duration) {
         const BACKSTOP: u32 = 10;
@@ -62,7 +62,8 @@ impl AntiEntropy {
             if !self.readiness.is_ready() {
                 continue;
             }
-            let now = (self.drift.count(), self.detector.transitions());
+            let drift = self.drift.count().wrapping_add(self.detector.peers_drift());
+            let now = (drift, self.detector.transitions());
             if last == Some(now) && idle < BACKSTOP {
                 idle += 1;
                 continue;

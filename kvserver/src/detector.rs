@@ -41,6 +41,8 @@ impl PeerState {
 struct Health {
     state: PeerState,
     last_ok: Instant,
+    /// The peer's own count of missed copies, from its last answer.
+    drift: u64,
 }
 
 /// Liveness of a node's peers, from heartbeats.
@@ -60,14 +62,12 @@ impl FailureDetector {
         let health = peers
             .into_iter()
             .map(|id| {
-                let state = PeerState::Up;
-                (
-                    id,
-                    Health {
-                        state,
-                        last_ok: now,
-                    },
-                )
+                let health = Health {
+                    state: PeerState::Up,
+                    last_ok: now,
+                    drift: 0,
+                };
+                (id, health)
             })
             .collect();
         FailureDetector {
@@ -78,10 +78,11 @@ impl FailureDetector {
     }
 
     /// A peer answered a heartbeat.
-    pub fn heard(&self, id: NodeId, ready: bool) {
+    pub fn heard(&self, id: NodeId, ready: bool, drift: u64) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = health.get_mut(&id) {
             h.last_ok = Instant::now();
+            h.drift = drift;
             let state = if ready {
                 PeerState::Up
             } else {
@@ -106,6 +107,13 @@ impl FailureDetector {
             health.state = state;
             self.transitions.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The sum of the peers' counts of missed copies, as last heard (see
+    /// [`Drift`](crate::drift::Drift)).
+    pub fn peers_drift(&self) -> u64 {
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.values().map(|h| h.drift).fold(0, u64::wrapping_add)
     }
 
     /// How many times any peer changed state so far.
@@ -142,7 +150,7 @@ impl FailureDetector {
                 pings.spawn(async move {
                     let ping = client.call(peer, new_request_id(), 1, &Ping);
                     match tokio::time::timeout(interval * 2, ping).await {
-                        Ok(Ok(pong)) => detector.heard(peer, pong.ready),
+                        Ok(Ok(pong)) => detector.heard(peer, pong.ready, pong.drift),
                         _ => detector.missed(peer),
                     }
                 });
@@ -167,9 +175,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         d.missed(NodeId(1));
         assert!(d.is_down(NodeId(1)));
-        d.heard(NodeId(1), false);
+        d.heard(NodeId(1), false, 0);
         assert_eq!(d.state(NodeId(1)), PeerState::Recovering);
-        d.heard(NodeId(1), true);
+        d.heard(NodeId(1), true, 3);
+        assert_eq!(d.peers_drift(), 3);
         assert_eq!(d.state(NodeId(1)), PeerState::Up);
         assert_eq!(d.transitions(), 3);
     }

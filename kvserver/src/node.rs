@@ -1,9 +1,9 @@
 //! The node: a façade over the parts that do the work.
 //!
 //! A client request for a key goes to the [`Coordinator`], which runs it here if this node is a
-//! replica of the key (a CASPaxos round by the [`Proposer`](crate::proposer::Proposer): see
+//! replica of the key (a CASPaxos round by the [`Proposer`]: see
 //! `docs/consistency.md`) or forwards it to one. Peers' messages are answered by the
-//! [`PeerHandler`] (the replica side is the [`Acceptor`](crate::acceptor::Acceptor)). Background
+//! [`PeerHandler`] (the replica side is the [`Acceptor`]). Background
 //! tasks — the failure detector, catch-up, seeding, anti-entropy — each get only the parts they
 //! use, and all of them run under one [`Lifecycle`].
 
@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::incarnations::{new_incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
+use crate::operation::Operation;
 use crate::peers::{new_request_id, PeerClient};
 use crate::proposer::Proposer;
 use crate::quorum::Quorum;
@@ -154,6 +155,7 @@ impl Node {
             readiness.clone(),
             metrics.clone(),
             lifecycle.clone(),
+            drift.clone(),
         ));
         Ok(Node {
             config: config.clone(),
@@ -315,7 +317,25 @@ impl Node {
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         bump(&self.metrics.gets);
         validate_key(key)?;
-        self.coordinator.get(key, 0, new_request_id()).await
+        let read = self.coordinator.get(key, 0, new_request_id());
+        self.lifecycle
+            .unless_stopped(read)
+            .await
+            .unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Runs a write unless the node stops first; a write cut off by a stop may have been
+    /// applied, so that is an unknown outcome.
+    async fn write<O: Operation>(&self, op: O) -> Result<O::Reply, Error> {
+        let write = self.coordinator.write(op, 0, new_request_id());
+        self.lifecycle
+            .unless_stopped(write)
+            .await
+            .unwrap_or_else(|| {
+                Err(Error::OutcomeUnknown {
+                    reason: "the node stopped while coordinating the write".into(),
+                })
+            })
     }
 
     /// Writes `key` if `precondition` holds.
@@ -333,7 +353,7 @@ impl Node {
             value,
             precondition,
         };
-        match self.coordinator.write(set, 0, new_request_id()).await? {
+        match self.write(set).await? {
             SetReply::Written(version) => Ok(Ok(version)),
             SetReply::Conflict(current) => Ok(Err(Conflict { current })),
         }
@@ -343,8 +363,7 @@ impl Node {
     pub async fn delete(&self, key: &str) -> Result<Option<Entry>, Error> {
         bump(&self.metrics.writes);
         validate_key(key)?;
-        let delete = Delete { key: key.into() };
-        self.coordinator.write(delete, 0, new_request_id()).await
+        self.write(Delete { key: key.into() }).await
     }
 
     /// Adds `by` to the integer under `key` (a missing key counts as 0), returning the new entry.

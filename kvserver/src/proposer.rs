@@ -107,13 +107,70 @@ impl PromiseCache {
     }
 }
 
-/// Answers to one round's accepts.
+/// Answers to one round's accepts, gathered as they come.
 struct Tally {
+    rx: mpsc::UnboundedReceiver<Answer<Accept>>,
+    /// Replicas the accepts went to.
+    targets: usize,
     accepted: usize,
+    refused: usize,
     /// Replicas whose accept may or may not have been applied.
     unknown: usize,
     /// Replicas that also promised the next ballot, with their incarnations.
     promised_next: Vec<(NodeId, u64)>,
+}
+
+impl Tally {
+    fn new(rx: mpsc::UnboundedReceiver<Answer<Accept>>, targets: usize) -> Self {
+        Tally {
+            rx,
+            targets,
+            accepted: 0,
+            refused: 0,
+            unknown: 0,
+            promised_next: Vec::with_capacity(targets),
+        }
+    }
+
+    /// Gathers answers until `needed` replicas have accepted. Short of that, it hears every
+    /// replica out: a new round is only safe if every one of them refused, since an accept still
+    /// in flight could land and the new round would then apply the operation a second time. It
+    /// stops early only once `needed` is out of reach and a retry is already ruled out
+    /// (something was accepted, or may have been). It can be called again for a larger `needed`.
+    async fn until(&mut self, needed: usize, deadline: Instant, ballots: &BallotClock) {
+        while self.accepted < needed && self.answered() < self.targets {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((node, Ok(AcceptReply::Accepted { promised_next })))) => {
+                    self.accepted += 1;
+                    let promised = promised_next.map(|incarnation| (node, incarnation));
+                    self.promised_next.extend(promised);
+                }
+                Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
+                    ballots.observe(promised);
+                    self.refused += 1;
+                }
+                Ok(Some((_, Err(e)))) if !e.may_have_applied() => self.refused += 1,
+                Ok(Some(_)) => self.unknown += 1,
+                Ok(None) | Err(_) => {
+                    self.unknown = self.targets - self.accepted - self.refused;
+                    break;
+                }
+            }
+            let pending = self.targets - self.answered();
+            if self.accepted + pending < needed && (self.accepted > 0 || self.unknown > 0) {
+                break;
+            }
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.accepted + self.refused + self.unknown
+    }
+
+    /// Whether nothing was or may have been accepted by these replicas.
+    fn none_applied(&self) -> bool {
+        self.accepted == 0 && self.unknown == 0
+    }
 }
 
 /// How a round that relied on a kept promise ended.
@@ -421,27 +478,21 @@ impl Proposer {
                 promise_next: next,
             };
             let rx = self.quorum.broadcast(placement, request_id, accept);
-            let Tally {
-                accepted,
-                unknown,
-                promised_next,
-            } = self.tally(rx, total, quorum, deadline).await;
+            let mut tally = Tally::new(rx, total);
+            tally.until(quorum, deadline, &self.ballots).await;
+            let accepted = tally.accepted;
             if accepted >= quorum {
                 if let Some(next) = next {
-                    self.keep_promise(placement, key, ballot, next, promised_next);
+                    self.keep_promise(placement, key, ballot, next, tally.promised_next);
                 }
                 return reply;
             }
-            if accepted == 0 && unknown == 0 && Instant::now() < deadline {
+            if tally.none_applied() && Instant::now() < deadline {
                 // Every replica refused: nothing was accepted anywhere, so a new round is safe.
                 self.back_off(attempt, deadline).await;
                 continue;
             }
-            return Err(Error::OutcomeUnknown {
-                reason: format!(
-                    "{accepted} of {total} replicas accepted the write, {quorum} needed; it may still take effect"
-                ),
-            });
+            return Err(unknown_outcome(accepted, placement));
         }
     }
 
@@ -483,76 +534,31 @@ impl Proposer {
             .collect();
         let needed = quorum - 1;
         let rx = self.quorum.send(placement, &remote, request_id, &accept);
-        let Tally {
-            accepted,
-            unknown,
-            mut promised_next,
-        } = self.tally(rx, remote.len(), needed, deadline).await;
-        if accepted < needed {
-            if accepted == 0 && unknown == 0 {
+        let mut tally = Tally::new(rx, remote.len());
+        tally.until(needed, deadline, &self.ballots).await;
+        if tally.accepted < needed {
+            if tally.none_applied() {
                 return Fast::NotApplied;
             }
-            return Fast::Done(Err(Error::OutcomeUnknown {
-                reason: format!(
-                    "{accepted} of {} replicas accepted the write, {quorum} needed; it may still take effect",
-                    placement.replicas.len()
-                ),
-            }));
+            return Fast::Done(Err(unknown_outcome(tally.accepted, placement)));
         }
         match self.quorum.local(accept) {
-            Ok(AcceptReply::Accepted { promised_next: p }) => {
-                promised_next.extend(p.map(|incarnation| (self.me, incarnation)));
-                self.keep_promise(placement, key, cached.next, promise_next, promised_next);
+            Ok(AcceptReply::Accepted { promised_next }) => {
+                let mut promisers = tally.promised_next;
+                promisers.extend(promised_next.map(|incarnation| (self.me, incarnation)));
+                self.keep_promise(placement, key, cached.next, promise_next, promisers);
                 Fast::Done(reply)
             }
-            _ => Fast::Done(Err(Error::OutcomeUnknown {
-                reason: format!(
-                    "{accepted} remote replicas accepted the write but this one refused; it may still take effect"
-                ),
-            })),
-        }
-    }
-
-    /// Gathers the answers to accepts sent to `targets` replicas until `needed` have accepted.
-    /// Short of that, it hears every replica out: a new round is only safe if every one of them
-    /// refused, since an accept still in flight could land and the new round would then apply
-    /// the operation a second time. It stops early only once `needed` is out of reach and a
-    /// retry is already ruled out (something was accepted, or may have been).
-    async fn tally(
-        &self,
-        mut rx: mpsc::UnboundedReceiver<Answer<Accept>>,
-        targets: usize,
-        needed: usize,
-        deadline: Instant,
-    ) -> Tally {
-        let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
-        let mut promised_next = Vec::with_capacity(targets);
-        while accepted < needed && accepted + refused + unknown < targets {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((node, Ok(AcceptReply::Accepted { promised_next: p })))) => {
-                    accepted += 1;
-                    promised_next.extend(p.map(|incarnation| (node, incarnation)));
-                }
-                Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
-                    self.ballots.observe(promised);
-                    refused += 1;
-                }
-                Ok(Some((_, Err(e)))) if !e.may_have_applied() => refused += 1,
-                Ok(Some(_)) => unknown += 1,
-                Ok(None) | Err(_) => {
-                    unknown = targets - accepted - refused;
-                    break;
+            // This replica has promised a higher ballot (or cannot take the value) since: the
+            // write is chosen if a majority of the others accept it.
+            _ => {
+                tally.until(quorum, deadline, &self.ballots).await;
+                if tally.accepted >= quorum {
+                    Fast::Done(reply)
+                } else {
+                    Fast::Done(Err(unknown_outcome(tally.accepted, placement)))
                 }
             }
-            let pending = targets - accepted - refused - unknown;
-            if accepted + pending < needed && (accepted > 0 || unknown > 0) {
-                break;
-            }
-        }
-        Tally {
-            accepted,
-            unknown,
-            promised_next,
         }
     }
 
@@ -587,6 +593,16 @@ impl Proposer {
         let cap = Duration::from_millis(2u64 << attempt.min(6));
         let wait = cap.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
         tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+    }
+}
+
+fn unknown_outcome(accepted: usize, placement: &Placement) -> Error {
+    Error::OutcomeUnknown {
+        reason: format!(
+            "{accepted} of {} replicas accepted the write, {} needed; it may still take effect",
+            placement.replicas.len(),
+            placement.quorum()
+        ),
     }
 }
 

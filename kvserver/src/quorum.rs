@@ -96,7 +96,11 @@ impl Quorum {
 
     /// This node's own replica's answer to `request`.
     pub fn local<R: AcceptorRpc>(&self, request: R) -> Result<R::Reply, CallError> {
-        self.acceptor.handle(request).map_err(CallError::Remote)
+        let answer = self.acceptor.handle(request).map_err(CallError::Remote);
+        if R::misses_copy(&answer) {
+            self.drift.note();
+        }
+        answer
     }
 
     /// Sends `request` to a majority of the replicas first — this node's own replica among them

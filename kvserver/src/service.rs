@@ -12,6 +12,7 @@ use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rp
 
 use crate::acceptor::Acceptor;
 use crate::coordinator::Coordinator;
+use crate::drift::Drift;
 use crate::incarnations::Incarnations;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
@@ -31,6 +32,7 @@ pub struct PeerHandler {
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    drift: Arc<Drift>,
 }
 
 type Reply<'a, T> = BoxFuture<'a, Result<T, RemoteError>>;
@@ -48,6 +50,7 @@ impl PeerHandler {
         readiness: Arc<Readiness>,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
+        drift: Arc<Drift>,
     ) -> Self {
         PeerHandler {
             incarnation,
@@ -59,6 +62,7 @@ impl PeerHandler {
             readiness,
             metrics,
             lifecycle,
+            drift,
         }
     }
 
@@ -206,6 +210,7 @@ impl Handle<Ping> for PeerHandler {
                 epoch: self.topology.map().epoch(),
                 incarnation: self.incarnation,
                 ready: self.readiness.is_ready(),
+                drift: self.drift.count(),
             })
         })
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvcore::{ErrorCode, NodeId, NodeInfo, Precondition, Register, Value, Version};
-use kvnet::rpc::{Accept, AcceptReply, Kind};
+use kvnet::rpc::{Accept, AcceptReply, Kind, Prepare, PrepareReply};
 use kvnet::{Faults, Header, InProcessNetwork, Peers};
 use kvserver::{Config, Error, Node};
 use rand::rngs::SmallRng;
@@ -389,6 +389,47 @@ async fn a_kept_promise_is_not_relied_on_after_its_promiser_restarts() {
         );
     }
     assert_linearizable(&history);
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_promise_outbid_on_the_primarys_own_replica_still_succeeds_through_the_others() {
+    let sim = Sim::start(3, 3, 7).await;
+    let key = "k";
+    let replicas = sim.replicas(key);
+    let p = sim.node(replicas[0]).clone();
+    assert_eq!(p.incr(key, 1).await.unwrap().value.as_i64(), Some(1));
+    // Another proposer's prepare reaches only the primary's replica: the primary's kept promise
+    // no longer holds there, but still does on the other two.
+    let peers = Peers::new(Arc::new(sim.net.clone()));
+    let primary = NodeInfo {
+        id: p.id(),
+        addr: sim.config.peers[replicas[0]].clone(),
+    };
+    let other = NodeId(replicas[1] as u32);
+    let header = Header {
+        from: other,
+        incarnation: sim.node(replicas[1]).incarnation(),
+        epoch: 1,
+        request_id: 1,
+        hops: 1,
+    };
+    let prepare = Prepare {
+        key: key.into(),
+        ballot: kvcore::Ballot::new(1 << 30, other),
+        grow: 0,
+    };
+    let promised = peers.call(&primary, &header, &prepare).await.unwrap();
+    assert!(matches!(promised, PrepareReply::Promised { .. }));
+    // The other two accept the one-round write, which is then chosen: a success, not a 504.
+    let entry = p.incr(key, 1).await.unwrap();
+    assert_eq!(entry.value.as_i64(), Some(2));
+    for &i in &replicas {
+        assert_eq!(
+            sim.node(i).get(key).await.unwrap().unwrap().value.as_i64(),
+            Some(2)
+        );
+    }
     sim.stop().await;
 }
 
