@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kvcore::{Ballot, ErrorCode, NodeId, Store};
+use kvcore::{Ballot, ErrorCode, NodeId, Store, Value};
 use kvnet::rpc::{
     Accept, AcceptReply, DigestPage, DigestShard, Prepare, PrepareReply, Read, Repair, SyncPage,
     SyncShard,
@@ -67,6 +67,11 @@ pub trait AcceptorRpc: Rpc + Clone {
     fn key(&self) -> &str;
     /// The acceptor's answer, for a key replicated as `placement` says.
     fn apply(self, acceptor: &Acceptor, placement: &Placement) -> Result<Self::Reply, RemoteError>;
+
+    /// The value the message carries, if any, for the size check every peer input gets.
+    fn value(&self) -> Option<&Value> {
+        None
+    }
 
     /// Whether this answer leaves the replica without a copy the round may have made chosen:
     /// a refused or lost accept.
@@ -191,6 +196,10 @@ impl AcceptorRpc for Accept {
         &self.key
     }
 
+    fn value(&self) -> Option<&Value> {
+        self.register.value.as_ref()
+    }
+
     fn misses_copy(answer: &Result<AcceptReply, CallError>) -> bool {
         !matches!(answer, Ok(AcceptReply::Accepted { .. }))
     }
@@ -251,6 +260,10 @@ impl AcceptorRpc for Read {
 impl AcceptorRpc for Repair {
     fn key(&self) -> &str {
         &self.key
+    }
+
+    fn value(&self) -> Option<&Value> {
+        self.register.value.as_ref()
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<bool, RemoteError> {

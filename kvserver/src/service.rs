@@ -5,12 +5,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvcore::{validate_key, Entry, ErrorCode, Limits};
 use kvnet::rpc::{
-    self, Accept, AcceptReply, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare,
-    PrepareReply, Read, Repair, Set, SyncPage, SyncShard,
+    self, Accept, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare, Read, Repair,
+    Set, SyncPage, SyncShard,
 };
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
-use crate::acceptor::Acceptor;
+use crate::acceptor::{Acceptor, AcceptorRpc};
 use crate::coordinator::Coordinator;
 use crate::drift::Drift;
 use crate::incarnations::Incarnations;
@@ -144,44 +144,28 @@ macro_rules! write_handlers {
 
 write_handlers!(Set, Delete, Incr);
 
-impl Handle<Prepare> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Prepare) -> Reply<'a, PrepareReply> {
-        Box::pin(async move {
-            self.admit(header)?;
-            self.acceptor.handle(r)
-        })
-    }
-}
-
-impl Handle<Accept> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Accept) -> Reply<'a, AcceptReply> {
-        Box::pin(async move {
-            self.admit(header)?;
-            if let Some(value) = &r.register.value {
-                self.limits.check_value(value)?;
+/// Acceptor messages: checked like any peer message, then answered by the acceptor.
+macro_rules! acceptor_handlers {
+    ($($rpc:ident),*) => {$(
+        impl Handle<$rpc> for PeerHandler {
+            fn handle<'a>(
+                &'a self,
+                header: &'a Header,
+                request: $rpc,
+            ) -> Reply<'a, <$rpc as Rpc>::Reply> {
+                Box::pin(async move {
+                    self.admit(header)?;
+                    if let Some(value) = request.value() {
+                        self.limits.check_value(value)?;
+                    }
+                    self.acceptor.handle(request)
+                })
             }
-            self.acceptor.handle(r)
-        })
-    }
+        }
+    )*};
 }
 
-impl Handle<Read> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Read) -> Reply<'a, kvcore::Register> {
-        Box::pin(async move {
-            self.admit(header)?;
-            self.acceptor.handle(r)
-        })
-    }
-}
-
-impl Handle<Repair> for PeerHandler {
-    fn handle<'a>(&'a self, header: &'a Header, r: Repair) -> Reply<'a, bool> {
-        Box::pin(async move {
-            self.admit(header)?;
-            self.acceptor.handle(r)
-        })
-    }
-}
+acceptor_handlers!(Prepare, Accept, Read, Repair);
 
 impl Handle<SyncShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: SyncShard) -> Reply<'a, SyncPage> {
