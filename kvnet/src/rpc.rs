@@ -98,6 +98,8 @@ kinds! {
     DigestShard = 10,
     /// [`Ping`].
     Ping = 11,
+    /// [`Backfill`].
+    Backfill = 12,
 }
 
 /// Handles one kind of request.
@@ -281,6 +283,20 @@ impl Rpc for Repair {
     const KIND: Kind = Kind::Repair;
 }
 
+/// Registers already chosen (accepted by a majority), sent in bulk to a replica that was not
+/// asked to accept them, so it gets its copy without a message per write; each is applied as a
+/// [`Repair`]. The reply says, per repair, whether it was applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backfill {
+    /// The copies.
+    pub repairs: Vec<Repair>,
+}
+
+impl Rpc for Backfill {
+    type Reply = Vec<bool>;
+    const KIND: Kind = Kind::Backfill;
+}
+
 /// The full replica state of one store shard's keys that the sender replicates, for a node
 /// catching up after a start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,6 +457,12 @@ mod tests {
         round_trip(SyncShard { shard: 3 });
         round_trip(DigestShard { shard: 63 });
         round_trip(Ping);
+        round_trip(Backfill {
+            repairs: vec![Repair {
+                key: "k".into(),
+                register: Register::default(),
+            }],
+        });
     }
 
     #[test]
@@ -521,7 +543,8 @@ mod tests {
         Repair,
         SyncShard,
         DigestShard,
-        Ping
+        Ping,
+        Backfill
     );
 
     #[tokio::test]

@@ -28,7 +28,8 @@
 //! - [`acceptor`]: a replica's side of CASPaxos.
 //! - [`quorum`]: fan-out of acceptor messages to a key's replicas.
 //! - [`operation`]: get, set, delete and increment as functions of a key's state.
-//! - [`proposer`]: CASPaxos rounds, fast reads, read repair.
+//! - [`proposer`]: CASPaxos rounds, fast reads, read repair; [`backfill`]: the copies of
+//!   one-round writes for the replicas they did not wait for.
 //! - [`coordinator`]: runs an operation here or forwards it to a replica.
 //! - [`service`]: answers peers' messages.
 //! - [`catchup`], [`seed`], [`anti_entropy`]: background work; [`drift`] tells anti-entropy
@@ -40,6 +41,7 @@
 pub mod acceptor;
 pub mod anti_entropy;
 pub mod api;
+pub mod backfill;
 pub mod catchup;
 pub mod config;
 pub mod coordinator;

@@ -21,6 +21,7 @@ use kvnet::{FrameHandler, Transport};
 
 use crate::acceptor::{Acceptor, BallotClock};
 use crate::anti_entropy::AntiEntropy;
+use crate::backfill::{self, Backfiller, Queue};
 use crate::catchup::catch_up;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
@@ -54,6 +55,7 @@ pub struct Node {
     metrics: Arc<Metrics>,
     under_replicated: Arc<AtomicU64>,
     drift: Arc<Drift>,
+    backfill_queue: std::sync::Mutex<Option<Queue>>,
     client: Arc<PeerClient>,
     coordinator: Arc<Coordinator>,
     handler: Arc<PeerHandler>,
@@ -106,6 +108,7 @@ impl Node {
         let incarnations = Arc::new(Incarnations::default());
         let ballots = Arc::new(BallotClock::new(me));
         let drift = Arc::new(Drift::default());
+        let (backfiller, backfill_queue) = Backfiller::new(drift.clone());
         let client = Arc::new(PeerClient::new(transport, topology.clone(), incarnation));
         let acceptor = Arc::new(Acceptor::new(
             incarnation,
@@ -137,6 +140,7 @@ impl Node {
             incarnations.clone(),
             config.op_timeout(),
             config.cached_promises,
+            backfiller,
         ));
         let coordinator = Arc::new(Coordinator::new(
             topology.clone(),
@@ -168,6 +172,7 @@ impl Node {
             metrics,
             under_replicated: Arc::default(),
             drift,
+            backfill_queue: std::sync::Mutex::new(Some(backfill_queue)),
             client,
             coordinator,
             handler,
@@ -201,6 +206,15 @@ impl Node {
                 seeding.await;
             }
         });
+        let queue = self
+            .backfill_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(queue) = queue {
+            let sending = backfill::run(queue, self.client.clone(), self.drift.clone());
+            self.lifecycle.spawn(sending);
+        }
         let anti_entropy = AntiEntropy {
             client: self.client.clone(),
             store: self.store.clone(),

@@ -27,13 +27,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::acceptor::BallotClock;
+use crate::backfill::Backfiller;
 use crate::error::Error;
 use crate::incarnations::Incarnations;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
 use crate::peers::PeerClient;
-use crate::quorum::{Answer, Quorum};
+use crate::quorum::{Answer, Gather, Quorum};
 use crate::topology::Placement;
 
 /// Runs CASPaxos rounds for the keys this node coordinates.
@@ -52,6 +53,8 @@ pub struct Proposer {
     queues: Box<[tokio::sync::Mutex<()>]>,
     /// Promises kept from this node's last round on a key, when enabled.
     promises: Option<PromiseCache>,
+    /// Copies for the replicas a one-round write did not wait for.
+    backfill: Backfiller,
 }
 
 /// A majority's promise of this node's next ballot on a key, given with the accept of its last
@@ -173,6 +176,67 @@ impl Tally {
     }
 }
 
+/// Answers to a one-round write's accepts, asked of a first wave of replicas and widened as
+/// needed (see [`Quorum::gather_remote`]).
+#[derive(Debug, Default)]
+struct AcceptCount {
+    accepted: usize,
+    refused: usize,
+    unknown: usize,
+    promised_next: Vec<(NodeId, u64)>,
+}
+
+impl AcceptCount {
+    /// Gathers answers until `needed` replicas accepted. When everyone asked has answered
+    /// short of that, the held-back replicas are asked too, unless nothing was accepted anywhere
+    /// (every replica asked refused): then the caller can run a full round instead. Stops at
+    /// the deadline, counting the replicas that did not answer as unknown.
+    async fn until(
+        &mut self,
+        gather: &mut Gather<Accept>,
+        needed: usize,
+        deadline: Instant,
+        proposer: &Proposer,
+    ) {
+        while self.accepted < needed {
+            if self.answered() == gather.asked() {
+                if gather.held_back().is_empty() || self.none_applied() {
+                    return;
+                }
+                gather.widen(&proposer.quorum);
+            }
+            match gather.next(&proposer.quorum, deadline).await {
+                Some((node, Ok(AcceptReply::Accepted { promised_next }))) => {
+                    self.accepted += 1;
+                    let promised = promised_next.map(|incarnation| (node, incarnation));
+                    self.promised_next.extend(promised);
+                }
+                Some((_, Ok(AcceptReply::Rejected { promised }))) => {
+                    proposer.ballots.observe(promised);
+                    self.refused += 1;
+                }
+                Some((_, Err(e))) if !e.may_have_applied() => self.refused += 1,
+                Some(_) => {
+                    self.unknown += 1;
+                    gather.widen(&proposer.quorum);
+                }
+                None => {
+                    self.unknown += gather.asked() - self.answered();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.accepted + self.refused + self.unknown
+    }
+
+    fn none_applied(&self) -> bool {
+        self.accepted == 0 && self.unknown == 0
+    }
+}
+
 /// How a round that relied on a kept promise ended.
 enum Fast<T> {
     /// With this answer for the client.
@@ -195,6 +259,7 @@ impl Proposer {
         incarnations: Arc<Incarnations>,
         op_timeout: Duration,
         cached_promises: bool,
+        backfill: Backfiller,
     ) -> Self {
         Proposer {
             me,
@@ -208,6 +273,7 @@ impl Proposer {
             op_timeout,
             queues: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             promises: cached_promises.then(PromiseCache::default),
+            backfill,
         }
     }
 
@@ -526,37 +592,45 @@ impl Proposer {
             promisers: cached.promisers,
             promise_next: Some(promise_next),
         };
-        let remote: Vec<NodeId> = placement
-            .replicas
-            .iter()
-            .copied()
-            .filter(|&r| r != self.me)
-            .collect();
+        // Only as many other replicas as a majority needs are asked to accept (and the next
+        // ballot promised); the rest get the chosen register in the background, batched with
+        // other writes' copies, unless the first ones fail or are slow.
         let needed = quorum - 1;
-        let rx = self.quorum.send(placement, &remote, request_id, &accept);
-        let mut tally = Tally::new(rx, remote.len());
-        tally.until(needed, deadline, &self.ballots).await;
-        if tally.accepted < needed {
-            if tally.none_applied() {
+        let mut gather = self
+            .quorum
+            .gather_remote(placement, request_id, accept.clone(), needed);
+        let mut count = AcceptCount::default();
+        count.until(&mut gather, needed, deadline, self).await;
+        if count.accepted < needed {
+            if count.none_applied() {
                 return Fast::NotApplied;
             }
-            return Fast::Done(Err(unknown_outcome(tally.accepted, placement)));
+            return Fast::Done(Err(unknown_outcome(count.accepted, placement)));
         }
+        let register = accept.register.clone();
         match self.quorum.local(accept) {
             Ok(AcceptReply::Accepted { promised_next }) => {
-                let mut promisers = tally.promised_next;
+                let mut promisers = count.promised_next;
                 promisers.extend(promised_next.map(|incarnation| (self.me, incarnation)));
                 self.keep_promise(placement, key, cached.next, promise_next, promisers);
+                for &to in gather.held_back() {
+                    let repair = Repair {
+                        key: key.into(),
+                        register: register.clone(),
+                    };
+                    self.backfill.push(to, repair);
+                }
                 Fast::Done(reply)
             }
             // This replica has promised a higher ballot (or cannot take the value) since: the
             // write is chosen if a majority of the others accept it.
             _ => {
-                tally.until(quorum, deadline, &self.ballots).await;
-                if tally.accepted >= quorum {
+                gather.widen(&self.quorum);
+                count.until(&mut gather, quorum, deadline, self).await;
+                if count.accepted >= quorum {
                     Fast::Done(reply)
                 } else {
-                    Fast::Done(Err(unknown_outcome(tally.accepted, placement)))
+                    Fast::Done(Err(unknown_outcome(count.accepted, placement)))
                 }
             }
         }

@@ -103,6 +103,40 @@ impl Quorum {
         answer
     }
 
+    /// Sends `request` to `first` of the remote replicas (those known down last) and holds the
+    /// others back, to be asked if those fail or are slow, or left to the caller (see
+    /// [`Gather::held_back`]). This node's own replica is not asked.
+    pub fn gather_remote<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        request_id: u64,
+        request: R,
+        first: usize,
+    ) -> Gather<R> {
+        let me = self.me();
+        let mut order: Vec<NodeId> = placement
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&r| r != me)
+            .collect();
+        order.sort_by_key(|&r| self.detector.is_down(r));
+        let rest = order.split_off(first.min(order.len()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let frame = self.client.frame(request_id, 1, &request);
+        self.send_to(placement, &order, &request, &frame, &tx);
+        Gather {
+            tx,
+            rx,
+            asked: order.len(),
+            rest,
+            request,
+            frame,
+            placement: placement.clone(),
+            hedge: Instant::now() + self.hedge,
+        }
+    }
+
     /// Sends `request` to a majority of the replicas first — this node's own replica among them
     /// when it votes — and to the others only when one of those fails, disagrees or is slow
     /// (see [`Gather`]). The common case then costs `quorum - 1` remote messages, not `R - 1`.
@@ -143,6 +177,7 @@ impl Quorum {
         Gather {
             tx,
             rx,
+            asked: order.len(),
             rest,
             request,
             frame,
@@ -211,6 +246,8 @@ impl Quorum {
 pub struct Gather<R: Rpc> {
     tx: mpsc::UnboundedSender<Answer<R>>,
     rx: mpsc::UnboundedReceiver<Answer<R>>,
+    /// Replicas asked so far.
+    asked: usize,
     /// Replicas not asked yet.
     rest: Vec<NodeId>,
     request: R,
@@ -225,8 +262,19 @@ impl<R: AcceptorRpc> Gather<R> {
     pub fn widen(&mut self, quorum: &Quorum) {
         if !self.rest.is_empty() {
             let rest = std::mem::take(&mut self.rest);
+            self.asked += rest.len();
             quorum.send_to(&self.placement, &rest, &self.request, &self.frame, &self.tx);
         }
+    }
+
+    /// How many replicas have been asked so far.
+    pub fn asked(&self) -> usize {
+        self.asked
+    }
+
+    /// The replicas held back and not asked (yet).
+    pub fn held_back(&self) -> &[NodeId] {
+        &self.rest
     }
 
     /// The next answer, or `None` once `deadline` passes. Asks the rest when the hedge time

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvcore::{validate_key, Entry, ErrorCode, Limits};
 use kvnet::rpc::{
-    self, Accept, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare, Read, Repair,
-    Set, SyncPage, SyncShard,
+    self, Accept, Backfill, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare, Read,
+    Repair, Set, SyncPage, SyncShard,
 };
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
@@ -166,6 +166,21 @@ macro_rules! acceptor_handlers {
 }
 
 acceptor_handlers!(Prepare, Accept, Read, Repair);
+
+impl Handle<Backfill> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Backfill) -> Reply<'a, Vec<bool>> {
+        Box::pin(async move {
+            self.admit(header)?;
+            let applied = r.repairs.into_iter().map(|repair| {
+                let fits = repair
+                    .value()
+                    .map_or(Ok(()), |v| self.limits.check_value(v));
+                fits.is_ok() && self.acceptor.handle(repair).unwrap_or(false)
+            });
+            Ok(applied.collect())
+        })
+    }
+}
 
 impl Handle<SyncShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: SyncShard) -> Reply<'a, SyncPage> {

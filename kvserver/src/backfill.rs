@@ -1,0 +1,84 @@
+//! Copies of chosen registers for the replicas a write did not wait for, sent in bulk.
+//!
+//! A key's primary asks only as many replicas to accept a one-round write as it needs for a
+//! majority; the others get the chosen register afterwards, batched per replica into one
+//! [`Backfill`](kvnet::rpc::Backfill) message with whatever else piled up meanwhile. A copy that
+//! cannot be queued, sent or applied is counted as [`Drift`], so anti-entropy brings that replica
+//! up to date.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kvcore::NodeId;
+use kvnet::rpc::{Backfill, Repair};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::drift::Drift;
+use crate::peers::{new_request_id, PeerClient};
+
+/// Copies waiting, at most this many: a replica that is slow or unreachable must not make a
+/// node hold an unbounded backlog of values (anti-entropy covers what is dropped).
+const QUEUE: usize = 16_384;
+
+/// Copies sent in one message, at most.
+const BATCH: usize = 512;
+
+/// The queue of copies to send.
+#[derive(Debug)]
+pub struct Backfiller {
+    tx: mpsc::Sender<(NodeId, Repair)>,
+    drift: Arc<Drift>,
+}
+
+/// The receiving end, for [`run`].
+#[derive(Debug)]
+pub struct Queue(mpsc::Receiver<(NodeId, Repair)>);
+
+impl Backfiller {
+    /// A queue and its receiving end.
+    pub fn new(drift: Arc<Drift>) -> (Self, Queue) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Backfiller { tx, drift }, Queue(rx))
+    }
+
+    /// Queues `repair` for replica `to`.
+    pub fn push(&self, to: NodeId, repair: Repair) {
+        if self.tx.try_send((to, repair)).is_err() {
+            self.drift.note();
+        }
+    }
+}
+
+/// Sends the queued copies: everything that piled up while the previous messages were in
+/// flight goes in the next one, so the busier the node, the larger the batches.
+pub async fn run(queue: Queue, client: Arc<PeerClient>, drift: Arc<Drift>) {
+    let Queue(mut rx) = queue;
+    while let Some((to, repair)) = rx.recv().await {
+        let mut batches: HashMap<NodeId, Vec<Repair>> = HashMap::new();
+        batches.entry(to).or_default().push(repair);
+        let mut taken = 1;
+        while taken < BATCH {
+            let Ok((to, repair)) = rx.try_recv() else {
+                break;
+            };
+            batches.entry(to).or_default().push(repair);
+            taken += 1;
+        }
+        let mut sends = JoinSet::new();
+        for (to, repairs) in batches {
+            let (client, drift) = (client.clone(), drift.clone());
+            sends.spawn(async move {
+                let sent = repairs.len();
+                match client
+                    .call(to, new_request_id(), 1, &Backfill { repairs })
+                    .await
+                {
+                    Ok(applied) if applied.len() == sent && applied.iter().all(|&a| a) => {}
+                    _ => drift.note(),
+                }
+            });
+        }
+        while sends.join_next().await.is_some() {}
+    }
+}
