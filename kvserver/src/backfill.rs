@@ -2,7 +2,7 @@
 //!
 //! A key's primary asks only as many replicas to accept a one-round write as it needs for a
 //! majority; the others get the chosen register afterwards, batched per replica into one
-//! [`Backfill`](kvnet::rpc::Backfill) message with whatever else piled up meanwhile. A copy that
+//! [`Backfill`] message with whatever else piled up meanwhile. A copy that
 //! cannot be queued, sent or applied is counted as [`Drift`], so anti-entropy brings that replica
 //! up to date.
 
@@ -56,7 +56,7 @@ impl Backfiller {
     }
 }
 
-/// Sends the queued copies: everything that piled up within [`LINGER`] of the first one, or
+/// Sends the queued copies: everything that piled up within 5 ms of the first one, or
 /// while the previous messages were in flight, goes in the next one, so the busier the node, the
 /// larger the batches.
 pub async fn run(queue: Queue, client: Arc<PeerClient>, drift: Arc<Drift>) {
