@@ -121,20 +121,7 @@ impl Quorum {
             .filter(|&r| r != me)
             .collect();
         order.sort_by_key(|&r| self.detector.is_down(r));
-        let rest = order.split_off(first.min(order.len()));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let frame = self.client.frame(request_id, 1, &request);
-        self.send_to(placement, &order, &request, &frame, &tx);
-        Gather {
-            tx,
-            rx,
-            asked: order.len(),
-            rest,
-            request,
-            frame,
-            placement: placement.clone(),
-            hedge: Instant::now() + self.hedge,
-        }
+        self.start(placement, request_id, request, order, first)
     }
 
     /// Sends `request` to a majority of the replicas first — this node's own replica among them
@@ -170,7 +157,19 @@ impl Quorum {
         if placement.contains(me) && !local_votes {
             order.push(me);
         }
-        let rest = order.split_off(placement.quorum().min(order.len()));
+        self.start(placement, request_id, request, order, placement.quorum())
+    }
+
+    /// Sends `request` to the first `first` of `order` and holds the others back.
+    fn start<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        request_id: u64,
+        request: R,
+        mut order: Vec<NodeId>,
+        first: usize,
+    ) -> Gather<R> {
+        let rest = order.split_off(first.min(order.len()));
         let (tx, rx) = mpsc::unbounded_channel();
         let frame = self.client.frame(request_id, 1, &request);
         self.send_to(placement, &order, &request, &frame, &tx);
