@@ -113,6 +113,15 @@ impl Acceptor {
     /// Answers a key-scoped message, unless this replica cannot vote for the key yet.
     pub fn handle<R: AcceptorRpc>(&self, request: R) -> Result<R::Reply, RemoteError> {
         let placement = self.topology.placement(request.key());
+        self.handle_placed(&placement, request)
+    }
+
+    /// [`handle`](Self::handle) for a key whose placement the caller already computed.
+    pub fn handle_placed<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        request: R,
+    ) -> Result<R::Reply, RemoteError> {
         if !self
             .readiness
             .can_vote(self.topology.me(), &placement.replicas)
@@ -125,7 +134,7 @@ impl Acceptor {
                 ),
             ));
         }
-        request.apply(self, &placement)
+        request.apply(self, placement)
     }
 
     /// The keys of one store shard that `peer` replicates, with their full replica state.

@@ -66,6 +66,7 @@ impl AntiEntropy {
             let now = (drift, self.detector.transitions());
             if last == Some(now) && idle < BACKSTOP {
                 idle += 1;
+                bump(&self.metrics.anti_entropy_skips);
                 continue;
             }
             idle = 0;

@@ -47,8 +47,10 @@ counters! {
     fast_reads,
     /// Replicas brought up to date by reads and anti-entropy.
     repairs,
-    /// Anti-entropy passes run (passes are skipped while no copy can have gone missing).
+    /// Anti-entropy passes run.
     anti_entropy_passes,
+    /// Anti-entropy passes skipped because no copy can have gone missing since the last clean one.
+    anti_entropy_skips,
     /// Requests answered with a 4xx status.
     client_errors,
     /// Requests answered with a 5xx status.

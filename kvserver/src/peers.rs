@@ -32,17 +32,12 @@ impl PeerClient {
         self.topology.me()
     }
 
-    /// This node's incarnation.
-    pub fn incarnation(&self) -> u64 {
-        self.incarnation
-    }
-
     /// The header of a frame sent by this node.
     pub fn header(&self, request_id: u64, hops: u8) -> Header {
         Header {
             from: self.topology.me(),
             incarnation: self.incarnation,
-            epoch: self.topology.map().epoch(),
+            epoch: self.topology.epoch(),
             request_id,
             hops,
         }

@@ -608,7 +608,7 @@ impl Proposer {
             return Fast::Done(Err(unknown_outcome(count.accepted, placement)));
         }
         let register = accept.register.clone();
-        match self.quorum.local(accept) {
+        match self.quorum.local(placement, accept) {
             Ok(AcceptReply::Accepted { promised_next }) => {
                 let mut promisers = count.promised_next;
                 promisers.extend(promised_next.map(|incarnation| (self.me, incarnation)));

@@ -80,23 +80,16 @@ impl Quorum {
         rx
     }
 
-    /// Sends `request` to `targets` (remote replicas) and returns a channel of their answers.
-    pub fn send<R: AcceptorRpc>(
+    /// This node's own replica's answer to `request`.
+    pub fn local<R: AcceptorRpc>(
         &self,
         placement: &Placement,
-        targets: &[NodeId],
-        request_id: u64,
-        request: &R,
-    ) -> mpsc::UnboundedReceiver<Answer<R>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let frame = self.client.frame(request_id, 1, request);
-        self.send_to(placement, targets, request, &frame, &tx);
-        rx
-    }
-
-    /// This node's own replica's answer to `request`.
-    pub fn local<R: AcceptorRpc>(&self, request: R) -> Result<R::Reply, CallError> {
-        let answer = self.acceptor.handle(request).map_err(CallError::Remote);
+        request: R,
+    ) -> Result<R::Reply, CallError> {
+        let answer = self
+            .acceptor
+            .handle_placed(placement, request)
+            .map_err(CallError::Remote);
         if R::misses_copy(&answer) {
             self.drift.note();
         }
@@ -196,11 +189,7 @@ impl Quorum {
         let me = self.me();
         for &to in targets {
             if to == me {
-                let answer = self
-                    .acceptor
-                    .handle(request.clone())
-                    .map_err(CallError::Remote);
-                let _ = tx.send((to, answer));
+                let _ = tx.send((to, self.local(placement, request.clone())));
                 continue;
             }
             let Some(info) = placement.node(to).cloned() else {

@@ -71,7 +71,7 @@ impl PeerHandler {
     /// before this node copies anything to it.
     fn admit(&self, header: &Header) -> Result<(), RemoteError> {
         self.incarnations.observe(header.from, header.incarnation);
-        let epoch = self.topology.map().epoch();
+        let epoch = self.topology.epoch();
         if header.epoch != epoch {
             return Err(RemoteError::new(
                 ErrorCode::EpochMismatch,
@@ -206,7 +206,7 @@ impl Handle<Ping> for PeerHandler {
             self.admit(header)?;
             Ok(Pong {
                 node: self.topology.me(),
-                epoch: self.topology.map().epoch(),
+                epoch: self.topology.epoch(),
                 incarnation: self.incarnation,
                 ready: self.readiness.is_ready(),
                 drift: self.drift.count(),

@@ -33,6 +33,11 @@ impl Topology {
         self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The current map's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).epoch()
+    }
+
     /// Copies kept of each key.
     pub fn replication_factor(&self) -> usize {
         self.replication_factor

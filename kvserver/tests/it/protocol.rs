@@ -94,13 +94,8 @@ impl Sim {
 
     /// Waits (in virtual time) until node `i` has caught up.
     async fn ready(&self, i: usize) {
-        for _ in 0..10_000 {
-            if self.nodes[i].is_ready() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("node {i} did not catch up");
+        let node = self.nodes[i].clone();
+        until(&format!("node {i} caught up"), || node.is_ready()).await;
     }
 
     /// Node indexes of `key`'s replicas, primary first.
@@ -116,13 +111,14 @@ impl Sim {
     }
 }
 
-/// Polls `check` in virtual time until it holds.
+/// Polls `check` every virtual millisecond until it holds, for at most 100 virtual seconds.
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let mut every = tokio::time::interval(Duration::from_millis(1));
     for _ in 0..100_000 {
+        every.tick().await;
         if check() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("never happened: {what}");
 }
@@ -454,18 +450,33 @@ fn passes(sim: &Sim) -> u64 {
         .sum()
 }
 
+/// The fewest anti-entropy passes any node has skipped.
+fn fewest_skips(sim: &Sim) -> u64 {
+    let skips = sim
+        .nodes
+        .iter()
+        .map(|n| n.metrics().snapshot().anti_entropy_skips);
+    skips.min().unwrap_or(0)
+}
+
 #[tokio::test(start_paused = true)]
 async fn anti_entropy_rests_while_every_copy_is_made_and_wakes_when_one_is_missed() {
     let sim = Sim::start(3, 3, 6).await;
-    let interval = sim.config.anti_entropy_interval();
     // Every node runs a first pass once it is ready; then they rest.
-    tokio::time::sleep(interval * 2).await;
+    until("every node ran a pass and then rested", || {
+        passes(&sim) >= 3 && fewest_skips(&sim) >= 1
+    })
+    .await;
     let settled = passes(&sim);
     for i in 0..30 {
         let node = sim.node(i % 3);
         node.incr(&format!("k{i}"), 1).await.unwrap();
     }
-    tokio::time::sleep(interval * 5).await;
+    let skipped = fewest_skips(&sim);
+    until("every node skipped four more passes", || {
+        fewest_skips(&sim) >= skipped + 4
+    })
+    .await;
     assert_eq!(passes(&sim), settled, "healthy writes woke anti-entropy");
     // An accept that never arrives: its primary's next pass runs and restores the copy.
     let key = "missed";
