@@ -173,20 +173,20 @@ async fn after_ops(history: &History, n: usize, done: &AtomicBool) {
 }
 
 /// Runs one seed; returns (operations recorded, keys checked).
-async fn run_seed(seed: u64) -> (usize, usize) {
+async fn run_seed(seed: u64, transport: Transport) -> (usize, usize) {
     let faults = Faults::new(seed);
     let cluster = LocalCluster::builder()
         .nodes(NODES)
-        .configure(|c| c.replicas = 3)
-        .transport(Transport::InProcess)
+        .transport(transport)
         .faults(faults.clone())
-        .configure(|c| c.forward_timeout_ms = 200)
-        .configure(|c| c.op_timeout_ms = 1500)
         .configure(|c| {
+            c.replicas = 3;
+            c.forward_timeout_ms = 200;
+            c.op_timeout_ms = 1500;
             c.heartbeat_ms = 40;
             c.down_after_ms = 150;
+            c.anti_entropy_ms = 100;
         })
-        .configure(|c| c.anti_entropy_ms = 100)
         .start()
         .await
         .unwrap();
@@ -308,12 +308,12 @@ async fn run_seed(seed: u64) -> (usize, usize) {
     }
 }
 
-/// Seeds to run: `KV_CHAOS_SEEDS` (a count) raises it for longer local runs.
-fn seeds() -> u64 {
-    std::env::var("KV_CHAOS_SEEDS")
+/// Seeds to run: the count in the environment variable `var` raises it for longer local runs.
+fn seeds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12)
+        .unwrap_or(default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,10 +326,12 @@ async fn histories_under_faults_are_linearizable() {
         .and_then(|s| s.parse().ok());
     let seeds: Vec<u64> = match only {
         Some(seed) => vec![seed],
-        None => (1..=seeds()).map(|s| s * 7919).collect(),
+        None => (1..=seeds("KV_CHAOS_SEEDS", 12))
+            .map(|s| s * 7919)
+            .collect(),
     };
     for &seed in &seeds {
-        let (o, k) = run_seed(seed).await;
+        let (o, k) = run_seed(seed, Transport::InProcess).await;
         ops += o;
         keys += k;
     }
@@ -337,4 +339,16 @@ async fn histories_under_faults_are_linearizable() {
         "chaos: {} seeds, {ops} operations over {keys} key histories, all linearizable",
         seeds.len()
     );
+}
+
+/// The same nemesis over real HTTP between the nodes: crashes drop real connections, and a
+/// restarted node listens again on its old port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_faults_over_http_are_linearizable() {
+    let mut ops = 0;
+    let count = seeds("KV_CHAOS_HTTP_SEEDS", 3);
+    for seed in 1..=count {
+        ops += run_seed(seed * 104_729, Transport::Http).await.0;
+    }
+    println!("chaos over HTTP: {count} seeds, {ops} operations, all linearizable");
 }

@@ -11,14 +11,13 @@ use serde_json::json;
 use crate::util::{poll, Http};
 
 fn quick() -> kvserver::LocalClusterBuilder {
-    LocalCluster::builder()
-        .configure(|c| {
-            c.heartbeat_ms = 50;
-            c.down_after_ms = 200;
-        })
-        .configure(|c| c.anti_entropy_ms = 100)
-        .configure(|c| c.forward_timeout_ms = 500)
-        .configure(|c| c.op_timeout_ms = 2000)
+    LocalCluster::builder().configure(|c| {
+        c.heartbeat_ms = 50;
+        c.down_after_ms = 200;
+        c.anti_entropy_ms = 100;
+        c.forward_timeout_ms = 500;
+        c.op_timeout_ms = 2000;
+    })
 }
 
 #[tokio::test]
