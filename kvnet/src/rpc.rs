@@ -7,13 +7,18 @@
 //!
 //! Two families of messages exist:
 //! - **operations** a coordinator forwards to one of a key's replicas: [`Get`], [`Set`],
-//!   [`Delete`], [`Incr`];
+//!   [`Delete`], [`Incr`], [`Seed`];
 //! - **acceptor messages** of the replication protocol (CASPaxos): [`Prepare`], [`Accept`],
-//!   [`Read`], [`Repair`], and the bulk [`SyncShard`] and [`DigestShard`] pages for catch-up and
-//!   anti-entropy; plus [`Ping`] for the failure detector.
+//!   [`Read`], [`Repair`], [`Backfill`], [`Collect`], and the bulk [`SyncShard`] and
+//!   [`DigestShard`] pages for catch-up and anti-entropy; plus [`Ping`] for the failure detector.
+//!
+//! No reply's size depends on how much data a node holds: bulk replies come in pages of about
+//! [`PAGE_BYTES`], each resumed after the last key of the one before.
 
 use bytes::Bytes;
-use kvcore::{Ballot, Entry, NodeId, Precondition, Register, ReplicaState, Value, Version};
+use kvcore::{
+    Ballot, Entry, Floor, NodeId, Precondition, Register, ReplicaState, Value, Version,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +49,7 @@ macro_rules! kinds {
             /// nothing); forwarded writes are not: a `Set`, `Delete` or `Incr` delivered twice is
             /// applied twice. Transports over TCP never deliver a request twice.
             pub fn is_idempotent(self) -> bool {
-                !matches!(self, Kind::Set | Kind::Delete | Kind::Incr)
+                !matches!(self, Kind::Set | Kind::Delete | Kind::Incr | Kind::Seed)
             }
 
             /// The kind with this tag.
@@ -100,6 +105,10 @@ kinds! {
     Ping = 11,
     /// [`Backfill`].
     Backfill = 12,
+    /// [`Seed`].
+    Seed = 13,
+    /// [`Collect`].
+    Collect = 14,
 }
 
 /// Handles one kind of request.
@@ -297,21 +306,67 @@ impl Rpc for Backfill {
     const KIND: Kind = Kind::Backfill;
 }
 
-/// The full replica state of one store shard's keys that the sender replicates, for a node
-/// catching up after a start.
+/// Writes a seed key (one the cluster serves from the start) unless the key was ever written:
+/// a seed key a client deleted stays deleted. The reply is as for a [`Set`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Seed {
+    /// The key.
+    pub key: String,
+    /// Its initial value.
+    pub value: Value,
+}
+
+impl Rpc for Seed {
+    type Reply = SetReply;
+    const KIND: Kind = Kind::Seed;
+}
+
+/// Drops tombstones every replica of their key holds (the CASPaxos deletion procedure): each
+/// key is removed if its accepted register is still the tombstone of that ballot, and its store
+/// shard's floor rises so the key's versions and ballots never repeat. The reply says, per key,
+/// whether it was removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collect {
+    /// Keys and the ballot of the tombstone each one holds on every replica.
+    pub keys: Vec<(String, Ballot)>,
+}
+
+impl Rpc for Collect {
+    type Reply = Vec<bool>;
+    const KIND: Kind = Kind::Collect;
+}
+
+/// About how many bytes of keys and values one page of a bulk reply carries ([`SyncPage`],
+/// [`DigestPage`]); a page always holds at least one key, so a page of one value at the size
+/// limit is larger.
+pub const PAGE_BYTES: usize = 1 << 20;
+
+/// A page of the full replica state of one store shard's keys that the sender replicates, for
+/// a node catching up after a start. Store shards are the same on every node
+/// ([`kvcore::Store::shard_of`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncShard {
-    /// The shard to copy.
+    /// The shard to copy (`0..Store::SHARDS`).
     pub shard: u32,
+    /// Resume after this key; `None` for the shard's first page.
+    pub after: Option<String>,
 }
 
 /// One page of a [`SyncShard`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncPage {
-    /// The states.
+    /// The states, in key order.
     pub states: Vec<ReplicaState>,
-    /// The next shard to ask for, `None` after the last.
-    pub next: Option<u32>,
+    /// The shard's floor: what collected keys leave behind (see [`Collect`]).
+    pub floor: Floor,
+    /// The last key of this page if the shard has more; `None` after its last page.
+    pub next: Option<String>,
+    /// The sender's incarnation: a copy made of pages from two incarnations of a peer is
+    /// not a copy of either, so the requester starts over if it changes.
+    pub incarnation: u64,
+    /// The highest incarnation of the requester the sender knows of, so a node whose clock went
+    /// back across a restart can still pick an incarnation above its previous life's.
+    pub known: u64,
 }
 
 impl Rpc for SyncShard {
@@ -319,21 +374,23 @@ impl Rpc for SyncShard {
     const KIND: Kind = Kind::SyncShard;
 }
 
-/// The accepted ballots of one store shard's keys whose primary is the sender, for
+/// A page of the accepted ballots of one store shard's keys whose primary is the sender, for
 /// anti-entropy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DigestShard {
-    /// The shard.
+    /// The shard (`0..Store::SHARDS`).
     pub shard: u32,
+    /// Resume after this key; `None` for the shard's first page.
+    pub after: Option<String>,
 }
 
 /// One page of a [`DigestShard`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DigestPage {
-    /// Key and accepted ballot.
+    /// Key and accepted ballot, in key order.
     pub ballots: Vec<(String, Ballot)>,
-    /// The next shard to ask for, `None` after the last.
-    pub next: Option<u32>,
+    /// The last key of this page if the shard has more; `None` after its last page.
+    pub next: Option<String>,
 }
 
 impl Rpc for DigestShard {
@@ -454,8 +511,21 @@ mod tests {
             promise_next: Some(Ballot::new(4, NodeId(1))),
         });
         round_trip(Read { key: "k".into() });
-        round_trip(SyncShard { shard: 3 });
-        round_trip(DigestShard { shard: 63 });
+        round_trip(SyncShard {
+            shard: 3,
+            after: Some("k".into()),
+        });
+        round_trip(DigestShard {
+            shard: 63,
+            after: None,
+        });
+        round_trip(Seed {
+            key: "a".into(),
+            value: Value::string("alpha"),
+        });
+        round_trip(Collect {
+            keys: vec![("k".into(), Ballot::new(3, NodeId(1)))],
+        });
         round_trip(Ping);
         round_trip(Backfill {
             repairs: vec![Repair {
@@ -544,7 +614,9 @@ mod tests {
         SyncShard,
         DigestShard,
         Ping,
-        Backfill
+        Backfill,
+        Seed,
+        Collect
     );
 
     #[tokio::test]

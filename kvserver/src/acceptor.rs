@@ -8,15 +8,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kvcore::{Ballot, ErrorCode, NodeId, Store, Value};
+use kvcore::{Ballot, ErrorCode, NodeId, Register, Store, Value};
 use kvnet::rpc::{
     Accept, AcceptReply, DigestPage, DigestShard, Prepare, PrepareReply, Read, Repair, SyncPage,
-    SyncShard,
+    SyncShard, PAGE_BYTES,
 };
 use kvnet::{CallError, RemoteError, Rpc};
 
 use crate::drift::Drift;
-use crate::incarnations::Incarnations;
+use crate::incarnations::{Incarnation, Incarnations};
 use crate::metrics::{bump, Metrics};
 use crate::readiness::Readiness;
 use crate::topology::{Placement, Topology};
@@ -51,7 +51,7 @@ impl BallotClock {
 /// A replica's acceptor.
 #[derive(Debug)]
 pub struct Acceptor {
-    incarnation: u64,
+    incarnation: Arc<Incarnation>,
     store: Arc<Store>,
     topology: Arc<Topology>,
     readiness: Arc<Readiness>,
@@ -68,10 +68,8 @@ pub trait AcceptorRpc: Rpc + Clone {
     /// The acceptor's answer, for a key replicated as `placement` says.
     fn apply(self, acceptor: &Acceptor, placement: &Placement) -> Result<Self::Reply, RemoteError>;
 
-    /// The value the message carries, if any, for the size check every peer input gets.
-    fn value(&self) -> Option<&Value> {
-        None
-    }
+    /// What the message carries, for the checks every peer input gets.
+    fn fields(&self) -> AcceptorFields<'_>;
 
     /// Whether this answer leaves the replica without a copy the round may have made chosen:
     /// a refused or lost accept.
@@ -80,11 +78,26 @@ pub trait AcceptorRpc: Rpc + Clone {
     }
 }
 
+/// The fields of an acceptor message that are checked before it is applied.
+#[derive(Debug, Default)]
+pub struct AcceptorFields<'a> {
+    /// Ballots the sender proposes with (its own).
+    pub own_ballots: Vec<Ballot>,
+    /// A register the message carries.
+    pub register: Option<&'a Register>,
+    /// The value the message carries.
+    pub value: Option<&'a Value>,
+    /// Value bytes a proposal may add.
+    pub grow: u32,
+    /// The replicas a proposal counted promises from.
+    pub promisers: &'a [(NodeId, u64)],
+}
+
 impl Acceptor {
-    /// The acceptor of incarnation `incarnation` of a node.
+    /// The acceptor of a node, in its current incarnation.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        incarnation: u64,
+        incarnation: Arc<Incarnation>,
         store: Arc<Store>,
         topology: Arc<Topology>,
         readiness: Arc<Readiness>,
@@ -137,50 +150,82 @@ impl Acceptor {
         request.apply(self, placement)
     }
 
-    /// The keys of one store shard that `peer` replicates, with their full replica state.
-    pub fn sync_shard(&self, peer: NodeId, request: SyncShard) -> SyncPage {
+    /// A page of the keys of one store shard that `peer` replicates, with their full replica
+    /// state, and the shard's floor.
+    pub fn sync_shard(&self, peer: NodeId, request: SyncShard) -> Result<SyncPage, RemoteError> {
+        let shard = check_shard(request.shard)?;
         let map = self.topology.map();
         let r = self.topology.replication_factor();
         let mut owners = Vec::with_capacity(r);
-        let states = self.store.scan_shard(request.shard as usize, |key| {
-            map.owners_into(key.as_bytes(), r, &mut owners);
-            owners.contains(&peer)
-        });
-        SyncPage {
-            states,
-            next: next_shard(request.shard),
-        }
+        // Read before the page: a key collected while the page is read then shows up in the
+        // floor, never in neither.
+        let floor = self.store.floor(shard);
+        let page = self
+            .store
+            .scan_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
+                map.owners_into(key.as_bytes(), r, &mut owners);
+                owners.contains(&peer)
+            });
+        let known = self
+            .incarnations
+            .read()
+            .get(&peer)
+            .copied()
+            .unwrap_or_default();
+        Ok(SyncPage {
+            states: page.items,
+            floor,
+            next: page.next,
+            incarnation: self.incarnation.get(),
+            known,
+        })
     }
 
-    /// The accepted ballots of one store shard's keys whose primary is `primary`.
-    pub fn digest_shard(&self, primary: NodeId, request: DigestShard) -> DigestPage {
+    /// A page of the accepted ballots of one store shard's keys whose primary is `primary`.
+    pub fn digest_shard(
+        &self,
+        primary: NodeId,
+        request: DigestShard,
+    ) -> Result<DigestPage, RemoteError> {
+        let shard = check_shard(request.shard)?;
         let map = self.topology.map();
         let r = self.topology.replication_factor();
         let mut owners = Vec::with_capacity(r);
-        let ballots = self
+        let page = self
             .store
-            .scan_shard(request.shard as usize, |key| {
+            .ballots_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
                 map.owners_into(key.as_bytes(), r, &mut owners);
                 owners.first() == Some(&primary)
-            })
-            .into_iter()
-            .map(|s| (s.key, s.register.ballot))
-            .collect();
-        DigestPage {
-            ballots,
-            next: next_shard(request.shard),
-        }
+            });
+        Ok(DigestPage {
+            ballots: page.items,
+            next: page.next,
+        })
     }
 }
 
-fn next_shard(shard: u32) -> Option<u32> {
-    let next = shard.saturating_add(1);
-    ((next as usize) < Store::SHARDS).then_some(next)
+fn check_shard(shard: u32) -> Result<usize, RemoteError> {
+    let shard = shard as usize;
+    if shard >= Store::SHARDS {
+        return Err(RemoteError::new(
+            ErrorCode::InvalidRequest,
+            format!("shard {shard} does not exist: shards are 0..{}", Store::SHARDS),
+        ));
+    }
+    Ok(shard)
 }
 
 impl AcceptorRpc for Prepare {
     fn key(&self) -> &str {
         &self.key
+    }
+
+    fn fields(&self) -> AcceptorFields<'_> {
+        AcceptorFields {
+            own_ballots: vec![self.ballot],
+            grow: self.grow,
+            ..Default::default()
+        }
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<PrepareReply, RemoteError> {
@@ -191,7 +236,7 @@ impl AcceptorRpc for Prepare {
                 .prepare(&self.key, self.ballot, self.grow as usize)?
             {
                 Ok(register) => PrepareReply::Promised {
-                    incarnation: a.incarnation,
+                    incarnation: a.incarnation.get(),
                     register,
                 },
                 Err(promised) => PrepareReply::Rejected { promised },
@@ -205,8 +250,17 @@ impl AcceptorRpc for Accept {
         &self.key
     }
 
-    fn value(&self) -> Option<&Value> {
-        self.register.value.as_ref()
+    fn fields(&self) -> AcceptorFields<'_> {
+        AcceptorFields {
+            own_ballots: [Some(self.register.ballot), self.promise_next]
+                .into_iter()
+                .flatten()
+                .collect(),
+            register: Some(&self.register),
+            value: self.register.value.as_ref(),
+            promisers: &self.promisers,
+            ..Default::default()
+        }
     }
 
     fn misses_copy(answer: &Result<AcceptReply, CallError>) -> bool {
@@ -221,7 +275,7 @@ impl AcceptorRpc for Accept {
         let me = a.topology.me();
         let stale = self.promisers.iter().find(|&&(node, incarnation)| {
             if node == me {
-                incarnation != a.incarnation
+                incarnation != a.incarnation.get()
             } else {
                 known.get(&node).is_some_and(|&k| k > incarnation)
             }
@@ -245,7 +299,7 @@ impl AcceptorRpc for Accept {
         if let Err(promised) = accepted {
             return Ok(AcceptReply::Rejected { promised });
         }
-        let promised_next = next.map(|_| a.incarnation);
+        let promised_next = next.map(|_| a.incarnation.get());
         // A round on a key this node is primary for, coordinated elsewhere: only anti-entropy
         // can tell whether every replica got it.
         let me = a.topology.me();
@@ -261,6 +315,10 @@ impl AcceptorRpc for Read {
         &self.key
     }
 
+    fn fields(&self) -> AcceptorFields<'_> {
+        AcceptorFields::default()
+    }
+
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<kvcore::Register, RemoteError> {
         Ok(a.store.register(&self.key))
     }
@@ -271,8 +329,12 @@ impl AcceptorRpc for Repair {
         &self.key
     }
 
-    fn value(&self) -> Option<&Value> {
-        self.register.value.as_ref()
+    fn fields(&self) -> AcceptorFields<'_> {
+        AcceptorFields {
+            register: Some(&self.register),
+            value: self.register.value.as_ref(),
+            ..Default::default()
+        }
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<bool, RemoteError> {

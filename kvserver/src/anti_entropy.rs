@@ -1,8 +1,13 @@
-//! Anti-entropy: every key a node is primary for keeps a current copy on each of its replicas.
+//! Anti-entropy: every key a node is primary for keeps a current copy on each of its replicas,
+//! and tombstones that every replica holds are collected.
 //!
-//! Each pass reads every such key's ballot from every replica (in [`DigestShard`] pages), copies
-//! a chosen register to the replicas that lag, and settles keys whose state is not known to be
-//! chosen with a read round. It publishes how many keys lacked a copy.
+//! A pass goes through the store one shard at a time (shards are the same on every node), so it
+//! holds at most one shard's keys. For each shard it reads the ballot of every key this node is
+//! primary for from every replica (in [`DigestShard`] pages), copies a chosen register to the
+//! replicas that lag, and settles keys whose state is not known to be chosen with a round. A
+//! key whose every replica holds the same tombstone is collected ([`Collect`]): first on the
+//! other replicas, then here, so while any replica keeps it, the primary keeps it too and the
+//! next pass finishes the job. It publishes how many keys lacked a copy.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvcore::{Ballot, NodeId, Store};
-use kvnet::rpc::{DigestShard, Repair};
+use kvnet::rpc::{Collect, DigestShard, Repair, PAGE_BYTES};
 
 use crate::coordinator::Coordinator;
 use crate::detector::FailureDetector;
@@ -18,6 +23,7 @@ use crate::drift::Drift;
 use crate::metrics::{bump, Metrics};
 use crate::peers::{new_request_id, PeerClient};
 use crate::readiness::Readiness;
+use crate::seed::is_seed_key;
 use crate::topology::Topology;
 
 /// What anti-entropy needs.
@@ -78,32 +84,54 @@ impl AntiEntropy {
         }
     }
 
-    /// One pass; returns how many keys lacked a current copy on some replica when it started.
+    /// One pass; returns how many keys lacked a current copy on some replica when it started,
+    /// or wait to be collected.
     async fn pass(&self) -> u64 {
-        let r = self.topology.replication_factor();
-        if r == 1 {
+        if self.topology.replication_factor() == 1 {
+            // A key's only replica drops its tombstone as soon as it is chosen.
             return 0;
         }
+        let mut lacking = 0;
+        for shard in 0..Store::SHARDS {
+            lacking += self.pass_shard(shard).await;
+        }
+        lacking
+    }
+
+    /// A pass over one store shard.
+    async fn pass_shard(&self, shard: usize) -> u64 {
+        let r = self.topology.replication_factor();
         let me = self.topology.me();
         let map = self.topology.map();
         let mut owners = Vec::with_capacity(r);
         // key -> ballot per replica (None: the replica did not answer).
         let mut seen: HashMap<String, Vec<(NodeId, Option<Ballot>)>> = HashMap::new();
-        self.store.for_each_ballot(|key, ballot| {
-            map.owners_into(key.as_bytes(), r, &mut owners);
-            if owners[0] == me {
-                seen.insert(key.to_owned(), vec![(me, Some(ballot))]);
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .ballots_page(shard, after.as_deref(), PAGE_BYTES, |key| {
+                    map.owners_into(key.as_bytes(), r, &mut owners);
+                    owners[0] == me
+                });
+            for (key, ballot) in page.items {
+                seen.insert(key, vec![(me, Some(ballot))]);
             }
-        });
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
         let mut answered = Vec::new();
         for peer in self.topology.peers() {
-            if self.detector.is_down(peer) || !self.digest_from(peer, &mut seen).await {
+            if self.detector.is_down(peer) || !self.digest_from(peer, shard, &mut seen).await {
                 continue;
             }
             answered.push(peer);
         }
         let quorum = r / 2 + 1;
         let mut lacking = 0;
+        let mut collectable = Vec::new();
         for (key, copies) in seen {
             map.owners_into(key.as_bytes(), r, &mut owners);
             let ballot_of = |n: NodeId| -> Option<Ballot> {
@@ -122,11 +150,20 @@ impl AntiEntropy {
                 .max()
                 .unwrap_or(Ballot::ZERO);
             let holders = ballots.iter().filter(|(_, b)| *b == Some(highest)).count();
+            let mine = self.store.register(&key);
             if holders == r {
+                // Every replica holds the same register: a tombstone there can go.
+                if mine.ballot == highest
+                    && mine.value.is_none()
+                    && highest != Ballot::ZERO
+                    && !is_seed_key(&key)
+                {
+                    lacking += 1;
+                    collectable.push((key, highest, owners.clone()));
+                }
                 continue;
             }
             lacking += 1;
-            let mine = self.store.register(&key);
             if mine.ballot == highest && holders >= quorum {
                 // Chosen: copy it to the replicas that answered with an older ballot.
                 let repair = Repair {
@@ -134,12 +171,21 @@ impl AntiEntropy {
                     register: mine,
                 };
                 let request_id = new_request_id();
+                let mut refused = false;
                 for (n, b) in ballots {
                     if matches!(b, Some(b) if b < highest) {
-                        if let Ok(true) = self.client.call(n, request_id, 1, &repair).await {
-                            bump(&self.metrics.repairs);
+                        match self.client.call(n, request_id, 1, &repair).await {
+                            Ok(true) => bump(&self.metrics.repairs),
+                            // The replica promised more than this ballot (its shard's floor,
+                            // raised by collected keys, counts as a promise for a key it lacks).
+                            Ok(false) => refused = true,
+                            Err(_) => {}
                         }
                     }
+                }
+                if refused {
+                    // A round under a fresh ballot reaches every replica.
+                    let _ = self.coordinator.settle(&key, new_request_id()).await;
                 }
             } else {
                 // Not known to be chosen (an interrupted write, or this replica lags): a read
@@ -147,24 +193,68 @@ impl AntiEntropy {
                 let _ = self.coordinator.get(&key, 0, new_request_id()).await;
             }
         }
+        self.collect(collectable).await;
         lacking
     }
 
-    /// Adds `peer`'s ballots for the keys this node is primary for; false if it did not answer.
+    /// Collects tombstones every replica holds: on the other replicas first, then here once
+    /// every other replica has dropped its copy.
+    async fn collect(&self, keys: Vec<(String, Ballot, Vec<NodeId>)>) {
+        const BATCH: usize = 4096;
+        let me = self.topology.me();
+        for batch in keys.chunks(BATCH) {
+            let mut dropped = vec![0usize; batch.len()];
+            let mut asked = vec![0usize; batch.len()];
+            for peer in self.topology.peers() {
+                let mine: Vec<usize> = (0..batch.len())
+                    .filter(|&i| batch[i].2.contains(&peer))
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                for &i in &mine {
+                    asked[i] += 1;
+                }
+                let request = Collect {
+                    keys: mine
+                        .iter()
+                        .map(|&i| (batch[i].0.clone(), batch[i].1))
+                        .collect(),
+                };
+                if let Ok(removed) = self.client.call(peer, new_request_id(), 1, &request).await {
+                    for (&i, removed) in mine.iter().zip(removed) {
+                        dropped[i] += usize::from(removed);
+                    }
+                }
+            }
+            for (i, (key, ballot, owners)) in batch.iter().enumerate() {
+                debug_assert!(owners.contains(&me));
+                if dropped[i] == asked[i] {
+                    if let Ok(true) = self.store.collect(key, *ballot) {
+                        bump(&self.metrics.collected);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `peer`'s ballots for the keys of `shard` this node is primary for; false if it did
+    /// not answer.
     async fn digest_from(
         &self,
         peer: NodeId,
+        shard: usize,
         seen: &mut HashMap<String, Vec<(NodeId, Option<Ballot>)>>,
     ) -> bool {
         let me = self.topology.me();
         let request_id = new_request_id();
-        let mut shard = 0;
+        let mut after: Option<String> = None;
         loop {
-            match self
-                .client
-                .call(peer, request_id, 1, &DigestShard { shard })
-                .await
-            {
+            let request = DigestShard {
+                shard: shard as u32,
+                after: after.clone(),
+            };
+            match self.client.call(peer, request_id, 1, &request).await {
                 Ok(page) => {
                     for (key, ballot) in page.ballots {
                         seen.entry(key)
@@ -172,8 +262,12 @@ impl AntiEntropy {
                             .push((peer, Some(ballot)));
                     }
                     match page.next {
-                        Some(n) if n > shard => shard = n,
-                        _ => return true,
+                        // Pages must move forward, or a confused peer could keep this going.
+                        Some(next) if after.as_ref().map_or(true, |a| &next > a) => {
+                            after = Some(next)
+                        }
+                        Some(_) => return false,
+                        None => return true,
                     }
                 }
                 Err(_) => return false,

@@ -232,8 +232,10 @@ async fn delete(node: &Node, key: &str) -> Result<HttpResponse, Error> {
 
 fn health(node: &Node) -> HttpResponse {
     let map = node.map();
-    let (status, state) = if node.is_ready() {
+    let (status, state) = if node.is_healthy() {
         (StatusCode::OK, "ok")
+    } else if node.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "seeding")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "recovering")
     };

@@ -1,64 +1,163 @@
 //! Catching up after a start: a node merges its peers' copies before it votes as a replica.
 //!
+//! A node copies, from every peer, the state of each key both replicate, one store shard at a
+//! time in pages of about [`PAGE_BYTES`](kvnet::rpc::PAGE_BYTES), each resumed after the last
+//! key of the one before, so no message grows with the data. The copy from a peer counts only
+//! if every page came from one incarnation of that peer; otherwise it starts over.
+//!
 //! The first sync request to a peer carries the node's new incarnation, which fences off any
-//! promise the node made in its previous life (see [`crate::incarnations`]).
+//! promise the node made in its previous life (see [`crate::incarnations`]). Each page says
+//! which incarnation of this node the peer remembers; if that is not below the node's own (its
+//! clock went back across the restart), the node rises above it and starts over with every peer,
+//! since only copies asked for with the new incarnation fence the old life off.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvcore::{NodeId, Store};
 use kvnet::rpc::SyncShard;
+use tokio::time::Instant;
 
+use crate::incarnations::Incarnation;
 use crate::peers::{new_request_id, PeerClient};
 use crate::readiness::Readiness;
 use crate::topology::Topology;
 
-/// Merges every peer's copies of the keys this node replicates, retrying peers that do not
-/// answer every `retry`, and marks the node ready once all are merged.
-pub async fn catch_up(
-    client: Arc<PeerClient>,
-    store: Arc<Store>,
-    readiness: Arc<Readiness>,
-    topology: Arc<Topology>,
-    retry: Duration,
-) {
-    let peers = topology.peers();
-    loop {
-        for &peer in &peers {
-            if !readiness.has_synced(peer) && sync_from(&client, &store, peer).await {
-                readiness.synced(peer);
-            }
-        }
-        if peers.iter().all(|&p| readiness.has_synced(p)) {
-            readiness.set_ready();
-            tracing::info!(node = %topology.me(), keys = store.len(), "caught up; voting as a replica");
-            return;
-        }
-        tokio::time::sleep(retry).await;
-    }
+/// What catching up needs.
+#[derive(Debug)]
+pub struct CatchUp {
+    /// Asks peers for pages.
+    pub client: Arc<PeerClient>,
+    /// Where the copies go.
+    pub store: Arc<Store>,
+    /// Records progress; set ready at the end.
+    pub readiness: Arc<Readiness>,
+    /// Who the peers are.
+    pub topology: Arc<Topology>,
+    /// This node's incarnation, raised if a peer remembers a higher one.
+    pub incarnation: Arc<Incarnation>,
 }
 
-/// Merges every shard of `peer`'s copies; false if the peer stopped answering midway.
-async fn sync_from(client: &PeerClient, store: &Store, peer: NodeId) -> bool {
-    let request_id = new_request_id();
-    let mut shard = 0;
-    loop {
-        match client.call(peer, request_id, 1, &SyncShard { shard }).await {
-            Ok(page) => {
+/// How copying from one peer ended.
+enum Copied {
+    /// Every page of every shard, from one incarnation of the peer.
+    All(Totals),
+    /// The peer stopped answering or restarted midway: try it again later.
+    Retry,
+    /// The peer remembers a higher incarnation of this node: copy from everyone again.
+    StartOver,
+}
+
+/// What a copy from one peer brought.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    keys: u64,
+    bytes: u64,
+    pages: u64,
+}
+
+impl CatchUp {
+    /// Merges every peer's copies of the keys this node replicates, retrying peers that do not
+    /// answer every `retry`, and marks the node ready once all are merged.
+    pub async fn run(self, retry: Duration) {
+        let peers = self.topology.peers();
+        let started = Instant::now();
+        'start: loop {
+            for &peer in &peers {
+                if self.readiness.has_synced(peer) {
+                    continue;
+                }
+                let began = Instant::now();
+                match self.copy_from(peer).await {
+                    Copied::All(t) => {
+                        self.readiness.synced(peer);
+                        let secs = began.elapsed().as_secs_f64().max(1e-6);
+                        tracing::info!(
+                            from = %peer,
+                            keys = t.keys,
+                            bytes = t.bytes,
+                            pages = t.pages,
+                            mb_per_s = format!("{:.1}", t.bytes as f64 / secs / 1e6),
+                            keys_per_s = format!("{:.0}", t.keys as f64 / secs),
+                            "copied a peer's replicas"
+                        );
+                    }
+                    Copied::Retry => {}
+                    Copied::StartOver => {
+                        tracing::warn!(
+                            incarnation = self.incarnation.get(),
+                            "a peer remembers a later incarnation of this node (its clock went \
+                             back?): rose above it; copying from every peer again"
+                        );
+                        self.readiness.restart();
+                        continue 'start;
+                    }
+                }
+            }
+            if peers.iter().all(|&p| self.readiness.has_synced(p)) {
+                self.readiness.set_ready();
+                tracing::info!(
+                    node = %self.topology.me(),
+                    keys = self.store.len(),
+                    seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    "caught up; voting as a replica"
+                );
+                return;
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    /// Copies every shard of `peer`'s replicas of the keys this node replicates.
+    async fn copy_from(&self, peer: NodeId) -> Copied {
+        let request_id = new_request_id();
+        let mut peer_incarnation = None;
+        let mut totals = Totals::default();
+        for shard in 0..Store::SHARDS as u32 {
+            let mut after: Option<String> = None;
+            loop {
+                let request = SyncShard {
+                    shard,
+                    after: after.clone(),
+                };
+                let page = match self.client.call(peer, request_id, 1, &request).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "catching up from node {peer} failed; will retry");
+                        return Copied::Retry;
+                    }
+                };
+                if page.known > self.incarnation.get() && self.incarnation.exceed(page.known) {
+                    return Copied::StartOver;
+                }
+                if *peer_incarnation.get_or_insert(page.incarnation) != page.incarnation {
+                    tracing::info!("node {peer} restarted while this node copied from it; starting over with it");
+                    return Copied::Retry;
+                }
+                // Pages must move forward, or a confused peer could keep this loop going.
+                if let (Some(next), Some(prev)) = (&page.next, &after) {
+                    if next <= prev {
+                        tracing::warn!("node {peer} sent a sync page that does not move forward");
+                        return Copied::Retry;
+                    }
+                }
+                totals.pages += 1;
+                self.store.raise_floor(shard as usize, page.floor);
                 for state in page.states {
-                    if let Err(e) = store.restore(state) {
+                    totals.keys += 1;
+                    totals.bytes += (state.key.len()
+                        + state.register.value.as_ref().map_or(0, |v| v.len()))
+                        as u64;
+                    if let Err(e) = self.store.restore(state) {
                         tracing::warn!(error = %e, "could not restore a key from node {peer}");
                     }
                 }
                 match page.next {
-                    Some(n) if n > shard => shard = n,
-                    _ => return true,
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "catching up from node {peer} failed; will retry");
-                return false;
-            }
         }
+        Copied::All(totals)
     }
 }

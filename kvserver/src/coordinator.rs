@@ -104,6 +104,15 @@ impl Coordinator {
         self.forward(&placement, &op, hops, request_id).await
     }
 
+    /// Runs a full round on `key` that changes nothing, so whatever a majority holds is
+    /// accepted by every replica under a fresh ballot (one above any replica's promise). For
+    /// background work on a replica of the key.
+    pub async fn settle(&self, key: &str, request_id: u64) -> Result<Option<Entry>, Error> {
+        let placement = self.topology.placement(key);
+        let op = Get { key: key.into() };
+        self.proposer.run(&placement, &op, request_id).await
+    }
+
     /// A read coordinated by one of the key's replicas.
     async fn read_as_replica(
         &self,

@@ -7,6 +7,7 @@
 //! no accept relying on that node's old promise can be applied there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use kvcore::NodeId;
@@ -38,13 +39,38 @@ impl Incarnations {
     }
 }
 
-/// A number that grows with every process start: microseconds since the Unix epoch. If the clock
-/// stepped backwards across a restart, peers that know the higher old incarnation refuse this
-/// node's promises as stale: the node fails closed (its proposals fail) rather than unsafely.
-pub fn new_incarnation() -> u64 {
+/// This node's own incarnation: a number above every earlier life's, so peers can tell the
+/// lives apart. Nothing is persisted: it starts from the clock (microseconds since the Unix
+/// epoch) and, while the node catches up, rises above whatever incarnation of this node any
+/// peer remembers ([`Incarnation::exceed`]), so a clock that went back across a restart
+/// cannot fence the node out of its own keys.
+#[derive(Debug)]
+pub struct Incarnation(AtomicU64);
+
+impl Incarnation {
+    /// An incarnation taken from the clock.
+    pub fn from_clock() -> Self {
+        Incarnation(AtomicU64::new(clock_micros().max(1)))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Rises above `known`, an incarnation of this node a peer remembers. Returns whether it
+    /// rose: every copy made under the old value must then be made again.
+    pub fn exceed(&self, known: u64) -> bool {
+        let above = known.saturating_add(1);
+        self.0.fetch_max(above, Ordering::AcqRel) < above
+    }
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn clock_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -58,5 +84,16 @@ mod tests {
         assert_eq!(m.observe(NodeId(1), 3), 5);
         assert_eq!(m.observe(NodeId(1), 8), 8);
         assert_eq!(m.read().get(&NodeId(1)), Some(&8));
+    }
+
+    #[test]
+    fn an_incarnation_rises_above_what_peers_remember() {
+        let own = Incarnation::from_clock();
+        let start = own.get();
+        assert!(!own.exceed(start - 1), "already above");
+        assert_eq!(own.get(), start);
+        assert!(own.exceed(start + 1000));
+        assert_eq!(own.get(), start + 1001);
+        assert!(!own.exceed(u64::MAX - 1) || own.get() == u64::MAX);
     }
 }

@@ -47,6 +47,8 @@ counters! {
     fast_reads,
     /// Replicas brought up to date by reads and anti-entropy.
     repairs,
+    /// Tombstones this node collected once every replica of their key held them.
+    collected,
     /// Anti-entropy passes run.
     anti_entropy_passes,
     /// Anti-entropy passes skipped because no copy can have gone missing since the last clean one.

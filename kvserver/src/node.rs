@@ -22,13 +22,13 @@ use kvnet::{FrameHandler, Transport};
 use crate::acceptor::{Acceptor, BallotClock};
 use crate::anti_entropy::AntiEntropy;
 use crate::backfill::{self, Backfiller, Queue};
-use crate::catchup::catch_up;
+use crate::catchup::CatchUp;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::detector::{FailureDetector, PeerState};
 use crate::drift::Drift;
 use crate::error::Error;
-use crate::incarnations::{new_incarnation, Incarnations};
+use crate::incarnations::{Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
@@ -46,7 +46,7 @@ pub type WriteOutcome = Result<Version, Conflict>;
 /// A cluster node. Shared behind an `Arc`; every method takes `&self`.
 pub struct Node {
     config: Config,
-    incarnation: u64,
+    incarnation: Arc<Incarnation>,
     started: Instant,
     topology: Arc<Topology>,
     store: Arc<Store>,
@@ -66,7 +66,7 @@ impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.id())
-            .field("incarnation", &self.incarnation)
+            .field("incarnation", &self.incarnation.get())
             .field("map", &self.map())
             .field("store", &self.store)
             .finish_non_exhaustive()
@@ -100,18 +100,22 @@ impl Node {
             max_memory: config.max_memory,
             limits,
         }));
-        let incarnation = new_incarnation();
+        let incarnation = Arc::new(Incarnation::from_clock());
         let lifecycle = Arc::new(Lifecycle::new());
         let metrics = Arc::new(Metrics::default());
         let detector = Arc::new(FailureDetector::new(topology.peers(), config.down_after()));
-        let readiness = Arc::new(Readiness::new(alone));
+        let readiness = Arc::new(Readiness::new(alone, config.seed_keys));
         let incarnations = Arc::new(Incarnations::default());
         let ballots = Arc::new(BallotClock::new(me));
         let drift = Arc::new(Drift::default());
         let (backfiller, backfill_queue) = Backfiller::new(drift.clone());
-        let client = Arc::new(PeerClient::new(transport, topology.clone(), incarnation));
+        let client = Arc::new(PeerClient::new(
+            transport,
+            topology.clone(),
+            incarnation.clone(),
+        ));
         let acceptor = Arc::new(Acceptor::new(
-            incarnation,
+            incarnation.clone(),
             store.clone(),
             topology.clone(),
             readiness.clone(),
@@ -150,7 +154,7 @@ impl Node {
             metrics.clone(),
         ));
         let handler = Arc::new(PeerHandler::new(
-            incarnation,
+            incarnation.clone(),
             limits,
             topology.clone(),
             coordinator.clone(),
@@ -189,17 +193,18 @@ impl Node {
             self.topology.clone(),
             self.config.heartbeat_interval(),
         ));
-        let catching_up = catch_up(
-            self.client.clone(),
-            self.store.clone(),
-            self.readiness.clone(),
-            self.topology.clone(),
-            retry,
-        );
+        let catching_up = CatchUp {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            readiness: self.readiness.clone(),
+            topology: self.topology.clone(),
+            incarnation: self.incarnation.clone(),
+        }
+        .run(retry);
         let seeding = self
             .config
             .seed_keys
-            .then(|| seed(self.coordinator.clone(), self.topology.clone(), retry));
+            .then(|| seed(self.coordinator.clone(), self.readiness.clone(), retry));
         self.lifecycle.spawn(async move {
             catching_up.await;
             if let Some(seeding) = seeding {
@@ -262,7 +267,7 @@ impl Node {
 
     /// This node's incarnation: it grows every time a node process starts.
     pub fn incarnation(&self) -> u64 {
-        self.incarnation
+        self.incarnation.get()
     }
 
     /// The current cluster map.
@@ -300,6 +305,12 @@ impl Node {
     /// Whether this node has caught up after starting and votes for every key.
     pub fn is_ready(&self) -> bool {
         self.readiness.is_ready()
+    }
+
+    /// Whether the node is ready and the seed keys (if configured) are written: what
+    /// `GET /health` reports.
+    pub fn is_healthy(&self) -> bool {
+        self.readiness.is_healthy()
     }
 
     /// Keys this node is primary for that lacked a copy at the last anti-entropy pass.

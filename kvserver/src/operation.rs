@@ -1,12 +1,12 @@
 //! Client operations as functions from a key's current state to its next state.
 //!
-//! Each operation is a peer message ([`Get`], [`Set`], [`Delete`], [`Incr`]) so that a
+//! Each operation is a peer message ([`Get`], [`Set`], [`Delete`], [`Incr`], [`Seed`]) so that a
 //! coordinator can forward it to a replica as it is, and its reply type is what the client gets.
 //! Running one is the same for all: find the current register, [`apply`](Operation::apply) the
 //! operation, accept the result.
 
-use kvcore::{Entry, ErrorCode, Limits, Register, Value};
-use kvnet::rpc::{Delete, Get, Incr, Set, SetReply};
+use kvcore::{Entry, ErrorCode, Limits, Precondition, Register, Value};
+use kvnet::rpc::{Delete, Get, Incr, Seed, Set, SetReply};
 use kvnet::Rpc;
 
 use crate::error::Error;
@@ -27,6 +27,12 @@ pub trait Operation: Rpc + Clone {
     /// Value bytes the operation may add on a replica, checked against its budget in phase 1.
     fn grow(&self) -> u32 {
         0
+    }
+
+    /// Whether the operation often leaves the key as it is (a delete, a conditional write), so
+    /// it is worth checking against the current state before proposing a change.
+    fn may_change_nothing(&self) -> bool {
+        false
     }
 
     /// Checks what the operation carries against the size limits.
@@ -78,6 +84,10 @@ impl Operation for Set {
         u32::try_from(self.value.len()).unwrap_or(u32::MAX)
     }
 
+    fn may_change_nothing(&self) -> bool {
+        self.precondition != Precondition::None
+    }
+
     fn check(&self, limits: &Limits) -> Result<(), kvcore::Error> {
         limits.check_value(&self.value)
     }
@@ -88,6 +98,10 @@ impl Operation for Delete {
 
     fn key(&self) -> &str {
         &self.key
+    }
+
+    fn may_change_nothing(&self) -> bool {
+        true
     }
 
     fn apply(&self, current: &Register) -> (Option<Register>, Result<Option<Entry>, Error>) {
@@ -136,6 +150,41 @@ impl Operation for Incr {
     }
 }
 
+impl Operation for Seed {
+    const WRITES: bool = true;
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Writes only a key that never accepted anything: a register still at [`Ballot::ZERO`]
+    /// has never been written, deleted or read in a full round. A deleted key keeps its
+    /// tombstone (seed keys are never collected), so it stays deleted.
+    ///
+    /// [`Ballot::ZERO`]: kvcore::Ballot::ZERO
+    fn apply(&self, current: &Register) -> (Option<Register>, Result<SetReply, Error>) {
+        if current.ballot == kvcore::Ballot::ZERO {
+            let register = next(current, Some(self.value.clone()));
+            let version = register.version;
+            (Some(register), Ok(SetReply::Written(version)))
+        } else {
+            (None, Ok(SetReply::Conflict(current.entry())))
+        }
+    }
+
+    fn grow(&self) -> u32 {
+        u32::try_from(self.value.len()).unwrap_or(u32::MAX)
+    }
+
+    fn may_change_nothing(&self) -> bool {
+        true
+    }
+
+    fn check(&self, limits: &Limits) -> Result<(), kvcore::Error> {
+        limits.check_value(&self.value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +225,23 @@ mod tests {
         assert_eq!(old.unwrap().unwrap().version, Version(2));
         let (next, old) = del.apply(&reg(3, None));
         assert!(next.is_none() && old.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_seed_writes_only_a_key_that_was_never_written() {
+        let seed = Seed {
+            key: "a".into(),
+            value: Value::string("alpha"),
+        };
+        let (next, reply) = seed.apply(&Register::default());
+        assert_eq!(next.unwrap().version, Version(1));
+        assert_eq!(reply.unwrap(), SetReply::Written(Version(1)));
+        // A tombstone: the key was written and deleted.
+        let (next, reply) = seed.apply(&reg(2, None));
+        assert!(next.is_none());
+        assert_eq!(reply.unwrap(), SetReply::Conflict(None));
+        let (next, _) = seed.apply(&reg(1, Some(Value::string("mine"))));
+        assert!(next.is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use kvcore::{NodeId, NodeInfo};
 use kvnet::{CallError, Frame, Header, Peers, Rpc, Transport};
 
+use crate::incarnations::Incarnation;
 use crate::topology::Topology;
 
 /// Sends this node's requests: builds the frame header (sender, incarnation, current epoch,
@@ -13,13 +14,17 @@ use crate::topology::Topology;
 pub struct PeerClient {
     peers: Peers,
     topology: Arc<Topology>,
-    incarnation: u64,
+    incarnation: Arc<Incarnation>,
 }
 
 impl PeerClient {
-    /// A client sending through `transport` on behalf of incarnation `incarnation` of the node
-    /// described by `topology`.
-    pub fn new(transport: Arc<dyn Transport>, topology: Arc<Topology>, incarnation: u64) -> Self {
+    /// A client sending through `transport` on behalf of the node described by `topology`,
+    /// in its current incarnation.
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        topology: Arc<Topology>,
+        incarnation: Arc<Incarnation>,
+    ) -> Self {
         PeerClient {
             peers: Peers::new(transport),
             topology,
@@ -36,7 +41,7 @@ impl PeerClient {
     pub fn header(&self, request_id: u64, hops: u8) -> Header {
         Header {
             from: self.topology.me(),
-            incarnation: self.incarnation,
+            incarnation: self.incarnation.get(),
             epoch: self.topology.epoch(),
             request_id,
             hops,

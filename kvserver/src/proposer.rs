@@ -328,6 +328,19 @@ impl Proposer {
         key: &str,
         request_id: u64,
     ) -> Result<Option<Option<Entry>>, Error> {
+        let chosen = self.chosen_register(placement, key, request_id).await?;
+        Ok(chosen.map(|register| register.entry()))
+    }
+
+    /// The register a majority of the replicas agree on (the same ballot), asked without
+    /// promising anything: it is chosen, and current when they answer. `None` when they
+    /// disagree and a full round must decide.
+    async fn chosen_register(
+        &self,
+        placement: &Placement,
+        key: &str,
+        request_id: u64,
+    ) -> Result<Option<Register>, Error> {
         let total = placement.replicas.len();
         let quorum = placement.quorum();
         let deadline = Instant::now() + self.op_timeout;
@@ -388,16 +401,15 @@ impl Proposer {
             .find(|(_, r)| r.ballot == highest)
             .map(|(_, r)| r.clone())
             .expect("held by a quorum");
-        let entry = chosen.entry();
         let lagging: Vec<NodeId> = registers
             .iter()
             .filter(|(_, r)| r.ballot < highest)
             .map(|(n, _)| *n)
             .collect();
         if !lagging.is_empty() {
-            self.repair_in_background(placement, key, chosen, gather.into_rest(), lagging);
+            self.repair_in_background(placement, key, chosen.clone(), gather.into_rest(), lagging);
         }
-        Ok(Some(entry))
+        Ok(Some(chosen))
     }
 
     /// Waits (in the background) for the replicas that had not answered a read and brings any
@@ -465,6 +477,18 @@ impl Proposer {
                 Fast::NotApplied => {}
             }
         }
+        if op.may_change_nothing() {
+            // An operation that may well change nothing (a delete of a missing key, a failed
+            // condition) is first tried against the state a majority agrees on: if it changes
+            // nothing there, that is its answer, and no replica stores anything for it (a
+            // prepare would leave a promise behind on every replica, even for a key that does
+            // not exist).
+            if let Ok(Some(current)) = self.chosen_register(placement, key, request_id).await {
+                if let (None, reply) = op.apply(&current) {
+                    return reply;
+                }
+            }
+        }
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -520,11 +544,13 @@ impl Proposer {
                 return Err(quorum_unavailable(key, promises.len(), quorum));
             }
 
-            // The current state is the one accepted with the highest ballot.
+            // The current state is the one accepted with the highest ballot. Registers of one
+            // ballot are the same, except a key no replica holds: each then reports its shard's
+            // floor version, and the highest keeps the key's versions from repeating.
             let current = promises
                 .iter()
                 .map(|(_, _, r)| r)
-                .max_by_key(|r| r.ballot)
+                .max_by_key(|r| (r.ballot, r.version))
                 .cloned()
                 .expect("a quorum is never empty");
             let (next, reply) = op.apply(&current);

@@ -14,15 +14,19 @@ use kvcore::NodeId;
 #[derive(Debug)]
 pub struct Readiness {
     ready: AtomicBool,
+    /// Whether the seed keys are known to be written (or were not asked for).
+    seeded: AtomicBool,
     /// Peers whose copies this node has merged since it started.
     synced: Mutex<HashSet<NodeId>>,
 }
 
 impl Readiness {
-    /// A node that still has to catch up, unless `alone` (it has no peers).
-    pub fn new(alone: bool) -> Self {
+    /// A node that still has to catch up, unless `alone` (it has no peers), and to write the
+    /// seed keys if `seeding`.
+    pub fn new(alone: bool, seeding: bool) -> Self {
         Readiness {
             ready: AtomicBool::new(alone),
+            seeded: AtomicBool::new(!seeding),
             synced: Mutex::default(),
         }
     }
@@ -35,6 +39,26 @@ impl Readiness {
     /// Marks the node caught up.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the node is ready and the seed keys are written: it reports healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.is_ready() && self.seeded.load(Ordering::Acquire)
+    }
+
+    /// Marks the seed keys written.
+    pub fn set_seeded(&self) {
+        self.seeded.store(true, Ordering::Release);
+    }
+
+    /// Forgets every peer merged so far: the node must copy from each again (its incarnation
+    /// changed, and a copy only fences off the previous life if it was asked for with the new
+    /// one).
+    pub fn restart(&self) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Whether `peer`'s copies have been merged.

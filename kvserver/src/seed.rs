@@ -1,32 +1,49 @@
-//! The seed keys of the original deployment, written once the node has caught up.
+//! The seed keys of the original deployment, written once, when the cluster is created.
+//!
+//! Every node, once caught up, makes sure of every seed key before it reports healthy: it asks
+//! the key's primary to write it unless the key was ever written ([`Seed`]). The first such
+//! write creates the key; every later one finds it written (or deleted) and changes nothing.
+//! So once any node reports healthy, the seed keys are readable on every node, and a seed key a
+//! client deleted never comes back when a node restarts.
+//!
+//! "Ever written" is read off the key's own replicas: a key that accepted anything has a ballot
+//! above zero. Seed keys are therefore never collected (see [`is_seed_key`]): a deleted seed key
+//! keeps its tombstone, which is what remembers the delete. A cluster that loses every replica
+//! of a seed key (all its nodes restarted at once) is a new cluster and is seeded again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvcore::{Precondition, Value};
-use kvnet::rpc::Set;
+use kvcore::Value;
+use kvnet::rpc::{Seed, SetReply};
 
 use crate::coordinator::Coordinator;
 use crate::peers::new_request_id;
-use crate::topology::Topology;
+use crate::readiness::Readiness;
 
 /// The keys every cluster serves from the start, as in the original deployment: `a` and `b`.
 pub const SEED_KEYS: [(&str, &str); 2] = [("a", "alpha"), ("b", "beta")];
 
-/// Writes the seed keys this node is primary for, unless they exist.
-pub async fn seed(coordinator: Arc<Coordinator>, topology: Arc<Topology>, retry: Duration) {
+/// Whether `key` is a seed key, whose tombstone is kept when it is deleted.
+pub fn is_seed_key(key: &str) -> bool {
+    SEED_KEYS.iter().any(|&(k, _)| k == key)
+}
+
+/// Writes every seed key that was never written, retrying every `retry` until each write has
+/// an answer, then marks the node seeded. Runs after the node has caught up.
+pub async fn seed(coordinator: Arc<Coordinator>, readiness: Arc<Readiness>, retry: Duration) {
     for (key, value) in SEED_KEYS {
-        if topology.placement(key).primary() != topology.me() {
-            continue;
-        }
-        let set = Set {
+        let op = Seed {
             key: key.into(),
             value: Value::string(value),
-            precondition: Precondition::IfAbsent,
         };
-        for _ in 0..10 {
-            match coordinator.write(set.clone(), 0, new_request_id()).await {
-                Ok(_) => break,
+        loop {
+            match coordinator.write(op.clone(), 0, new_request_id()).await {
+                Ok(SetReply::Written(version)) => {
+                    tracing::info!(key, %version, "seed key written");
+                    break;
+                }
+                Ok(SetReply::Conflict(_)) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "seeding {key:?} failed; retrying");
                     tokio::time::sleep(retry).await;
@@ -34,4 +51,5 @@ pub async fn seed(coordinator: Arc<Coordinator>, topology: Arc<Topology>, retry:
             }
         }
     }
+    readiness.set_seeded();
 }

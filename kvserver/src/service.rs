@@ -3,17 +3,18 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kvcore::{validate_key, Entry, ErrorCode, Limits};
+use kvcore::{validate_key, Ballot, Entry, ErrorCode, Limits, Register};
 use kvnet::rpc::{
-    self, Accept, Backfill, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong, Prepare, Read,
-    Repair, Set, SyncPage, SyncShard,
+    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong,
+    Prepare, Read, Repair, Seed, Set, SyncPage, SyncShard,
 };
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
-use crate::acceptor::{Acceptor, AcceptorRpc};
+use crate::acceptor::{Acceptor, AcceptorFields, AcceptorRpc};
 use crate::coordinator::Coordinator;
 use crate::drift::Drift;
-use crate::incarnations::Incarnations;
+use crate::incarnations::{clock_micros, Incarnation, Incarnations};
+use crate::seed::is_seed_key;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
@@ -23,7 +24,7 @@ use crate::topology::Topology;
 /// Answers peer requests for one node.
 #[derive(Debug)]
 pub struct PeerHandler {
-    incarnation: u64,
+    incarnation: Arc<Incarnation>,
     limits: Limits,
     topology: Arc<Topology>,
     coordinator: Arc<Coordinator>,
@@ -41,7 +42,7 @@ impl PeerHandler {
     /// The peer side of a node.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        incarnation: u64,
+        incarnation: Arc<Incarnation>,
         limits: Limits,
         topology: Arc<Topology>,
         coordinator: Arc<Coordinator>,
@@ -66,11 +67,29 @@ impl PeerHandler {
         }
     }
 
-    /// What every message goes through first. The sender's incarnation is recorded before
-    /// anything else: a recovering node's first sync request must fence off its previous life
-    /// before this node copies anything to it.
+    /// What every message goes through first. The sender's incarnation is recorded before the
+    /// message is handled: a recovering node's first sync request must fence off its previous
+    /// life before this node copies anything to it.
+    ///
+    /// Peers are authenticated by the transport, but what they send is still checked: a bug or
+    /// a confused peer must not be able to overflow anything or shut a node out.
     fn admit(&self, header: &Header) -> Result<(), RemoteError> {
-        self.incarnations.observe(header.from, header.incarnation);
+        let map = self.topology.map();
+        if header.from == self.topology.me() || map.node(header.from).is_none() {
+            return Err(invalid(format!(
+                "node {} is not a peer of this node in the cluster map",
+                header.from
+            )));
+        }
+        // Incarnations come from the clock; one a day or more ahead of this node's clock would
+        // fence that node's restarts off for as long.
+        let horizon = clock_micros().saturating_add(MAX_CLOCK_AHEAD_MICROS);
+        if header.incarnation == 0 || header.incarnation > horizon {
+            return Err(invalid(format!(
+                "incarnation {} of node {} is not one a clock within a day of this node's gives",
+                header.incarnation, header.from
+            )));
+        }
         let epoch = self.topology.epoch();
         if header.epoch != epoch {
             return Err(RemoteError::new(
@@ -80,6 +99,42 @@ impl PeerHandler {
                     header.from, header.epoch
                 ),
             ));
+        }
+        // Only a message that passed every check counts: a refused one must leave no trace.
+        self.incarnations.observe(header.from, header.incarnation);
+        Ok(())
+    }
+
+    /// Checks the ballots and versions an acceptor message carries.
+    fn check_acceptor(&self, header: &Header, fields: &AcceptorFields) -> Result<(), RemoteError> {
+        if let Some(value) = fields.value {
+            self.limits.check_value(value)?;
+        }
+        for &ballot in &fields.own_ballots {
+            check_ballot(ballot)?;
+            if ballot.node() != header.from {
+                return Err(invalid(format!(
+                    "node {} proposed with a ballot of node {}",
+                    header.from,
+                    ballot.node()
+                )));
+            }
+        }
+        if let Some(register) = fields.register {
+            check_register(register)?;
+        }
+        if fields.grow as usize > self.limits.max_value_bytes {
+            return Err(invalid(format!(
+                "a proposal cannot add {} bytes: values are at most {}",
+                fields.grow, self.limits.max_value_bytes
+            )));
+        }
+        let map = self.topology.map();
+        if fields.promisers.len() > self.topology.replication_factor() {
+            return Err(invalid("more promisers than replicas".into()));
+        }
+        if let Some((node, _)) = fields.promisers.iter().find(|(n, _)| map.node(*n).is_none()) {
+            return Err(invalid(format!("promiser {node} is not in the cluster map")));
         }
         Ok(())
     }
@@ -142,7 +197,7 @@ macro_rules! write_handlers {
     )*};
 }
 
-write_handlers!(Set, Delete, Incr);
+write_handlers!(Set, Delete, Incr, Seed);
 
 /// Acceptor messages: checked like any peer message, then answered by the acceptor.
 macro_rules! acceptor_handlers {
@@ -155,9 +210,7 @@ macro_rules! acceptor_handlers {
             ) -> Reply<'a, <$rpc as Rpc>::Reply> {
                 Box::pin(async move {
                     self.admit(header)?;
-                    if let Some(value) = request.value() {
-                        self.limits.check_value(value)?;
-                    }
+                    self.check_acceptor(header, &request.fields())?;
                     self.acceptor.handle(request)
                 })
             }
@@ -172,10 +225,8 @@ impl Handle<Backfill> for PeerHandler {
         Box::pin(async move {
             self.admit(header)?;
             let applied = r.repairs.into_iter().map(|repair| {
-                let fits = repair
-                    .value()
-                    .map_or(Ok(()), |v| self.limits.check_value(v));
-                fits.is_ok() && self.acceptor.handle(repair).unwrap_or(false)
+                self.check_acceptor(header, &repair.fields()).is_ok()
+                    && self.acceptor.handle(repair).unwrap_or(false)
             });
             Ok(applied.collect())
         })
@@ -186,7 +237,7 @@ impl Handle<SyncShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: SyncShard) -> Reply<'a, SyncPage> {
         Box::pin(async move {
             self.admit(header)?;
-            Ok(self.acceptor.sync_shard(header.from, r))
+            self.acceptor.sync_shard(header.from, r)
         })
     }
 }
@@ -195,7 +246,29 @@ impl Handle<DigestShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: DigestShard) -> Reply<'a, DigestPage> {
         Box::pin(async move {
             self.admit(header)?;
-            Ok(self.acceptor.digest_shard(header.from, r))
+            self.acceptor.digest_shard(header.from, r)
+        })
+    }
+}
+
+impl Handle<Collect> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: Collect) -> Reply<'a, Vec<bool>> {
+        Box::pin(async move {
+            self.admit(header)?;
+            let store = self.acceptor.store();
+            let removed = r.keys.into_iter().map(|(key, ballot)| {
+                // Seed keys keep their tombstones: they remember that the key was deleted.
+                validate_key(&key).is_ok()
+                    && check_ballot(ballot).is_ok()
+                    && !is_seed_key(&key)
+                    && store.collect(&key, ballot).unwrap_or(false)
+            });
+            let removed: Vec<bool> = removed.collect();
+            let count = removed.iter().filter(|&&r| r).count() as u64;
+            self.metrics
+                .collected
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            Ok(removed)
         })
     }
 }
@@ -207,10 +280,45 @@ impl Handle<Ping> for PeerHandler {
             Ok(Pong {
                 node: self.topology.me(),
                 epoch: self.topology.epoch(),
-                incarnation: self.incarnation,
+                incarnation: self.incarnation.get(),
                 ready: self.readiness.is_ready(),
                 drift: self.drift.count(),
             })
         })
     }
+}
+
+/// How far ahead of this node's clock a peer's incarnation may be.
+const MAX_CLOCK_AHEAD_MICROS: u64 = 24 * 3600 * 1_000_000;
+
+/// Rounds above this are refused from peers: a ballot near [`Ballot::MAX_ROUND`] could never be
+/// outbid, and would leave its key unwritable.
+const MAX_PEER_ROUND: u64 = Ballot::MAX_ROUND / 2;
+
+/// Versions above this are refused from peers, so a version can always grow.
+const MAX_PEER_VERSION: u64 = u64::MAX / 2;
+
+fn invalid(message: String) -> RemoteError {
+    RemoteError::new(ErrorCode::InvalidRequest, message)
+}
+
+fn check_ballot(ballot: Ballot) -> Result<(), RemoteError> {
+    if ballot.round() > MAX_PEER_ROUND {
+        return Err(invalid(format!(
+            "ballot round {} is out of range (at most {MAX_PEER_ROUND})",
+            ballot.round()
+        )));
+    }
+    Ok(())
+}
+
+fn check_register(register: &Register) -> Result<(), RemoteError> {
+    check_ballot(register.ballot)?;
+    if register.version.0 > MAX_PEER_VERSION {
+        return Err(invalid(format!(
+            "version {} is out of range (at most {MAX_PEER_VERSION})",
+            register.version
+        )));
+    }
+    Ok(())
 }
