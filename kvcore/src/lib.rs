@@ -36,5 +36,7 @@ pub use cluster::{ClusterMap, NodeId, NodeInfo};
 pub use error::{Error, ErrorCode, Result};
 pub use key::{validate_key, Limits, MAX_KEY_BYTES};
 pub use replica::{Ballot, Register, ReplicaState};
-pub use store::{Conflict, Entry, Precondition, Store, StoreConfig, StoreStats, Version};
+pub use store::{
+    Conflict, Entry, Floor, Page, Precondition, Store, StoreConfig, StoreStats, Version,
+};
 pub use value::{Encoding, JsonView, Value};

@@ -9,6 +9,10 @@
 //!
 //! A key costs one record in its shard's arena (22 header bytes, the key and the value) and one
 //! 4-byte table slot; there is no allocation per key. See [`ENTRY_OVERHEAD`].
+//!
+//! A key's shard is [`Store::shard_of`], the same on every node, so that replicas can compare
+//! and copy their keys shard by shard; each shard keeps a [`Floor`] that lets a deleted key's
+//! record go without its versions ever repeating.
 
 mod read_buffer;
 mod record;
@@ -27,10 +31,23 @@ use crate::value::Value;
 use record::{Meta, Record};
 use shard::{hash_key, Shard};
 
-/// Number of independently locked shards; a power of two so the shard is a mask of the hash.
+/// Number of independently locked shards; a power of two so the shard is the top bits of a hash.
 /// Many small shards keep each arena small, so compacting one is short, and keep two threads
 /// from meeting on one lock.
-const SHARDS: usize = 256;
+const SHARDS: usize = 1 << SHARD_BITS;
+const SHARD_BITS: u32 = 8;
+
+/// Seed of the shard hash ([`Store::shard_of`]). The placement hash
+/// ([`key_hash`](crate::partition::key_hash)) is XXH3 with seed 0; were the shard taken from it,
+/// a ring partitioner, which gives each node ranges of that hash, would put a node's keys in a
+/// few shards only. A different seed makes the two hashes independent. Changing it changes every
+/// key's shard, which nodes of different builds must agree on: it is pinned by a golden test.
+const SHARD_SEED: u64 = 0x6b76_636f_7265_5348;
+
+/// Bytes [`Store::scan_page`] and [`Store::ballots_page`] count per item on top of its key and
+/// value bytes: its version, ballots and lengths as a reply carries them, so that a page of many
+/// small items is bounded too.
+pub const PAGE_ITEM_OVERHEAD: usize = 32;
 
 /// Bytes charged per entry on top of its key and value bytes.
 ///
@@ -54,9 +71,19 @@ pub const ENTRY_OVERHEAD: u64 = 40;
 pub struct Version(pub u64);
 
 impl Version {
-    /// The version after this one.
+    /// The highest version; a key that reaches it cannot be written again.
+    pub const MAX: Version = Version(u64::MAX);
+
+    /// The version after this one, or [`Version::MAX`] again at the end: it never wraps to a
+    /// lower version, whatever a peer sent. The store refuses a write that would not move a
+    /// key's version up (see [`checked_next`](Version::checked_next)).
     pub fn next(self) -> Version {
-        Version(self.0 + 1)
+        Version(self.0.saturating_add(1))
+    }
+
+    /// The version after this one, `None` after [`Version::MAX`].
+    pub fn checked_next(self) -> Option<Version> {
+        self.0.checked_add(1).map(Version)
     }
 }
 
@@ -104,6 +131,53 @@ pub struct StoreConfig {
     pub limits: Limits,
 }
 
+/// What a shard counts a key without a record as: promised at `promised`, at version `version`,
+/// nothing accepted. A key's record is removed only once its tombstone is chosen (see
+/// [`Store::collect`]); its promise and version are then folded into its shard's floor, so the
+/// key behaves afterwards as if its tombstone were still there: a proposal at or below its old
+/// promise is refused, so a stale copy of its old value cannot be accepted, and its next version
+/// continues above the old one.
+///
+/// Floors only rise, field by field ([`join`](Floor::join)). A replica that catches up copies its
+/// peers' floors with [`Store::raise_floor`] as well as their keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    /// Every key without a record counts as having promised this ballot.
+    pub promised: Ballot,
+    /// Every key without a record counts as being at this version (so its next is above it).
+    pub version: Version,
+}
+
+impl Floor {
+    /// The higher of the two in each field.
+    pub fn join(self, other: Floor) -> Floor {
+        Floor {
+            promised: self.promised.max(other.promised),
+            version: self.version.max(other.version),
+        }
+    }
+}
+
+/// One page of a shard's keys, from [`Store::scan_page`] or [`Store::ballots_page`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items, in key order.
+    pub items: Vec<T>,
+    /// The last key returned, when more keys may follow it in the shard: pass it as `after` to
+    /// get the next page. `None` when the shard has no more.
+    pub next: Option<String>,
+}
+
+/// The empty, last page; written out because a derived `Default` would require `T: Default`.
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page {
+            items: Vec::new(),
+            next: None,
+        }
+    }
+}
+
 /// A point-in-time summary of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
@@ -129,8 +203,9 @@ struct PaddedShard(RwLock<Shard>);
 ///   [`delete`](Store::delete)) for programs that embed kvcore and use it as a map;
 /// - the [acceptor API](#acceptor-api) ([`prepare`](Store::prepare), [`accept`](Store::accept),
 ///   [`repair`](Store::repair), [`restore`](Store::restore), [`register`](Store::register),
-///   [`scan_shard`](Store::scan_shard)) through which the replication protocol (CASPaxos, run by
-///   kvserver) keeps a key's replicas; it applies the acceptor's rules atomically per key.
+///   [`collect`](Store::collect), [`scan_page`](Store::scan_page)) through which the replication
+///   protocol (CASPaxos, run by kvserver) keeps a key's replicas; it applies the acceptor's rules
+///   atomically per key.
 ///
 /// A replicated node writes only through the acceptor API; a map write to a replicated key would
 /// change this replica without a ballot, behind the protocol's back.
@@ -165,13 +240,23 @@ impl fmt::Debug for Store {
 
 /// # Map API
 ///
-/// A plain map with versions, for programs that embed kvcore. A key's version is 1 when it is
-/// created and grows by one with every write and every delete, so a deleted key that is written
-/// again continues from where it was and never repeats a version: a delete leaves a tombstone
-/// that keeps the key's version (and its replication state). Tombstones count towards
-/// [`used_bytes`](Store::used_bytes) with their key and [`ENTRY_OVERHEAD`] but not towards
-/// [`len`](Store::len); they are kept for now (collecting them is future work).
+/// A plain map with versions, for programs that embed kvcore. What is promised is that a key's
+/// versions only grow: every write and every delete moves them up by one, so a deleted key that
+/// is written again never repeats a version, and an `IfVersion` read before the delete cannot
+/// match the new key. A key's first version is 1 only if nothing in its shard was deleted
+/// before: a delete removes the key and its bytes, and raises its shard's [`Floor`] to the
+/// deleted version, so a key created afterwards in that shard, deleted or new, may start above 1.
 impl Store {
+    /// The shard of `key`, in `0..`[`Store::SHARDS`]: the top 8 bits of the XXH3-64 hash of the
+    /// key's bytes with seed `0x6b76_636f_7265_5348`. A specified function of the key alone, so
+    /// every node, build and CPU agrees on it and replicas can compare and copy a shard at a
+    /// time; it is independent of [`key_hash`](crate::partition::key_hash), the placement hash.
+    #[inline]
+    pub fn shard_of(key: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), SHARD_SEED) >> (64 - SHARD_BITS))
+            as usize
+    }
+
     /// An empty store.
     pub fn new(config: StoreConfig) -> Self {
         Store {
@@ -189,7 +274,7 @@ impl Store {
 
     /// The entry stored under `key`, its value copied out.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.read(key, |record| record.and_then(|r| r.entry()))
+        self.read(key, |shard, at| at.and_then(|at| shard.record(at).entry()))
     }
 
     /// Stores `value` under `key` whatever was there, returning the new version.
@@ -216,42 +301,45 @@ impl Store {
         // the hot path of every write.
         let at = shard.find(h, key.as_bytes());
         let current = at.map(|at| shard.record(at));
-        let version = current.map_or(Version(0), |r| r.version());
+        let version = current.map_or(shard.floor().version, |r| r.version());
         let exists = current.is_some_and(|r| r.has_value());
         if !precondition.holds_for(exists.then_some(version)) {
             return Ok(Err(Conflict {
                 current: current.and_then(|r| r.entry()),
             }));
         }
-        let version = version.next();
+        let version = version.checked_next().ok_or_else(|| exhausted(key))?;
         let stored = (value.encoding(), &value.as_bytes()[..]);
         // A value as long as the one it replaces costs no bytes more or less.
         if at.is_some_and(|at| shard.overwrite_value(at, version, stored)) {
             return Ok(Ok(version));
         }
+        // A new key keeps the floor's promise: the map API does not take part in replication,
+        // but it must not undo a promise either.
         let next = Meta {
             version,
             expires: None,
-            ..at.map_or_else(Meta::default, |at| shard.record(at).meta())
+            ..shard.meta_at(at)
         };
         self.apply(&mut shard, h, key, at, &next, Some(&value), true)?;
         Ok(Ok(version))
     }
 
-    /// Deletes `key`, returning what it held. The key is left as a tombstone one version past
-    /// the deleted entry, so a later write continues its versions (see the [map API](#map-api)).
+    /// Deletes `key`, returning what it held. The key's record goes, and its bytes with it; its
+    /// shard's floor rises to the delete's version (one past the deleted entry) and to the key's
+    /// promise, so a later write continues its versions (see the [map API](#map-api)). A key
+    /// that holds no value (an acceptor's tombstone or promise) is left as it is.
     pub fn delete(&self, key: &str) -> Option<Entry> {
         let (h, mut shard) = self.write(key);
         let at = shard.find(h, key.as_bytes())?;
         let record = shard.record(at);
         let old = record.entry()?;
-        let next = Meta {
+        let floor = Floor {
+            promised: record.meta().promised,
             version: old.version.next(),
-            expires: None,
-            ..record.meta()
         };
-        self.apply(&mut shard, h, key, Some(at), &next, None, false)
-            .expect("a tombstone fits where the entry was");
+        self.remove(&mut shard, h, key, at);
+        shard.raise_floor(floor);
         Some(old)
     }
 }
@@ -265,12 +353,16 @@ impl Store {
 /// the server's job. A key written only through the map API has accepted nothing (its ballot
 /// is [`Ballot::ZERO`]), so no replica's state is ever older than it and
 /// [`restore`](Store::restore) never copies it.
+///
+/// A key without a record counts as promised at its shard's [`Floor`]: its register is
+/// [`Ballot::ZERO`] at the floor's version with no value, a prepare at or below the floor's
+/// ballot is refused with it, and an accept or repair below it is refused. Once every replica
+/// holds a key's chosen tombstone, [`collect`](Store::collect) removes it into the floor.
 impl Store {
-    /// The register of `key` on this replica (the default, empty register if it has none).
+    /// The register of `key` on this replica. For a key without a record: [`Ballot::ZERO`], the
+    /// version of its shard's floor, no value.
     pub fn register(&self, key: &str) -> Register {
-        self.read(key, |record| {
-            record.map(|r| r.register()).unwrap_or_default()
-        })
+        self.read(key, |shard, at| shard.register_at(at))
     }
 
     /// Phase 1 of a proposal: promises `ballot` if it is higher than anything promised or
@@ -288,18 +380,17 @@ impl Store {
         validate_key(key)?;
         let (h, mut shard) = self.write(key);
         let at = shard.find(h, key.as_bytes());
-        let current = at.map(|at| shard.record(at));
-        let meta = current.map_or_else(Meta::default, |r| r.meta());
+        let meta = shard.meta_at(at);
         if ballot <= meta.promised {
             return Ok(Err(meta.promised));
         }
-        let value_len = current.map_or(0, |r| r.value_len());
+        let value_len = at.map_or(0, |at| shard.record(at).value_len());
         let before = at.map_or(0, |_| charge(key, value_len));
         let after = charge(key, value_len.max(grow));
         if after > before {
             self.check_room(after - before)?;
         }
-        let register = current.map(|r| r.register()).unwrap_or_default();
+        let register = shard.register_at(at);
         let next = Meta {
             promised: ballot,
             ..meta
@@ -339,7 +430,7 @@ impl Store {
         }
         let (h, mut shard) = self.write(key);
         let at = shard.find(h, key.as_bytes());
-        let promised = at.map_or(Ballot::ZERO, |at| shard.record(at).meta().promised);
+        let promised = shard.meta_at(at).promised;
         if register.ballot < promised {
             return Ok(Err(promised));
         }
@@ -358,6 +449,12 @@ impl Store {
     /// per write and its record never carries a promise. `round` gets the accepted register and
     /// returns the register to accept (its ballot is set to `ballot`) and what to answer.
     /// Returns the higher ballot if one was promised.
+    ///
+    /// A tombstone is not stored: with no other replica to wait for, it is chosen as soon as it
+    /// is accepted, so the key is removed at once and its shard's floor raised to `ballot` and
+    /// the tombstone's version, as [`collect`](Store::collect) would. A register whose version
+    /// is not above the current one is refused with [`Error::InvalidKey`] (the key's versions
+    /// are used up).
     pub fn propose_alone<T>(
         &self,
         key: &str,
@@ -367,19 +464,29 @@ impl Store {
         validate_key(key)?;
         let (h, mut shard) = self.write(key);
         let at = shard.find(h, key.as_bytes());
-        let current = at.map(|at| shard.record(at));
-        let meta = current.map_or_else(Meta::default, |r| r.meta());
+        let meta = shard.meta_at(at);
         if ballot <= meta.promised {
             return Ok(Err(meta.promised));
         }
-        let register = current.map(|r| r.register()).unwrap_or_default();
+        let register = shard.register_at(at);
         let (next, answer) = round(&register);
         let Some(mut next) = next else {
             return Ok(Ok(answer));
         };
-        if let Some(value) = &next.value {
-            self.config.limits.check_value(value)?;
+        if next.version <= register.version {
+            return Err(exhausted(key));
         }
+        let Some(value) = &next.value else {
+            if let Some(at) = at {
+                self.remove(&mut shard, h, key, at);
+            }
+            shard.raise_floor(Floor {
+                promised: ballot,
+                version: next.version,
+            });
+            return Ok(Ok(answer));
+        };
+        self.config.limits.check_value(value)?;
         next.ballot = ballot;
         let meta = Meta {
             version: next.version,
@@ -398,7 +505,7 @@ impl Store {
         validate_key(key)?;
         let (h, mut shard) = self.write(key);
         let at = shard.find(h, key.as_bytes());
-        let meta = at.map_or_else(Meta::default, |at| shard.record(at).meta());
+        let meta = shard.meta_at(at);
         if register.ballot <= meta.ballot || register.ballot < meta.promised {
             return Ok(false);
         }
@@ -413,15 +520,19 @@ impl Store {
     }
 
     /// Merges a peer's copy of `key` into a replica that is recovering: the higher promise and
-    /// the newer accepted register win. Never refused for the budget (a recovering replica must
-    /// hold what its peers hold); returns whether anything changed.
+    /// the newer accepted register win (between two registers where nothing was accepted, the
+    /// higher version). Never refused for the budget (a recovering replica must
+    /// hold what its peers hold), nor for the floor: a copy whose ballot is below a floor that
+    /// other keys raised is still this key's latest state. The floor's promise is kept in the
+    /// merged promise, as a missing key counted as promised at it. Returns whether anything
+    /// changed.
     pub fn restore(&self, state: ReplicaState) -> Result<bool> {
         validate_key(&state.key)?;
         let key = state.key.as_str();
         let (h, mut shard) = self.write(key);
         let at = shard.find(h, key.as_bytes());
-        let current = at.map(|at| shard.record(at));
-        let meta = current.map_or_else(Meta::default, |r| r.meta());
+        let meta = shard.meta_at(at);
+        let current = shard.register_at(at);
         let (mut next, register) = if state.register.ballot > meta.ballot {
             let next = Meta {
                 version: state.register.version,
@@ -430,12 +541,23 @@ impl Store {
                 expires: None,
             };
             (next, state.register)
+        } else if nothing_accepted(&state.register)
+            && nothing_accepted(&current)
+            && state.register.version > current.version
+        {
+            // A key only promised took its version from its shard's floor when it was promised;
+            // the higher of two such versions is the one that keeps the key's versions from
+            // repeating, whichever replica it comes from.
+            let next = Meta {
+                version: state.register.version,
+                ..meta
+            };
+            (next, state.register)
         } else {
-            let register = current.map(|r| r.register()).unwrap_or_default();
-            (meta, register)
+            (meta, current)
         };
         next.promised = next.promised.max(meta.promised).max(state.promised);
-        if next.promised == meta.promised && next.ballot == meta.ballot {
+        if next == meta {
             return Ok(false);
         }
         self.apply(
@@ -473,7 +595,110 @@ impl Store {
             .collect()
     }
 
-    /// Number of shards, for [`scan_shard`](Store::scan_shard).
+    /// Removes `key`'s record if it is a tombstone accepted with exactly `ballot`, raising its
+    /// shard's floor to at least the record's promise and version; returns whether it removed.
+    ///
+    /// The caller (the replication protocol) calls it once every replica of the key holds that
+    /// tombstone, so that no replica keeps a state another could copy back. The record's promise
+    /// goes into the floor, so collecting is safe even if a higher ballot was promised since:
+    /// that proposal's accept is still taken, and a prepare at or below it still refused. The
+    /// record's bytes are no longer charged to [`used_bytes`](Store::used_bytes); its arena space
+    /// is reclaimed by compaction.
+    pub fn collect(&self, key: &str, ballot: Ballot) -> Result<bool> {
+        validate_key(key)?;
+        let (h, mut shard) = self.write(key);
+        let Some(at) = shard.find(h, key.as_bytes()) else {
+            return Ok(false);
+        };
+        let record = shard.record(at);
+        let meta = record.meta();
+        if record.has_value() || meta.ballot != ballot {
+            return Ok(false);
+        }
+        self.remove(&mut shard, h, key, at);
+        shard.raise_floor(Floor {
+            promised: meta.promised,
+            version: meta.version,
+        });
+        Ok(true)
+    }
+
+    /// The floor of shard `shard` (0..[`Store::SHARDS`]); the default, lowest floor for an index
+    /// out of range.
+    pub fn floor(&self, shard: usize) -> Floor {
+        self.shards.get(shard).map_or_else(Floor::default, |s| {
+            s.0.read().unwrap_or_else(|p| p.into_inner()).floor()
+        })
+    }
+
+    /// Raises the floor of shard `shard` to at least `floor`, field by field: how a catching-up
+    /// replica takes a peer's floors. An index out of range changes nothing.
+    pub fn raise_floor(&self, shard: usize, floor: Floor) {
+        if let Some(s) = self.shards.get(shard) {
+            s.0.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .raise_floor(floor);
+        }
+    }
+
+    /// One page of the full state of shard `shard`'s keys: those after `after` (in byte order;
+    /// from the first if `None`) that `filter` accepts, in key order, tombstones and
+    /// promise-only keys included. The page holds as many as fit in `max_bytes`, counting each
+    /// item's key and value bytes and [`PAGE_ITEM_OVERHEAD`], but at least one if any remain, so
+    /// a single item may be larger. Pass [`Page::next`] as `after` to get the next page. A shard
+    /// index out of range gives an empty page.
+    ///
+    /// A page's size depends on `max_bytes`, not on how much the shard holds, so the reply to
+    /// a catch-up request stays bounded however large the store grows.
+    pub fn scan_page(
+        &self,
+        shard: usize,
+        after: Option<&str>,
+        max_bytes: usize,
+        filter: impl FnMut(&str) -> bool,
+    ) -> Page<ReplicaState> {
+        let Some(shard) = self.shards.get(shard) else {
+            return Page::default();
+        };
+        let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+        shard.page(
+            after,
+            max_bytes,
+            filter,
+            |r| page_bytes(r.key().len(), r.value_len()),
+            |r| ReplicaState {
+                key: r.key_str().to_owned(),
+                promised: r.meta().promised,
+                register: r.register(),
+            },
+        )
+    }
+
+    /// Like [`scan_page`](Store::scan_page), but each item is only the key and its accepted
+    /// ballot, and counts as its key bytes and [`PAGE_ITEM_OVERHEAD`]: what replicas compare to
+    /// find the keys they disagree on.
+    pub fn ballots_page(
+        &self,
+        shard: usize,
+        after: Option<&str>,
+        max_bytes: usize,
+        filter: impl FnMut(&str) -> bool,
+    ) -> Page<(String, Ballot)> {
+        let Some(shard) = self.shards.get(shard) else {
+            return Page::default();
+        };
+        let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+        shard.page(
+            after,
+            max_bytes,
+            filter,
+            |r| page_bytes(r.key().len(), 0),
+            |r| (r.key_str().to_owned(), r.meta().ballot),
+        )
+    }
+
+    /// Number of shards, for [`shard_of`](Store::shard_of), [`scan_page`](Store::scan_page) and
+    /// [`floor`](Store::floor).
     pub const SHARDS: usize = SHARDS;
 }
 
@@ -541,12 +766,13 @@ impl Store {
 }
 
 impl Store {
-    /// The key's hash and its shard. The table inside a shard uses the hash's low bits (bucket)
-    /// and top 7 bits (tag), so the shard is chosen from bits in between, independent of both.
+    /// The key's hash in its shard's table and its shard. Two hashes: the shard must be the
+    /// same on every node ([`shard_of`](Store::shard_of)), while the table's hash is seeded at
+    /// random per process, so that keys chosen to collide cannot make one shard's lookups slow.
     #[inline]
     fn locate(&self, key: &str) -> (u64, &RwLock<Shard>) {
         let h = hash_key(&self.hasher, key.as_bytes());
-        (h, &self.shards[(h >> 40) as usize & (SHARDS - 1)].0)
+        (h, &self.shards[Store::shard_of(key)].0)
     }
 
     fn write(&self, key: &str) -> (u64, RwLockWriteGuard<'_, Shard>) {
@@ -560,10 +786,10 @@ impl Store {
     }
 
     #[inline]
-    fn read<T>(&self, key: &str, f: impl FnOnce(Option<Record<'_>>) -> T) -> T {
+    fn read<T>(&self, key: &str, f: impl FnOnce(&Shard, Option<u32>) -> T) -> T {
         let (h, shard) = self.locate(key);
         let shard = shard.read().unwrap_or_else(|poison| poison.into_inner());
-        f(shard.get(h, key.as_bytes()))
+        f(&shard, shard.find(h, key.as_bytes()))
     }
 
     fn visit(&self, mut f: impl FnMut(Record<'_>)) {
@@ -571,6 +797,13 @@ impl Store {
             let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
             shard.records().for_each(&mut f);
         }
+    }
+
+    /// Removes `key`'s record (at `at`) under its shard's write lock, and its charge.
+    fn remove(&self, shard: &mut Shard, h: u64, key: &str, at: u32) {
+        let charged = charge(key, shard.record(at).value_len());
+        self.used.fetch_sub(charged, Ordering::Relaxed);
+        shard.remove(&self.hasher, h, at);
     }
 
     /// Replaces `key`'s record (at `at`, or none yet) under its shard's write lock, charging the
@@ -588,8 +821,17 @@ impl Store {
         value: Option<&Value>,
         enforce: bool,
     ) -> Result<()> {
+        let value_len = value.map_or(0, Value::len);
+        // Only `restore` takes values unchecked against the limits; a record has 32 bits for
+        // the value's length.
+        if u32::try_from(value_len).is_err() {
+            return Err(Error::ValueTooLarge {
+                size: value_len,
+                limit: u32::MAX as usize,
+            });
+        }
         let old = at.map_or(0, |at| charge(key, shard.record(at).value_len()));
-        let new = charge(key, value.map_or(0, Value::len));
+        let new = charge(key, value_len);
         // Same-size writes, the common case, leave the shared counter alone.
         if new > old {
             if enforce {
@@ -675,8 +917,34 @@ pub fn footprint(key: &str, value: &Value) -> u64 {
     charge(key, value.len())
 }
 
+/// Saturating, as `value_len` may be a peer's claim (a prepare's `grow`) rather than a length.
 fn charge(key: &str, value_len: usize) -> u64 {
-    key.len() as u64 + value_len as u64 + ENTRY_OVERHEAD
+    (key.len() as u64)
+        .saturating_add(value_len as u64)
+        .saturating_add(ENTRY_OVERHEAD)
+}
+
+/// Whether nothing was ever accepted into `register`: a missing or only promised key.
+fn nothing_accepted(register: &Register) -> bool {
+    register.ballot.is_zero() && register.value.is_none()
+}
+
+/// What an item of a page counts against its byte budget.
+fn page_bytes(key_len: usize, value_len: usize) -> usize {
+    key_len
+        .saturating_add(value_len)
+        .saturating_add(PAGE_ITEM_OVERHEAD)
+}
+
+/// The error for a write that would take `key`'s version past [`Version::MAX`]. Only a peer
+/// sending versions near the end can bring a key there; the key cannot be written again.
+fn exhausted(key: &str) -> Error {
+    Error::InvalidKey {
+        reason: format!(
+            "key {key:?} has used up its versions (the last is {})",
+            u64::MAX
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -2,18 +2,27 @@
 //!
 //! Every key's record (see [`record`](super::record)) lives in the shard's arena, one `Vec<u8>`,
 //! and the table holds only each record's `u32` offset: 4 bytes and a control byte per bucket,
-//! and no allocation per key. A lookup hashes the key once (the hash also chose the shard),
+//! and no allocation per key. A lookup hashes the key once with the store's random hasher,
 //! probes the table, and compares the key in the arena; the record's header and value sit on
 //! either side of the key, so a read touches one place in memory.
 //!
 //! A record that grows moves to the end of the arena, and its old bytes become garbage; once
 //! garbage is a quarter of the arena, the live records are copied into a fresh one. A record
-//! that shrinks, or grows at the end of the arena, stays where it is.
+//! that shrinks, or grows at the end of the arena, stays where it is. A removed record is garbage
+//! too; removals also give memory back (see [`Shard::remove`]), which writes never do, so a
+//! shard that is refilled right after shrinking does not flap.
+//!
+//! A shard also keeps its [`Floor`]: what every key it does not hold counts as having promised
+//! and reached.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use hashbrown::HashTable;
 
 use super::record::{self, Meta, Record};
-use super::Version;
+use super::{Floor, Page, Version};
+use crate::replica::{Ballot, Register};
 use crate::value::Encoding;
 
 /// Offsets are `u32`, so an arena stays below 4 GiB.
@@ -25,6 +34,10 @@ const MAX_ARENA: usize = u32::MAX as usize;
 /// growing by doubling left about 30 bytes per key of such holes at 300 000 keys. Pages not yet
 /// written cost no memory.
 const MIN_ARENA: usize = 128 << 10;
+
+/// A table with at most this many slots is never shrunk: rehashing it would save less than a
+/// kibibyte.
+const MIN_TABLE: usize = 128;
 
 /// The record of a key is replaced by a longer one and no room can be made: the arena would
 /// pass [`MAX_ARENA`] even without garbage.
@@ -69,6 +82,8 @@ pub(super) struct Shard {
     values: usize,
     /// Mutations so far.
     changes: u64,
+    /// What a key without a record counts as: see [`Floor`].
+    floor: Floor,
 }
 
 impl Shard {
@@ -90,7 +105,7 @@ impl Shard {
     }
 
     /// `key`'s record.
-    #[inline]
+    #[cfg(test)]
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
         self.find(hash, key).map(|at| self.record(at))
     }
@@ -98,6 +113,95 @@ impl Shard {
     /// Every record, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = Record<'_>> {
         self.table.iter().map(|&at| self.record(at))
+    }
+
+    /// The metadata of the record at `at`, or, for a key without one, what the floor says it
+    /// is: promised at the floor's ballot, at the floor's version, nothing accepted.
+    #[inline]
+    pub fn meta_at(&self, at: Option<u32>) -> Meta {
+        match at {
+            Some(at) => self.record(at).meta(),
+            None => Meta {
+                version: self.floor.version,
+                ballot: Ballot::ZERO,
+                promised: self.floor.promised,
+                expires: None,
+            },
+        }
+    }
+
+    /// The accepted register of the record at `at`, or, for a key without one, the empty
+    /// register at the floor's version. Its ballot is [`Ballot::ZERO`], whatever the floor
+    /// promised, so that replicas whose floors differ still agree on a missing key in reads that
+    /// compare ballots.
+    pub fn register_at(&self, at: Option<u32>) -> Register {
+        match at {
+            Some(at) => self.record(at).register(),
+            None => Register {
+                ballot: Ballot::ZERO,
+                version: self.floor.version,
+                value: None,
+            },
+        }
+    }
+
+    /// The floor.
+    pub fn floor(&self) -> Floor {
+        self.floor
+    }
+
+    /// Raises the floor to at least `floor`, field by field.
+    pub fn raise_floor(&mut self, floor: Floor) {
+        let raised = self.floor.join(floor);
+        if raised != self.floor {
+            self.floor = raised;
+            self.changes += 1;
+        }
+    }
+
+    /// The records whose keys sort after `after`, in key order, that `filter` accepts, turned
+    /// into items by `item`, until the next one would take the total of `size` past `max_bytes`
+    /// (the first one is always taken). See [`Store::scan_page`](super::Store::scan_page).
+    pub fn page<T>(
+        &self,
+        after: Option<&str>,
+        max_bytes: usize,
+        mut filter: impl FnMut(&str) -> bool,
+        size: impl Fn(&Record<'_>) -> usize,
+        mut item: impl FnMut(&Record<'_>) -> T,
+    ) -> Page<T> {
+        let arena = &self.arena[..];
+        let after = after.map(str::as_bytes);
+        // The table keeps no order. A heap of the candidates is built in linear time and popped
+        // only as far as the page goes, so a page of k keys out of n costs O(n + k log n), not
+        // a sort of the whole shard per page.
+        let mut heap: BinaryHeap<Reverse<(&[u8], u32)>> = self
+            .table
+            .iter()
+            .map(|&at| (Record::key_at(arena, at as usize), at))
+            .filter(|&(key, _)| !matches!(after, Some(after) if key <= after))
+            .map(Reverse)
+            .collect();
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = None;
+        while let Some(Reverse((_, at))) = heap.pop() {
+            let record = self.record(at);
+            if !filter(record.key_str()) {
+                continue;
+            }
+            let cost = size(&record);
+            if !items.is_empty() && bytes.saturating_add(cost) > max_bytes {
+                return Page {
+                    items,
+                    next: last.map(str::to_owned),
+                };
+            }
+            bytes = bytes.saturating_add(cost);
+            items.push(item(&record));
+            last = Some(record.key_str());
+        }
+        Page { items, next: None }
     }
 
     /// Number of records that hold a value.
@@ -202,6 +306,51 @@ impl Shard {
         Ok(())
     }
 
+    /// Removes the record at `at` (from [`find`](Shard::find), for the key whose hash is `hash`),
+    /// and gives memory back once much of it is unused.
+    ///
+    /// Shrinking happens here only, never on a write: a store whose keys are deleted must get
+    /// its memory back, but one that is written steadily must not pay for it. The thresholds
+    /// leave room on both sides: the table is halved-or-more only once it is under a quarter
+    /// full (it grows again only when over 7/8 full), and the arena is copied out only once a
+    /// quarter of it is garbage or three quarters of its capacity are unused, keeping an eighth
+    /// of the live bytes spare.
+    pub fn remove(&mut self, hasher: &ahash::RandomState, hash: u64, at: u32) {
+        let record = self.record(at);
+        let (start, len, had_value) = (at as usize, record.len(), record.has_value());
+        self.table
+            .find_entry(hash, |&o| o == at)
+            .unwrap_or_else(|_| unreachable!("the record being removed is in the table"))
+            .remove();
+        if start + len == self.arena.len() {
+            self.arena.truncate(start);
+        } else {
+            self.garbage += len;
+        }
+        self.values -= usize::from(had_value);
+        self.changes += 1;
+
+        if self.table.is_empty() {
+            // Dropping both frees them: an emptied shard holds no memory.
+            self.table = HashTable::new();
+            self.arena = Vec::new();
+            self.garbage = 0;
+            return;
+        }
+        if self.table.capacity() > MIN_TABLE && self.table.len() < self.table.capacity() / 4 {
+            let arena = &self.arena[..];
+            self.table.shrink_to(self.table.len(), |&o| {
+                hash_key(hasher, Record::key_at(arena, o as usize))
+            });
+        }
+        let live = self.arena.len() - self.garbage;
+        if self.garbage > self.arena.len() / 4
+            || (self.arena.capacity() > MIN_ARENA && self.arena.len() < self.arena.capacity() / 4)
+        {
+            self.compact(live / 8);
+        }
+    }
+
     /// Copies the live records into a new arena with `headroom` spare bytes, dropping garbage.
     fn compact(&mut self, headroom: usize) {
         let live = self.arena.len() - self.garbage;
@@ -220,6 +369,13 @@ impl Shard {
     #[cfg(test)]
     pub fn arena_bytes(&self) -> (usize, usize) {
         (self.arena.len(), self.garbage)
+    }
+
+    /// Bytes the arena and the table have allocated (the table's slots: 4-byte offsets and a
+    /// control byte each).
+    #[cfg(test)]
+    pub fn allocated(&self) -> usize {
+        self.arena.capacity() + self.table.capacity() * 5
     }
 }
 

@@ -3,7 +3,7 @@ use crate::key::MAX_KEY_BYTES;
 use crate::NodeId;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 fn store_with_budget(max: u64) -> Store {
     Store::new(StoreConfig {
@@ -89,18 +89,24 @@ fn a_deleted_key_written_again_continues_its_versions() {
 }
 
 #[test]
-fn a_delete_keeps_the_replication_state() {
+fn a_delete_removes_the_key_and_keeps_its_promise_and_version_in_the_floor() {
     let s = Store::new(StoreConfig::default());
     s.accept("k", reg(ballot(4, 1), 7, Some(1)))
         .unwrap()
         .unwrap();
     s.prepare("k", ballot(6, 2), 0).unwrap().unwrap();
     s.delete("k").unwrap();
+    assert_eq!(scan_all(&s), vec![]);
     assert_eq!(
-        scan_all(&s),
-        vec![state("k", ballot(6, 2), reg(ballot(4, 1), 8, None))]
+        s.floor(Store::shard_of("k")),
+        Floor {
+            promised: ballot(6, 2),
+            version: Version(8)
+        }
     );
+    assert_eq!(s.register("k"), reg(Ballot::ZERO, 8, None));
     assert_eq!(s.prepare("k", ballot(5, 0), 0).unwrap(), Err(ballot(6, 2)));
+    assert_eq!(s.used_bytes(), 0);
 }
 
 #[test]
@@ -112,15 +118,20 @@ fn bytes_are_accounted_exactly() {
     assert_eq!(s.used_bytes(), 3 + 1 + ENTRY_OVERHEAD);
     s.set("de", Value::integer(7)).unwrap();
     assert_eq!(s.used_bytes(), 3 + 1 + 2 + 8 + 2 * ENTRY_OVERHEAD);
-    // Tombstones keep their key and overhead, and are not keys to `len`.
+    // A deleted key costs nothing.
     s.delete("abc");
     s.delete("de");
-    assert_eq!(s.used_bytes(), 3 + 2 + 2 * ENTRY_OVERHEAD);
+    assert_eq!(s.used_bytes(), 0);
     assert_eq!(s.len(), 0);
     s.set("de", Value::string("xy")).unwrap();
-    assert_eq!(s.used_bytes(), 3 + 2 + 2 + 2 * ENTRY_OVERHEAD);
+    assert_eq!(s.used_bytes(), 2 + 2 + ENTRY_OVERHEAD);
     assert_eq!(s.used_bytes(), recount(&s));
     assert_eq!(s.len(), 1);
+    // An acceptor's tombstone keeps its key and overhead until it is collected.
+    s.accept("t", reg(ballot(1, 0), 1, None)).unwrap().unwrap();
+    assert_eq!(s.used_bytes(), 2 + 2 + 1 + 2 * ENTRY_OVERHEAD);
+    assert!(s.collect("t", ballot(1, 0)).unwrap());
+    assert_eq!(s.used_bytes(), 2 + 2 + ENTRY_OVERHEAD);
 }
 
 #[test]
@@ -164,11 +175,9 @@ fn budget_refuses_overflowing_write_and_changes_nothing() {
     assert_eq!(s.used_bytes(), budget);
     s.set("k1", Value::string("")).unwrap();
     assert!(s.delete("k2").is_some());
-    // The deleted value's bytes are free again, but its tombstone still holds the key's: a
-    // new key does not fit, the deleted one written again does.
-    assert_eq!(s.used_bytes(), budget - 8 - 8);
-    assert!(s.set("k3", Value::string("1")).is_err());
-    s.set("k2", Value::string("12345678")).unwrap();
+    // The deleted entry's bytes are all free again.
+    assert_eq!(s.used_bytes(), budget - 8 - (ENTRY_OVERHEAD + 10));
+    s.set("k3", Value::string("12345678")).unwrap();
     assert_eq!(s.used_bytes(), budget - 8);
 }
 
@@ -414,8 +423,8 @@ fn walks_see_every_key_once() {
     s.for_each_register(|_, _| registers += 1);
     let mut ballots = Vec::new();
     s.for_each_ballot(|k, b| ballots.push((k.to_owned(), b)));
-    assert_eq!((entries, registers, ballots.len()), (1999, 2001, 2001));
-    assert_eq!(scan_all(&s).len(), 2001);
+    assert_eq!((entries, registers, ballots.len()), (1999, 2000, 2000));
+    assert_eq!(scan_all(&s).len(), 2000);
     assert_eq!(s.len(), 1999);
     assert!(ballots.contains(&("promised".to_owned(), Ballot::ZERO)));
 }
@@ -551,6 +560,7 @@ fn concurrent_acceptors_keep_accounting_exact() {
 #[derive(Default)]
 struct Model {
     keys: BTreeMap<String, (Ballot, Register)>,
+    floors: BTreeMap<usize, Floor>,
     max: Option<u64>,
 }
 
@@ -574,8 +584,25 @@ impl Model {
         }
     }
 
-    fn get(&self, key: &str) -> Option<(Ballot, Register)> {
-        self.keys.get(key).cloned()
+    fn floor(&self, key: &str) -> Floor {
+        self.floors
+            .get(&Store::shard_of(key))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The key's promise and register, a missing key's from its shard's floor.
+    fn get(&self, key: &str) -> (Ballot, Register) {
+        self.keys.get(key).cloned().unwrap_or_else(|| {
+            let floor = self.floor(key);
+            (floor.promised, reg(Ballot::ZERO, floor.version.0, None))
+        })
+    }
+
+    fn remove(&mut self, key: &str, floor: Floor) {
+        self.keys.remove(key);
+        let shard = self.floors.entry(Store::shard_of(key)).or_default();
+        *shard = shard.join(floor);
     }
 }
 
@@ -587,15 +614,32 @@ enum Op {
     Accept(usize, Register),
     Repair(usize, Register),
     Restore(usize, Ballot, Register),
+    /// Collect at this ballot, or at the key's accepted one.
+    Collect(usize, Option<Ballot>),
+    /// A round by the only replica that writes this value (a tombstone for none) one version up.
+    ProposeAlone(usize, Ballot, Option<Value>),
 }
 
+/// Keys of very different lengths, up to the longest; three of them share a shard, so that
+/// one key's collection raises the floor another key sees.
 fn key_name(k: usize) -> String {
-    // Keys of very different lengths, up to the longest, in the same shards' arenas.
+    static SAME_SHARD: OnceLock<Vec<String>> = OnceLock::new();
+    let same = SAME_SHARD.get_or_init(|| {
+        let shard = Store::shard_of("s0");
+        (0..)
+            .map(|i| format!("s{i}"))
+            .filter(|k| Store::shard_of(k) == shard)
+            .take(3)
+            .collect()
+    });
     match k {
         0 => "k".repeat(MAX_KEY_BYTES),
-        k => format!("key{k}{}", "-".repeat(k * 7)),
+        1..=3 => format!("key{k}{}", "-".repeat(k * 7)),
+        k => same[k - 4].clone(),
     }
 }
+
+const MODEL_KEYS: usize = 7;
 
 fn any_value() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -621,7 +665,7 @@ fn any_register() -> impl Strategy<Value = Register> {
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
-    let key = 0..6usize;
+    let key = 0..MODEL_KEYS;
     prop_oneof![
         (key.clone(), any_value(), 0..3u8, 0..6u64).prop_map(|(k, v, p, n)| {
             let p = match p {
@@ -635,7 +679,10 @@ fn any_op() -> impl Strategy<Value = Op> {
         (key.clone(), any_ballot(), 0..4000usize).prop_map(|(k, b, g)| Op::Prepare(k, b, g)),
         (key.clone(), any_register()).prop_map(|(k, r)| Op::Accept(k, r)),
         (key.clone(), any_register()).prop_map(|(k, r)| Op::Repair(k, r)),
-        (key, any_ballot(), any_register()).prop_map(|(k, b, r)| Op::Restore(k, b, r)),
+        (key.clone(), any_ballot(), any_register()).prop_map(|(k, b, r)| Op::Restore(k, b, r)),
+        (key.clone(), proptest::option::of(any_ballot())).prop_map(|(k, b)| Op::Collect(k, b)),
+        (key, any_ballot(), proptest::option::of(any_value()))
+            .prop_map(|(k, b, v)| Op::ProposeAlone(k, b, v)),
     ]
 }
 
@@ -643,7 +690,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Every operation answers as the plain model does, and after each one the byte count, the
-    /// key count and every key's full state agree with it.
+    /// key count and every key's full state agree with it; missing keys answer from their
+    /// shard's floor.
     #[test]
     fn the_store_behaves_like_the_model(
         ops in proptest::collection::vec(any_op(), 1..120),
@@ -655,7 +703,7 @@ proptest! {
             match op {
                 Op::Set(k, value, pre) => {
                     let key = key_name(k);
-                    let (promised, mut r) = m.get(&key).unwrap_or_default();
+                    let (promised, mut r) = m.get(&key);
                     let current = r.entry();
                     let got = s.put(&key, value.clone(), pre);
                     if !pre.holds(current.as_ref()) {
@@ -672,18 +720,17 @@ proptest! {
                 Op::Delete(k) => {
                     let key = key_name(k);
                     let got = s.delete(&key);
-                    match m.get(&key) {
-                        Some((promised, r)) if r.value.is_some() => {
-                            prop_assert_eq!(got, r.entry());
-                            let tombstone = Register { version: r.version.next(), value: None, ..r };
-                            m.keys.insert(key, (promised, tombstone));
-                        }
-                        _ => prop_assert_eq!(got, None),
+                    let (promised, r) = m.get(&key);
+                    if r.value.is_some() {
+                        prop_assert_eq!(got, r.entry());
+                        m.remove(&key, Floor { promised, version: r.version.next() });
+                    } else {
+                        prop_assert_eq!(got, None);
                     }
                 }
                 Op::Prepare(k, b, grow) => {
                     let key = key_name(k);
-                    let (promised, r) = m.get(&key).unwrap_or_default();
+                    let (promised, r) = m.get(&key);
                     let got = s.prepare(&key, b, grow);
                     if b <= promised {
                         prop_assert_eq!(got, Ok(Err(promised)));
@@ -696,7 +743,7 @@ proptest! {
                 }
                 Op::Accept(k, r) => {
                     let key = key_name(k);
-                    let (promised, _) = m.get(&key).unwrap_or_default();
+                    let (promised, _) = m.get(&key);
                     let got = s.accept(&key, r.clone());
                     if r.ballot < promised {
                         prop_assert_eq!(got, Ok(Err(promised)));
@@ -709,7 +756,7 @@ proptest! {
                 }
                 Op::Repair(k, r) => {
                     let key = key_name(k);
-                    let (promised, current) = m.get(&key).unwrap_or_default();
+                    let (promised, current) = m.get(&key);
                     let got = s.repair(&key, r.clone());
                     if r.ballot <= current.ballot || r.ballot < promised {
                         prop_assert_eq!(got, Ok(false));
@@ -722,15 +769,47 @@ proptest! {
                 }
                 Op::Restore(k, p, r) => {
                     let key = key_name(k);
-                    let (promised, current) = m.get(&key).unwrap_or_default();
+                    let (promised, current) = m.get(&key);
                     let got = s.restore(state(&key, p, r.clone()));
                     let newer = r.ballot > current.ballot;
-                    let next = if newer { r } else { current };
+                    let none = |r: &Register| r.ballot == Ballot::ZERO && r.value.is_none();
+                    let later = none(&r) && none(&current) && r.version > current.version;
+                    let next = if newer || later { r } else { current };
                     let next_promised = promised.max(p).max(next.ballot);
-                    let changed = newer || next_promised != promised;
+                    let changed = newer || later || next_promised != promised;
                     prop_assert_eq!(got, Ok(changed));
                     if changed {
                         m.keys.insert(key, (next_promised, next));
+                    }
+                }
+                Op::Collect(k, b) => {
+                    let key = key_name(k);
+                    let (promised, r) = m.get(&key);
+                    let b = b.unwrap_or(r.ballot);
+                    let removes = m.keys.contains_key(&key) && r.value.is_none() && r.ballot == b;
+                    prop_assert_eq!(s.collect(&key, b), Ok(removes));
+                    if removes {
+                        m.remove(&key, Floor { promised, version: r.version });
+                    }
+                }
+                Op::ProposeAlone(k, b, value) => {
+                    let key = key_name(k);
+                    let (promised, current) = m.get(&key);
+                    let next = Register { ballot: Ballot::ZERO, version: current.version.next(), value };
+                    let got = s.propose_alone(&key, b, |r| {
+                        assert_eq!(r, &current);
+                        (Some(next.clone()), r.version)
+                    });
+                    if b <= promised {
+                        prop_assert_eq!(got, Ok(Err(promised)));
+                    } else if next.value.is_none() {
+                        prop_assert_eq!(got, Ok(Ok(current.version)));
+                        m.remove(&key, Floor { promised: b, version: next.version });
+                    } else if !m.fits(&key, next.value_len()) {
+                        prop_assert_eq!(got.unwrap_err().code(), "memory_full");
+                    } else {
+                        prop_assert_eq!(got, Ok(Ok(current.version)));
+                        m.keys.insert(key, (b, Register { ballot: b, ..next }));
                     }
                 }
             }
@@ -743,8 +822,454 @@ proptest! {
             .map(|(k, (p, r))| state(k, *p, r.clone()))
             .collect();
         prop_assert_eq!(scan_all(&s), expected);
+        for k in 0..MODEL_KEYS {
+            let key = key_name(k);
+            prop_assert_eq!(s.register(&key), m.get(&key).1);
+        }
+        for shard in 0..Store::SHARDS {
+            prop_assert_eq!(s.floor(shard), m.floors.get(&shard).copied().unwrap_or_default());
+        }
         if let Some(max) = budget {
             prop_assert!(s.used_bytes() <= max.max(m.used()));
+        }
+    }
+}
+
+/// Keys `prefix0`, `prefix1`, ... that fall in shard `shard`.
+fn keys_in_shard(shard: usize, prefix: &str) -> impl Iterator<Item = String> {
+    let prefix = prefix.to_owned();
+    (0..)
+        .map(move |i| format!("{prefix}{i}"))
+        .filter(move |k| Store::shard_of(k) == shard)
+}
+
+#[test]
+fn shard_of_is_pinned_by_golden_values() {
+    // These are part of the protocol: replicas compare and copy their keys shard by shard, so
+    // every node of every build must agree on them. Change them only with a protocol version.
+    let longest = "k".repeat(MAX_KEY_BYTES);
+    let golden = [
+        ("", 94),
+        ("a", 112),
+        ("key:000000000001", 39),
+        ("user:42", 228),
+        ("ключ", 228),
+        (&longest, 172),
+    ];
+    for (key, shard) in golden {
+        assert_eq!(Store::shard_of(key), shard, "{key:?}");
+    }
+    assert!((0..10_000).all(|i| Store::shard_of(&format!("k{i}")) < Store::SHARDS));
+}
+
+#[test]
+fn keys_in_one_range_of_the_placement_hash_spread_over_every_shard() {
+    // What a ring partitioner gives one node: a sixteenth of the placement hash's range.
+    let mut per_shard = [0u32; Store::SHARDS];
+    let mut n = 0;
+    for i in 0..200_000 {
+        let key = format!("key:{i:012}");
+        if crate::partition::key_hash(key.as_bytes()) >> 60 == 0 {
+            per_shard[Store::shard_of(&key)] += 1;
+            n += 1;
+        }
+    }
+    let mean = n / Store::SHARDS as u32;
+    let (min, max) = (per_shard.iter().min(), per_shard.iter().max());
+    assert!(
+        *min.unwrap() > mean / 2 && *max.unwrap() < mean * 2,
+        "{min:?} {max:?} of {mean}"
+    );
+}
+
+#[test]
+fn a_collected_keys_versions_never_repeat() {
+    let s = Store::new(StoreConfig::default());
+    s.accept("k", reg(ballot(1, 0), 1, Some(10)))
+        .unwrap()
+        .unwrap();
+    s.accept("k", reg(ballot(2, 0), 2, None)).unwrap().unwrap();
+    assert!(s.collect("k", ballot(2, 0)).unwrap());
+    assert_eq!(scan_all(&s), vec![]);
+    // The key reads as its tombstone did, but with no ballot, as on a replica that never had
+    // it; the next proposal continues above the deleted version.
+    assert_eq!(s.register("k"), reg(Ballot::ZERO, 2, None));
+    assert_eq!(
+        s.prepare("k", ballot(3, 1), 8).unwrap(),
+        Ok(reg(Ballot::ZERO, 2, None))
+    );
+    s.accept("k", reg(ballot(3, 1), 3, Some(11)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.get("k").unwrap().version, Version(3));
+    // The same through the map API: deleted, written again, one version up.
+    assert_eq!(s.delete("k").unwrap().version, Version(3));
+    assert_eq!(s.set("k", Value::integer(1)).unwrap(), Version(5));
+    // A key never written, in a shard whose floor rose, starts above it too.
+    let other = keys_in_shard(Store::shard_of("k"), "o").next().unwrap();
+    assert_eq!(s.set(&other, Value::integer(1)).unwrap(), Version(5));
+}
+
+#[test]
+fn collect_removes_only_a_tombstone_of_that_ballot() {
+    let s = Store::new(StoreConfig::default());
+    s.accept("v", reg(ballot(1, 0), 1, Some(1)))
+        .unwrap()
+        .unwrap();
+    s.accept("t", reg(ballot(2, 0), 2, None)).unwrap().unwrap();
+    assert!(!s.collect("v", ballot(1, 0)).unwrap(), "a value");
+    assert!(!s.collect("t", ballot(1, 0)).unwrap(), "an older ballot");
+    assert!(!s.collect("t", ballot(3, 0)).unwrap(), "a newer ballot");
+    assert!(!s.collect("missing", Ballot::ZERO).unwrap());
+    assert_eq!(
+        s.collect("", ballot(2, 0)).unwrap_err().code(),
+        "invalid_key"
+    );
+    assert_eq!(scan_all(&s).len(), 2);
+    assert_eq!(s.floor(Store::shard_of("t")), Floor::default());
+    assert!(s.collect("t", ballot(2, 0)).unwrap());
+    assert!(!s.collect("t", ballot(2, 0)).unwrap(), "already gone");
+    assert_eq!(
+        scan_all(&s),
+        vec![state("v", ballot(1, 0), reg(ballot(1, 0), 1, Some(1)))]
+    );
+}
+
+#[test]
+fn after_collect_the_deleted_value_cannot_come_back() {
+    let s = Store::new(StoreConfig::default());
+    let old = reg(ballot(1, 0), 1, Some(7));
+    s.accept("k", old.clone()).unwrap().unwrap();
+    s.accept("k", reg(ballot(2, 0), 2, None)).unwrap().unwrap();
+    // A proposer promised since: collecting keeps its promise.
+    s.prepare("k", ballot(5, 1), 0).unwrap().unwrap();
+    assert!(s.collect("k", ballot(2, 0)).unwrap());
+    let floor = Floor {
+        promised: ballot(5, 1),
+        version: Version(2),
+    };
+    assert_eq!(s.floor(Store::shard_of("k")), floor);
+    for b in [ballot(1, 0), ballot(2, 0), ballot(5, 1)] {
+        assert_eq!(s.prepare("k", b, 0).unwrap(), Err(ballot(5, 1)));
+        assert_eq!(
+            s.propose_alone("k", b, |r| (Some(r.clone()), ())).unwrap(),
+            Err(ballot(5, 1))
+        );
+    }
+    // Stale copies of the deleted value, and of its tombstone, are refused.
+    assert_eq!(s.accept("k", old.clone()).unwrap(), Err(ballot(5, 1)));
+    assert!(!s.repair("k", old.clone()).unwrap());
+    assert!(!s.repair("k", reg(ballot(2, 0), 2, None)).unwrap());
+    assert_eq!(s.get("k"), None);
+    // Any key of the shard is refused the same way.
+    let other = keys_in_shard(Store::shard_of("k"), "o").next().unwrap();
+    assert_eq!(
+        s.prepare(&other, ballot(4, 0), 0).unwrap(),
+        Err(ballot(5, 1))
+    );
+    // The proposal that was promised completes, above the deleted version.
+    assert_eq!(
+        s.accept("k", reg(ballot(5, 1), 3, Some(8))).unwrap(),
+        Ok(())
+    );
+    assert_eq!(s.register("k"), reg(ballot(5, 1), 3, Some(8)));
+}
+
+#[test]
+fn restore_applies_a_copy_below_the_floor_that_other_keys_raised() {
+    let s = Store::new(StoreConfig::default());
+    let mut same = keys_in_shard(7, "r");
+    let (gone, copied) = (same.next().unwrap(), same.next().unwrap());
+    s.accept(&gone, reg(ballot(9, 0), 4, None))
+        .unwrap()
+        .unwrap();
+    assert!(s.collect(&gone, ballot(9, 0)).unwrap());
+    // A peer's copy of another key, accepted at a lower ballot before the floor rose here.
+    let copy = reg(ballot(3, 1), 1, Some(5));
+    assert!(s
+        .restore(state(&copied, ballot(3, 1), copy.clone()))
+        .unwrap());
+    assert_eq!(s.register(&copied), copy);
+    // The floor's promise holds for it as it did while it was missing.
+    assert_eq!(scan_all(&s), vec![state(&copied, ballot(9, 0), copy)]);
+    assert_eq!(
+        s.prepare(&copied, ballot(8, 0), 0).unwrap(),
+        Err(ballot(9, 0))
+    );
+}
+
+#[test]
+fn floors_rise_field_by_field_and_never_fall() {
+    let s = Store::new(StoreConfig::default());
+    let f = |round, version| Floor {
+        promised: ballot(round, 0),
+        version: Version(version),
+    };
+    s.raise_floor(3, f(5, 1));
+    s.raise_floor(3, f(2, 7));
+    assert_eq!(s.floor(3), f(5, 7));
+    s.raise_floor(3, Floor::default());
+    assert_eq!(s.floor(3), f(5, 7));
+    assert_eq!(s.floor(4), Floor::default());
+    assert_eq!(f(1, 9).join(f(4, 2)), f(4, 9));
+    // Out of range: nothing to read or raise, and no panic.
+    s.raise_floor(Store::SHARDS, f(1, 1));
+    assert_eq!(s.floor(Store::SHARDS), Floor::default());
+    assert_eq!(s.floor(usize::MAX), Floor::default());
+    // A copied floor is what a missing key of the shard answers with.
+    let key = keys_in_shard(3, "f").next().unwrap();
+    assert_eq!(s.register(&key), reg(Ballot::ZERO, 7, None));
+    assert_eq!(s.prepare(&key, ballot(5, 0), 0).unwrap(), Err(ballot(5, 0)));
+    assert_eq!(
+        s.accept(&key, reg(ballot(4, 9), 8, Some(1))).unwrap(),
+        Err(ballot(5, 0))
+    );
+}
+
+#[test]
+fn a_lone_replicas_tombstone_is_removed_at_once() {
+    let s = Store::new(StoreConfig::default());
+    let write = |value: Option<i64>| {
+        move |r: &Register| (Some(reg(Ballot::ZERO, r.version.0 + 1, value)), r.version)
+    };
+    s.propose_alone("k", ballot(1, 0), write(Some(1)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.propose_alone("k", ballot(2, 0), write(None)).unwrap(),
+        Ok(Version(1))
+    );
+    assert_eq!((scan_all(&s), s.used_bytes()), (vec![], 0));
+    assert_eq!(
+        s.floor(Store::shard_of("k")),
+        Floor {
+            promised: ballot(2, 0),
+            version: Version(2)
+        }
+    );
+    assert_eq!(s.register("k"), reg(Ballot::ZERO, 2, None));
+    assert_eq!(
+        s.propose_alone("k", ballot(3, 0), write(Some(2))).unwrap(),
+        Ok(Version(2))
+    );
+    assert_eq!(s.register("k"), reg(ballot(3, 0), 3, Some(2)));
+}
+
+#[test]
+fn extreme_versions_ballots_and_sizes_neither_panic_nor_wrap() {
+    assert_eq!(Version::MAX.next(), Version::MAX);
+    assert_eq!(Version::MAX.checked_next(), None);
+    assert_eq!(Version(7).checked_next(), Some(Version(8)));
+    let top = Ballot::from_bits(u64::MAX);
+    let s = store_with_budget(1 << 20);
+
+    // A key at the last version cannot be written again, through either API.
+    s.accept("k", reg(ballot(1, 0), u64::MAX - 1, Some(1)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.set("k", Value::integer(2)).unwrap(), Version::MAX);
+    let e = s.set("k", Value::integer(3)).unwrap_err();
+    assert_eq!(e.code(), "invalid_key");
+    assert!(e.to_string().contains("used up its versions"), "{e}");
+    let e = s
+        .propose_alone("k", ballot(2, 0), |r| {
+            (
+                Some(Register {
+                    version: r.version.next(),
+                    ..r.clone()
+                }),
+                (),
+            )
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_key");
+    assert_eq!(s.get("k").unwrap().value.as_i64(), Some(2));
+    // Deleted at the last version, its floor stays there and it stays unwritable.
+    assert_eq!(s.delete("k").unwrap().version, Version::MAX);
+    assert_eq!(s.floor(Store::shard_of("k")).version, Version::MAX);
+    assert_eq!(
+        s.set("k", Value::integer(4)).unwrap_err().code(),
+        "invalid_key"
+    );
+
+    // The highest ballot: promised, accepted, collected into a floor that refuses every prepare.
+    assert!(s.prepare("b", top, 0).unwrap().is_ok());
+    assert_eq!(s.prepare("b", top, 0).unwrap(), Err(top));
+    s.accept("b", reg(top, u64::MAX, None)).unwrap().unwrap();
+    assert!(s.collect("b", top).unwrap());
+    assert_eq!(s.prepare("b", top, 0).unwrap(), Err(top));
+    assert_eq!(s.register("b"), reg(Ballot::ZERO, u64::MAX, None));
+    s.raise_floor(
+        0,
+        Floor {
+            promised: top,
+            version: Version::MAX,
+        },
+    );
+
+    // A grow no budget can hold is refused; without a budget it is only a promise.
+    let e = s.prepare("g", ballot(1, 0), usize::MAX).unwrap_err();
+    assert_eq!(e.code(), "memory_full");
+    let unbounded = Store::new(StoreConfig::default());
+    assert!(unbounded
+        .prepare("g", ballot(1, 0), usize::MAX)
+        .unwrap()
+        .is_ok());
+    assert_eq!(unbounded.used_bytes(), 1 + ENTRY_OVERHEAD);
+
+    // Pages at both ends of the budget.
+    let page = s.scan_page(Store::shard_of("k"), None, usize::MAX, |_| true);
+    assert_eq!(page.next, None);
+    let page = unbounded.scan_page(Store::shard_of("g"), None, 0, |_| true);
+    assert_eq!((page.items.len(), page.next), (1, None));
+}
+
+#[test]
+fn used_bytes_and_memory_return_after_deleting_and_collecting_everything() {
+    let s = Store::new(StoreConfig::default());
+    let start = s.used_bytes();
+    let allocated = |s: &Store| -> usize {
+        s.shards
+            .iter()
+            .map(|p| p.0.read().unwrap().allocated())
+            .sum()
+    };
+    let n = 20_000u64;
+    for i in 0..n {
+        s.set(&format!("map:{i:08}"), Value::string("v".repeat(32)))
+            .unwrap();
+        let key = format!("acc:{i:08}");
+        let b = ballot(i + 1, 1);
+        let current = s.prepare(&key, b, 32).unwrap().unwrap();
+        s.accept(&key, reg(b, current.version.0 + 1, Some(i as i64)))
+            .unwrap()
+            .unwrap();
+    }
+    let full = allocated(&s);
+    // Delete nine in ten: the shards shrink.
+    let gone = |i: u64| i % 10 != 0;
+    for i in (0..n).filter(|&i| gone(i)) {
+        s.delete(&format!("map:{i:08}")).unwrap();
+        let key = format!("acc:{i:08}");
+        let b = ballot(n + i + 1, 1);
+        let current = s.prepare(&key, b, 0).unwrap().unwrap();
+        s.accept(&key, reg(b, current.version.0 + 1, None))
+            .unwrap()
+            .unwrap();
+        assert!(s.collect(&key, b).unwrap());
+    }
+    assert_eq!(s.used_bytes(), recount(&s));
+    let tenth = allocated(&s);
+    assert!(tenth * 4 < full, "{tenth} of {full} bytes still allocated");
+    // Everything that was left, too: nothing is charged, nothing is allocated.
+    for i in (0..n).filter(|&i| !gone(i)) {
+        s.delete(&format!("map:{i:08}")).unwrap();
+        let key = format!("acc:{i:08}");
+        let b = ballot(n + i + 1, 1);
+        s.accept(&key, reg(b, 3, None)).unwrap().unwrap();
+        assert!(s.collect(&key, b).unwrap());
+    }
+    assert_eq!((s.used_bytes(), s.len(), scan_all(&s).len()), (start, 0, 0));
+    assert_eq!(allocated(&s), 0);
+    // And the keys come back above their old versions.
+    assert!(s.set("map:00000001", Value::integer(1)).unwrap() > Version(2));
+}
+
+#[test]
+fn pages_of_empty_missing_and_exhausted_shards_are_empty() {
+    let s = Store::new(StoreConfig::default());
+    assert_eq!(s.scan_page(0, None, 100, |_| true), Page::default());
+    assert_eq!(
+        s.ballots_page(Store::SHARDS, None, 100, |_| true),
+        Page::default()
+    );
+    assert_eq!(
+        s.scan_page(usize::MAX, Some("x"), 0, |_| true),
+        Page::default()
+    );
+    let key = keys_in_shard(9, "p").next().unwrap();
+    s.set(&key, Value::integer(1)).unwrap();
+    let page = s.ballots_page(9, None, 0, |_| true);
+    assert_eq!(
+        page,
+        Page {
+            items: vec![(key.clone(), Ballot::ZERO)],
+            next: None
+        }
+    );
+    assert_eq!(
+        s.ballots_page(9, Some(&key), 1000, |_| true),
+        Page::default()
+    );
+    assert_eq!(s.ballots_page(9, None, 1000, |_| false), Page::default());
+}
+
+fn page_cost(state: &ReplicaState) -> usize {
+    page_bytes(state.key.len(), state.register.value_len())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Paging through a shard with any budgets returns every key that passes the filter exactly
+    /// once, in key order, each page within its budget unless it is a single item, and full:
+    /// the next page's first item would not have fitted.
+    #[test]
+    fn pages_return_every_key_once_in_order_within_the_budget(
+        items in proptest::collection::vec((0..60usize, 0..900usize, 0..4u8), 0..50),
+        budgets in proptest::collection::vec(0..1500usize, 1..6),
+        dense in any::<bool>(),
+        odd_only in any::<bool>(),
+    ) {
+        let s = Store::new(StoreConfig::default());
+        for (j, (pad, value_len, kind)) in items.into_iter().enumerate() {
+            let key = if dense {
+                keys_in_shard(7, &format!("d{j}{}-", "x".repeat(pad))).next().unwrap()
+            } else {
+                format!("k{j}{}", "x".repeat(pad))
+            };
+            let b = ballot(j as u64 + 1, 0);
+            match kind {
+                0 | 1 => { s.set(&key, Value::binary(vec![1; value_len])).unwrap(); }
+                2 => { s.accept(&key, reg(b, 1, None)).unwrap().unwrap(); }
+                _ => { s.prepare(&key, b, 0).unwrap().unwrap(); }
+            }
+        }
+        let filter = |k: &str| !odd_only || k.len() % 2 == 1;
+        for shard in 0..Store::SHARDS {
+            let mut expected = s.scan_shard(shard, filter);
+            expected.sort_by(|a, b| a.key.cmp(&b.key));
+            let mut got: Vec<ReplicaState> = Vec::new();
+            let mut got_ballots: Vec<(String, Ballot)> = Vec::new();
+            let (mut after, mut after_ballots) = (None::<String>, None::<String>);
+            for round in 0.. {
+                let budget = budgets[round % budgets.len()];
+                let page = s.scan_page(shard, after.as_deref(), budget, filter);
+                let bytes: usize = page.items.iter().map(page_cost).sum();
+                prop_assert!(bytes <= budget || page.items.len() == 1, "{} bytes in {}", bytes, budget);
+                if let Some(next) = &page.next {
+                    prop_assert_eq!(Some(next), page.items.last().map(|s| &s.key));
+                    if let Some(first_left) = expected.get(got.len() + page.items.len()) {
+                        prop_assert!(bytes + page_cost(first_left) > budget);
+                    }
+                }
+                prop_assert!(!page.items.is_empty() || page.next.is_none());
+                got.extend(page.items);
+                after = page.next;
+                if after.is_none() { break; }
+            }
+            for round in 0.. {
+                let budget = budgets[round % budgets.len()];
+                let page = s.ballots_page(shard, after_ballots.as_deref(), budget, filter);
+                let bytes: usize = page.items.iter().map(|(k, _)| page_bytes(k.len(), 0)).sum();
+                prop_assert!(bytes <= budget || page.items.len() == 1);
+                got_ballots.extend(page.items);
+                after_ballots = page.next;
+                if after_ballots.is_none() { break; }
+            }
+            let expected_ballots: Vec<_> = expected.iter().map(|s| (s.key.clone(), s.register.ballot)).collect();
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(got_ballots, expected_ballots);
         }
     }
 }

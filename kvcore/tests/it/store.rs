@@ -1,12 +1,12 @@
-//! The store's public contract: versions, tombstones, byte accounting, and replica state that
-//! travels from one store to another.
+//! The store's public contract: versions, tombstones and floors, byte accounting, and replica
+//! state that travels from one store to another.
 
 use std::sync::Arc;
 
 use kvcore::store::{footprint, ENTRY_OVERHEAD};
 use kvcore::{
-    Ballot, Encoding, NodeId, Precondition, Register, ReplicaState, Store, StoreConfig, Value,
-    Version, MAX_KEY_BYTES,
+    Ballot, Encoding, Floor, NodeId, Precondition, Register, ReplicaState, Store, StoreConfig,
+    Value, Version, MAX_KEY_BYTES,
 };
 use proptest::prelude::*;
 
@@ -46,7 +46,7 @@ fn versions_never_repeat_across_deletes() {
     // Each delete counted as a change: 5 rounds of set, set, delete.
     assert_eq!(store.register("k").version, Version(15));
     assert!(store.is_empty());
-    assert_eq!(store.used_bytes(), 1 + ENTRY_OVERHEAD);
+    assert_eq!(store.used_bytes(), 0);
 }
 
 #[test]
@@ -58,17 +58,53 @@ fn a_tombstone_keeps_the_ballot_and_travels_with_the_replica_state() {
         value: Some(Value::string("x")),
     };
     store.accept("gone", accepted).unwrap().unwrap();
-    store.delete("gone").unwrap();
+    let tombstone = Register {
+        ballot: ballot(5, 2),
+        version: Version(2),
+        value: None,
+    };
+    store.accept("gone", tombstone).unwrap().unwrap();
     let [state] = &states(&store)[..] else {
         panic!("one key")
     };
     assert_eq!(state.register.value, None);
     assert_eq!(state.register.version, Version(2));
-    assert_eq!(state.register.ballot, ballot(4, 2));
+    assert_eq!(state.register.ballot, ballot(5, 2));
     let copy = Store::new(StoreConfig::default());
     assert!(copy.restore(state.clone()).unwrap());
     // The copy keeps counting from the tombstone.
     assert_eq!(copy.set("gone", Value::string("y")).unwrap(), Version(3));
+}
+
+#[test]
+fn a_collected_key_travels_as_its_shards_floor() {
+    let store = Store::new(StoreConfig::default());
+    let tombstone = Register {
+        ballot: ballot(5, 2),
+        version: Version(4),
+        value: None,
+    };
+    store.accept("gone", tombstone).unwrap().unwrap();
+    assert!(store.collect("gone", ballot(5, 2)).unwrap());
+    assert_eq!((states(&store), store.used_bytes()), (vec![], 0));
+    let copy = Store::new(StoreConfig::default());
+    for shard in 0..Store::SHARDS {
+        copy.raise_floor(shard, store.floor(shard));
+    }
+    let shard = Store::shard_of("gone");
+    assert_eq!(
+        copy.floor(shard),
+        Floor {
+            promised: ballot(5, 2),
+            version: Version(4)
+        }
+    );
+    // The copy refuses what the original refuses, and counts on from the deleted version.
+    assert_eq!(
+        copy.prepare("gone", ballot(5, 2), 0).unwrap(),
+        Err(ballot(5, 2))
+    );
+    assert_eq!(copy.set("gone", Value::string("y")).unwrap(), Version(5));
 }
 
 #[test]
@@ -151,7 +187,16 @@ fn a_whole_store_copies_into_an_empty_one_through_scan_and_restore() {
     for state in states(&source) {
         assert!(copy.restore(state).unwrap());
     }
+    // The keys deleted from the source are in its floors, which a copy takes too.
+    for shard in 0..Store::SHARDS {
+        copy.raise_floor(shard, source.floor(shard));
+        assert_eq!(copy.floor(shard), source.floor(shard));
+    }
     assert_eq!(states(&copy), states(&source));
+    for i in 0..3000 {
+        let key = format!("key{i}");
+        assert_eq!(copy.register(&key), source.register(&key), "{key}");
+    }
     assert_eq!(copy.len(), source.len());
     assert_eq!(copy.len(), 1500);
     assert_eq!(copy.used_bytes(), source.used_bytes());
@@ -236,6 +281,6 @@ proptest! {
         store.accept(&key, register.clone()).unwrap().unwrap();
         prop_assert_eq!(store.register(&key), register);
         prop_assert_eq!(store.delete(&key).map(|e| e.value), Some(value));
-        prop_assert_eq!(store.used_bytes(), key.len() as u64 + ENTRY_OVERHEAD);
+        prop_assert_eq!(store.used_bytes(), 0);
     }
 }
