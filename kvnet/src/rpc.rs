@@ -16,9 +16,7 @@
 //! [`PAGE_BYTES`], each resumed after the last key of the one before.
 
 use bytes::Bytes;
-use kvcore::{
-    Ballot, Entry, Floor, NodeId, Precondition, Register, ReplicaState, Value, Version,
-};
+use kvcore::{Ballot, Entry, Floor, NodeId, Precondition, Register, ReplicaState, Value, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

@@ -209,7 +209,10 @@ fn check_shard(shard: u32) -> Result<usize, RemoteError> {
     if shard >= Store::SHARDS {
         return Err(RemoteError::new(
             ErrorCode::InvalidRequest,
-            format!("shard {shard} does not exist: shards are 0..{}", Store::SHARDS),
+            format!(
+                "shard {shard} does not exist: shards are 0..{}",
+                Store::SHARDS
+            ),
         ));
     }
     Ok(shard)

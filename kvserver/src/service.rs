@@ -14,11 +14,11 @@ use crate::acceptor::{Acceptor, AcceptorFields, AcceptorRpc};
 use crate::coordinator::Coordinator;
 use crate::drift::Drift;
 use crate::incarnations::{clock_micros, Incarnation, Incarnations};
-use crate::seed::is_seed_key;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
 use crate::readiness::Readiness;
+use crate::seed::is_seed_key;
 use crate::topology::Topology;
 
 /// Answers peer requests for one node.
@@ -133,8 +133,14 @@ impl PeerHandler {
         if fields.promisers.len() > self.topology.replication_factor() {
             return Err(invalid("more promisers than replicas".into()));
         }
-        if let Some((node, _)) = fields.promisers.iter().find(|(n, _)| map.node(*n).is_none()) {
-            return Err(invalid(format!("promiser {node} is not in the cluster map")));
+        if let Some((node, _)) = fields
+            .promisers
+            .iter()
+            .find(|(n, _)| map.node(*n).is_none())
+        {
+            return Err(invalid(format!(
+                "promiser {node} is not in the cluster map"
+            )));
         }
         Ok(())
     }

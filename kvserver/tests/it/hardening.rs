@@ -50,7 +50,11 @@ async fn a_restarted_node_catches_up_a_shard_larger_than_any_reply_over_http() {
     for (i, key) in big.iter().enumerate() {
         let value = Value::binary(vec![i as u8; MAX_VALUE]);
         let node = cluster.node(i % 3);
-        assert!(node.set(key, value, Precondition::None).await.unwrap().is_ok());
+        assert!(node
+            .set(key, value, Precondition::None)
+            .await
+            .unwrap()
+            .is_ok());
     }
     for i in 0..500 {
         let node = cluster.node(i % 3);
@@ -68,7 +72,10 @@ async fn a_restarted_node_catches_up_a_shard_larger_than_any_reply_over_http() {
     .await;
     // Every replica holds every key (R = 3): the restarted one copied them all.
     for (i, key) in big.iter().enumerate() {
-        let entry = node.store().get(key).unwrap_or_else(|| panic!("{key} copied"));
+        let entry = node
+            .store()
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} copied"));
         assert_eq!(entry.value.as_bytes().len(), MAX_VALUE);
         assert!(entry.value.as_bytes().iter().all(|&b| b == i as u8));
     }
@@ -127,7 +134,11 @@ async fn operations_that_change_nothing_store_nothing() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    assert_eq!(used(&cluster), before, "bytes stored after 100 000 no-op writes");
+    assert_eq!(
+        used(&cluster),
+        before,
+        "bytes stored after 100 000 no-op writes"
+    );
     assert_eq!(cluster.node(1).store().len(), 1);
     cluster.shutdown().await;
 }
@@ -150,7 +161,9 @@ async fn no_op_deletes_over_http_leave_stats_bytes_flat() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
         let body = json!({"key": format!("gone{i}"), "value": "v", "if_version": 2}).to_string();
-        let (status, _) = http.post(&format!("{}/set", cluster.url(i % 3)), &body).await;
+        let (status, _) = http
+            .post(&format!("{}/set", cluster.url(i % 3)), &body)
+            .await;
         assert_eq!(status, StatusCode::CONFLICT);
     }
     let after = [bytes(0).await, bytes(1).await, bytes(2).await];
@@ -231,13 +244,17 @@ async fn a_deleted_seed_key_stays_deleted_when_its_primary_restarts() {
     cluster.stop_node(primary).await;
     cluster.restart_node(primary).await.unwrap();
     let url = cluster.url(primary);
-    poll("the restarted primary healthy", Duration::from_secs(30), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let (status, _) = http.get(&format!("{url}/health")).await;
-            (status == StatusCode::OK).then_some(())
-        }
-    })
+    poll(
+        "the restarted primary healthy",
+        Duration::from_secs(30),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let (status, _) = http.get(&format!("{url}/health")).await;
+                (status == StatusCode::OK).then_some(())
+            }
+        },
+    )
     .await;
     // Anti-entropy runs a few passes over the tombstone without collecting it.
     let node = cluster.node(primary).clone();
@@ -283,7 +300,10 @@ async fn seed_keys_are_readable_on_every_node_once_any_node_reports_healthy() {
         for url in &urls {
             for (key, value) in kvserver::SEED_KEYS {
                 let (status, got) = http.get(&format!("{url}/get/{key}")).await;
-                assert_eq!((status, got["value"].as_str()), (StatusCode::OK, Some(value)));
+                assert_eq!(
+                    (status, got["value"].as_str()),
+                    (StatusCode::OK, Some(value))
+                );
             }
         }
         cluster.shutdown().await;
@@ -297,7 +317,10 @@ async fn send_as<R: Rpc>(
     request: &R,
 ) -> Result<Result<R::Reply, RemoteError>, FrameError> {
     let frame = Frame::encode(&header, request);
-    let reply = node.peer_handler().handle_frame(frame.bytes().clone()).await?;
+    let reply = node
+        .peer_handler()
+        .handle_frame(frame.bytes().clone())
+        .await?;
     frame.decode_reply(&reply)
 }
 
@@ -345,7 +368,10 @@ async fn out_of_range_fields_of_peer_messages_are_refused_and_change_nothing() {
         from: NodeId(42),
         ..header
     };
-    refused(send_as(&node, stranger, &prepare(own(5))).await, "a stranger");
+    refused(
+        send_as(&node, stranger, &prepare(own(5))).await,
+        "a stranger",
+    );
     let itself = Header {
         from: NodeId(0),
         incarnation: node.incarnation(),
@@ -370,23 +396,41 @@ async fn out_of_range_fields_of_peer_messages_are_refused_and_change_nothing() {
         promisers: vec![(NodeId(1), peer.incarnation())],
         promise_next: None,
     };
-    refused(send_as(&node, header, &accept).await, "a version that cannot grow");
+    refused(
+        send_as(&node, header, &accept).await,
+        "a version that cannot grow",
+    );
     let collect = Collect {
         keys: vec![("k".into(), own(Ballot::MAX_ROUND))],
     };
-    assert_eq!(send_as(&node, header, &collect).await.unwrap().unwrap(), [false]);
+    assert_eq!(
+        send_as(&node, header, &collect).await.unwrap().unwrap(),
+        [false]
+    );
     let sync = SyncShard {
         shard: u32::MAX,
         after: None,
     };
-    refused(send_as(&node, header, &sync).await, "a shard that does not exist");
+    refused(
+        send_as(&node, header, &sync).await,
+        "a shard that does not exist",
+    );
     // None of it took: the key is writable and the node still counts node 1's real incarnation.
     for i in 0..3 {
-        let written = cluster.node(i).set("k", Value::integer(i as i64), Precondition::None);
+        let written = cluster
+            .node(i)
+            .set("k", Value::integer(i as i64), Precondition::None);
         assert!(written.await.unwrap().is_ok());
     }
     assert_eq!(
-        cluster.node(2).get("k").await.unwrap().unwrap().value.as_i64(),
+        cluster
+            .node(2)
+            .get("k")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .as_i64(),
         Some(2)
     );
     cluster.shutdown().await;
