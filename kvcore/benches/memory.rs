@@ -10,7 +10,14 @@
 //!   replicated write does.
 //!
 //! For each it prints the growth of the process's resident set (`VmRSS` in `/proc/self/status`)
-//! per key, and [`Store::used_bytes`] per key (what the memory budget counts). If `redis-server`
+//! per key, and [`Store::used_bytes`] per key (what the memory budget counts). Each load then
+//! deletes every key again, the way its API does:
+//! - the map API's `delete`, which removes the key into its shard's floor;
+//! - on the acceptor path, a tombstone accepted at a fresh ballot (`prepare`, `accept`) and then
+//!   collected (`collect`), as a replicated delete does once every replica holds the tombstone;
+//!
+//! and prints `used_bytes` and the resident set before loading, after loading and after deleting:
+//! the memory before and after deleting KEYS keys. If `redis-server`
 //! is on the PATH, it then starts one on a free loopback port with persistence off, loads the
 //! same keys and values with pipelined `SET`s, and prints its `used_memory` and RSS growth per
 //! key and the ratios.
@@ -23,6 +30,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvcore::{Ballot, NodeId, Register, Store, StoreConfig, Value, Version};
+
+/// What one load measured: `used_bytes` and the resident set (KiB) before loading, after loading
+/// and after deleting every key.
+struct Phases {
+    rss_kib: [u64; 3],
+    used: [u64; 3],
+}
 
 const DEFAULT_KEYS: u64 = 1_000_000;
 const VALUE_SIZE: usize = 32;
@@ -46,9 +60,11 @@ fn rss_kib(pid: &str) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// One load, in this process: prints `rss_before_kib rss_after_kib used_bytes keys`.
+/// One load and delete, in this process: prints the resident set in KiB and `used_bytes`, each
+/// before loading, after loading and after deleting.
 fn child(path: &str, keys: u64) {
     let store = Store::new(StoreConfig::default());
+    let used_before = store.used_bytes();
     let before = rss_kib("self");
     match path {
         "set" => {
@@ -81,16 +97,52 @@ fn child(path: &str, keys: u64) {
         other => panic!("unknown load path {other:?}"),
     }
     let after = rss_kib("self");
+    let used_after = store.used_bytes();
     assert_eq!(store.len() as u64, keys);
     let sample = store.get(&key(keys / 2)).expect("loaded");
     assert_eq!(sample.value.as_str(), Some(value(keys / 2).as_str()));
     assert_eq!(sample.version, Version(1));
-    println!("{before} {after} {} {}", store.used_bytes(), store.len());
+
+    match path {
+        "set" => {
+            for i in 0..keys {
+                store.delete(&key(i)).expect("loaded");
+            }
+        }
+        _ => {
+            for i in 0..keys {
+                let key = key(i);
+                // Ballots above every ballot of the load.
+                let ballot = Ballot::new(keys + i + 1, NodeId(1));
+                let current = store
+                    .prepare(&key, ballot, 0)
+                    .expect("no budget")
+                    .expect("a fresh ballot is promised");
+                let tombstone = Register {
+                    ballot,
+                    version: current.version.next(),
+                    value: None,
+                };
+                store
+                    .accept(&key, tombstone)
+                    .expect("no budget")
+                    .expect("the promised ballot is accepted");
+                assert!(store.collect(&key, ballot).expect("valid key"));
+            }
+        }
+    }
+    let deleted = rss_kib("self");
+    assert!(store.is_empty());
+    println!(
+        "{before} {after} {deleted} {used_before} {used_after} {}",
+        store.used_bytes()
+    );
 }
 
 struct Growth {
     rss_per_key: f64,
     used_per_key: f64,
+    phases: Phases,
 }
 
 fn measure(path: &str, keys: u64) -> Growth {
@@ -109,13 +161,22 @@ fn measure(path: &str, keys: u64) -> Growth {
         .split_whitespace()
         .map(|x| x.parse().expect("numbers"))
         .collect();
-    let [before, after, used, _] = n[..] else {
+    let [before, after, deleted, used_before, used, used_deleted] = n[..] else {
         panic!("unexpected child output {line:?}")
     };
     Growth {
         rss_per_key: (after.saturating_sub(before) * 1024) as f64 / keys as f64,
         used_per_key: used as f64 / keys as f64,
+        phases: Phases {
+            rss_kib: [before, after, deleted],
+            used: [used_before, used, used_deleted],
+        },
     }
+}
+
+/// `n` KiB in MiB, for the table of phases.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// A `redis-server` this process started; killed when dropped.
@@ -255,6 +316,28 @@ fn main() {
             g.rss_per_key, g.used_per_key
         );
     }
+    println!();
+    println!("memory before and after deleting {keys} keys (used_bytes in bytes, RSS in MiB)");
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}",
+        "", "used before", "loaded", "deleted", "RSS before", "loaded", "deleted"
+    );
+    for (name, g) in [
+        ("kvcore, set / delete", &set),
+        ("kvcore, accept tombstone + collect", &acceptor),
+    ] {
+        let Phases { rss_kib, used } = &g.phases;
+        println!(
+            "{name:<34} {:>12} {:>12} {:>12} {:>9.1} {:>9.1} {:>9.1}",
+            used[0],
+            used[1],
+            used[2],
+            mib(rss_kib[0]),
+            mib(rss_kib[1]),
+            mib(rss_kib[2])
+        );
+    }
+    println!();
 
     let Some(mut redis) = Redis::start() else {
         println!("redis-server not found on the PATH: no Redis figures");

@@ -57,7 +57,10 @@ pub const PAGE_ITEM_OVERHEAD: usize = 32;
 /// compaction. A million 16-byte keys with 32-byte values, loaded through either API, grow the
 /// process by 82 bytes a key, 34 on top of the 48 bytes of key and value
 /// (`cargo bench -p kvcore --bench memory`); the other 6 are for garbage between compactions. A
-/// promise pending on a key (8 bytes until the accept) is not charged.
+/// promise pending on a key (8 bytes until the accept) is not charged. A removed key
+/// ([`Store::delete`], [`Store::collect`]) is charged nothing, and shards give their memory
+/// back as they empty: deleting those million keys again takes the process from 80 MiB back
+/// to about 10 (the same benchmark).
 pub const ENTRY_OVERHEAD: u64 = 40;
 
 /// The version of a stored entry. Versions of one key only grow; `0` is never a stored version.

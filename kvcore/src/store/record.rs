@@ -159,6 +159,7 @@ impl<'a> Record<'a> {
     }
 
     /// The record's bytes.
+    #[cfg(test)]
     pub fn as_bytes(&self) -> &'a [u8] {
         &self.bytes[..self.len()]
     }
