@@ -75,10 +75,19 @@ impl PeerHandler {
     /// a confused peer must not be able to overflow anything or shut a node out.
     fn admit(&self, header: &Header) -> Result<(), RemoteError> {
         let map = self.topology.map();
-        if header.from == self.topology.me() || map.node(header.from).is_none() {
+        if map.node(header.from).is_none() {
             return Err(invalid(format!(
-                "node {} is not a peer of this node in the cluster map",
+                "node {} is not in the cluster map",
                 header.from
+            )));
+        }
+        // A node sends some messages to itself (a repair of its own replica); only in its
+        // current life.
+        let own = self.incarnation.get();
+        if header.from == self.topology.me() && header.incarnation != own {
+            return Err(invalid(format!(
+                "a message from this node's incarnation {}, not its current one {own}",
+                header.incarnation
             )));
         }
         // Incarnations come from the clock; one a day or more ahead of this node's clock would

@@ -374,10 +374,17 @@ async fn out_of_range_fields_of_peer_messages_are_refused_and_change_nothing() {
     );
     let itself = Header {
         from: NodeId(0),
-        incarnation: node.incarnation(),
+        incarnation: node.incarnation() - 1,
         ..header
     };
-    refused(send_as(&node, itself, &prepare(own(5))).await, "itself");
+    let its_own = Prepare {
+        ballot: Ballot::new(5, NodeId(0)),
+        ..prepare(own(5))
+    };
+    refused(
+        send_as(&node, itself, &its_own).await,
+        "itself in an earlier life",
+    );
     let future = Header {
         incarnation: u64::MAX,
         ..header
