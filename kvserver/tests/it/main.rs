@@ -8,4 +8,5 @@ mod cluster;
 mod process;
 mod protocol;
 mod replication;
+mod security;
 mod util;
