@@ -92,8 +92,8 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// File holding the cluster secret that peers authenticate each other's messages with (at
     /// least 16 bytes of text, e.g. from `openssl rand -hex 32`). The binary also takes it from
-    /// the KV_CLUSTER_SECRET environment variable. Without one, only a node listening on a
-    /// loopback address starts.
+    /// the KV_CLUSTER_SECRET environment variable. Without one, `kvserver node` starts only on a
+    /// loopback address, and `kvserver cluster` makes a random one.
     #[arg(long, value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
     /// The cluster secret itself: read from `cluster_secret_file` by
