@@ -9,7 +9,7 @@
 //! - **Headers**: `--header-read-timeout-ms` (hyper's timer, which also runs while a kept-alive
 //!   connection waits for its next request); the TLS handshake gets the same time.
 //! - **Body**: `--body-read-timeout-ms` for the whole body once the headers are in (answered
-//!   408), size limits per endpoint (answered 413); see [`api`](crate::api).
+//!   408), size limits per endpoint (answered 413); see [`api`].
 //! - **Idle**: a kept-alive connection with no request in flight for `--idle-timeout-ms` is
 //!   closed.
 //! - **Lingering close**: when a connection ends, the server says so (FIN) and then reads and
