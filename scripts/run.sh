@@ -14,6 +14,12 @@
 # The release binary is built first (a no-op when it is up to date); set KVSERVER to the path of
 # a kvserver binary to skip the build. Node logs go to files in a temporary directory, printed at
 # start. Ctrl-C, SIGTERM, or any node exiting stops all the nodes.
+#
+# The nodes authenticate each other's messages with a cluster secret: KV_CLUSTER_SECRET if it is
+# set, else a fresh random one, passed to every node in that environment variable (never on the
+# command line, where `ps` would show it). Give `--cluster-secret-file FILE` among the node
+# options to use a file instead. With `--tls-cert`, `--tls-key` and `--tls-ca` among the node
+# options the nodes serve HTTPS, and the start-up check uses curl with that CA.
 
 set -euo pipefail
 
@@ -57,6 +63,34 @@ else
 fi
 [[ -x $bin ]] || die "no kvserver binary at $bin"
 
+# The node options this script must know about: where the secret comes from, and TLS.
+secret_file=
+tls_ca=
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --cluster-secret-file | --cluster-secret-file=*) secret_file=1 ;;
+        --tls-ca) tls_ca=${args[i + 1]:-} ;;
+        --tls-ca=*) tls_ca=${args[i]#--tls-ca=} ;;
+    esac
+done
+if [[ -z $secret_file && -z ${KV_CLUSTER_SECRET:-} ]]; then
+    # 32 random bytes as 64 hex digits; od is in coreutils, so on every Debian.
+    KV_CLUSTER_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    ((${#KV_CLUSTER_SECRET} == 64)) || die "could not read a random secret from /dev/urandom"
+fi
+if [[ -z $secret_file ]]; then
+    export KV_CLUSTER_SECRET
+else
+    # The node refuses a secret given both ways.
+    unset KV_CLUSTER_SECRET
+fi
+scheme=http
+if [[ -n $tls_ca ]]; then
+    scheme=https
+    command -v curl >/dev/null || die "checking HTTPS nodes needs curl"
+fi
+
 ports=()
 peers=()
 for ((i = 0; i < count; i++)); do
@@ -94,6 +128,10 @@ done
 
 # True once the node on port $1 answers GET /health with 200.
 healthy() {
+    if [[ $scheme == https ]]; then
+        curl -fsS -o /dev/null --max-time 1 --cacert "$tls_ca" "https://127.0.0.1:$1/health" 2>/dev/null
+        return
+    fi
     if command -v curl >/dev/null; then
         curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/health" 2>/dev/null
         return
@@ -121,13 +159,15 @@ done
 
 echo "kvserver: $count nodes up (logs in $log_dir)"
 for ((i = 0; i < count; i++)); do
-    echo "  node $i: http://localhost:${ports[i]}"
+    echo "  node $i: $scheme://localhost:${ports[i]}"
 done
+curl_tls=
+[[ $scheme == http ]] || curl_tls="--cacert $tls_ca "
 cat <<EOF
 try:
-  curl -H "Content-Type: application/json" -d '{"key": "d", "value": "onto", "encoding": "string"}' http://localhost:${ports[0]}/set
-  curl http://localhost:${ports[count - 1]}/get/d
-  curl http://localhost:${ports[count - 1]}/get/a
+  curl ${curl_tls}-H "Content-Type: application/json" -d '{"key": "d", "value": "onto", "encoding": "string"}' $scheme://localhost:${ports[0]}/set
+  curl ${curl_tls}$scheme://localhost:${ports[count - 1]}/get/d
+  curl ${curl_tls}$scheme://localhost:${ports[count - 1]}/get/a
 Ctrl-C stops the cluster.
 EOF
 

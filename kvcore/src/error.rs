@@ -151,6 +151,12 @@ error_codes! {
     KeyExists = "key_exists",
     /// The request body is over the limit.
     BodyTooLarge = "body_too_large",
+    /// The request body did not arrive within the body read timeout.
+    RequestTimeout = "request_timeout",
+    /// A peer request without a valid MAC under the cluster secret; nothing was changed.
+    Unauthenticated = "unauthenticated",
+    /// The node has as many open connections as it allows.
+    TooManyConnections = "too_many_connections",
     /// A request reached a node that is not a replica of its key, with no forwards left.
     Misdirected = "misdirected",
     /// A peer message came from a node with a different cluster map epoch.

@@ -7,8 +7,10 @@
 //! one encoding.
 //!
 //! Frames move over a [`Transport`]:
-//! - [`HttpTransport`]: `POST /internal/v1/rpc` with hyper-util's pooled client; [`http::serve`]
-//!   is the receiving half, mounted by the node's HTTP server.
+//! - [`HttpTransport`]: `POST /internal/v1/rpc` with hyper-util's pooled client, optionally over
+//!   TLS; [`http::serve`] is the receiving half, mounted by the node's HTTP server. With a
+//!   cluster [`Secret`], requests and replies carry an HMAC-SHA256 tag beside the frame
+//!   ([`auth`]), checked before anything is decoded.
 //! - [`InProcessNetwork`]: nodes in one process, for tests and examples; frames are the same
 //!   bytes, so the codec is tested even in memory.
 //! - [`FaultyTransport`]: wraps either to drop, delay, duplicate and partition ([`Faults`]).
@@ -24,10 +26,12 @@
 //! - [`wire`]: frames, [`Header`], protocol versions.
 //! - [`transport`]: the [`Transport`] and [`FrameHandler`] seams and [`Peers`].
 //! - [`error`]: [`RemoteError`] and [`CallError`].
+//! - [`auth`]: the cluster [`Secret`] and the tags of peer requests and replies.
 //! - [`http`]: the HTTP transport, both halves.
 //! - [`local`]: the in-process transport.
 //! - [`fault`]: [`Faults`] and [`FaultyTransport`].
 
+pub mod auth;
 pub mod error;
 pub mod fault;
 pub mod http;
@@ -36,9 +40,10 @@ pub mod rpc;
 pub mod transport;
 pub mod wire;
 
+pub use auth::{Secret, MAC_HEADER};
 pub use error::{CallError, RemoteError};
 pub use fault::{Faults, FaultyTransport};
-pub use http::{HttpTransport, HttpTransportConfig, RPC_PATH};
+pub use http::{frame_limit, HttpTransport, HttpTransportConfig, ServeConfig, RPC_PATH};
 pub use local::InProcessNetwork;
 pub use rpc::{Handle, Kind, PeerService, Rpc};
 pub use transport::{BoxFuture, FrameHandler, Peers, Transport};

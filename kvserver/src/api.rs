@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use kvcore::{Encoding, Entry, ErrorCode, Precondition, Value, Version};
 use kvnet::RPC_PATH;
@@ -15,20 +15,21 @@ use serde_json::{json, Value as Json};
 use crate::error::Error;
 use crate::metrics::bump;
 use crate::node::Node;
+use crate::tls::PeerCertificate;
 
-/// Largest request body accepted with the default value limit: a 1 MiB value plus its JSON or
-/// base64 framing. A larger `max_value_bytes` raises it to 1.5 times that.
-pub const MAX_BODY_BYTES: usize = 1536 * 1024;
+/// Largest client request body for values of at most `max_value_bytes`: room for any value the
+/// store accepts however the client writes it. JSON may spell every byte of a string as a
+/// six-byte `\u00XX` escape (base64 needs only 4/3), and the key likewise, plus 64 KiB for the
+/// rest of the object. Whitespace a client pads its JSON with is not counted.
+pub fn client_body_limit(max_value_bytes: usize) -> usize {
+    max_value_bytes
+        .saturating_add(kvcore::key::MAX_KEY_BYTES)
+        .saturating_mul(6)
+        .saturating_add(64 << 10)
+}
 
 fn body_limit(node: &Node) -> usize {
-    MAX_BODY_BYTES.max(
-        node.store()
-            .config()
-            .limits
-            .max_value_bytes
-            .saturating_mul(3)
-            / 2,
-    )
+    client_body_limit(node.config().max_value_bytes())
 }
 
 /// The response type of every handler.
@@ -289,16 +290,24 @@ fn stats(node: &Node) -> HttpResponse {
     )
 }
 
-/// `POST /internal/v1/rpc`: a frame from a peer, answered by kvnet's server half. A frame holds
-/// a value of at most the configured size plus its key and a small header.
+/// `POST /internal/v1/rpc`: a frame from a peer, answered by kvnet's server half, which checks
+/// its MAC before decoding it. A frame may hold the largest value plus its message, or a
+/// catch-up page ([`kvnet::frame_limit`]). With TLS on, only a connection whose client
+/// certificate the cluster's CA signed may carry peer requests.
 async fn peer(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
-    let limit = node
-        .store()
-        .config()
-        .limits
-        .max_value_bytes
-        .saturating_add(64 << 10);
-    Ok(kvnet::http::serve(&*node.peer_handler(), req, limit).await)
+    let config = node.config();
+    if config.tls_enabled() && req.extensions().get::<PeerCertificate>().is_none() {
+        return Err(Error::bad_request(
+            ErrorCode::Unauthenticated,
+            "peer requests over TLS need a client certificate signed by the cluster's CA",
+        ));
+    }
+    let serve = kvnet::ServeConfig {
+        max_frame_bytes: kvnet::frame_limit(config.max_value_bytes()),
+        body_timeout: config.body_read_timeout(),
+        secret: config.cluster_secret.clone(),
+    };
+    Ok(kvnet::http::serve(&*node.peer_handler(), req, &serve).await)
 }
 
 /// Percent-decodes a key from a URL path segment.
@@ -313,7 +322,8 @@ fn decode_key(raw: &str) -> Result<String, Error> {
     Ok(key)
 }
 
-/// Reads the body (refusing it once it passes [`MAX_BODY_BYTES`]) and parses it as JSON.
+/// Reads the body (refusing it once it passes [`client_body_limit`], or when it takes longer
+/// than the body read timeout) and parses it as JSON.
 async fn read_json<T: for<'de> Deserialize<'de>>(
     node: &Node,
     req: Request<Incoming>,
@@ -328,13 +338,21 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large);
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
-        Err(e) => {
+    let timeout = node.config().body_read_timeout();
+    let read = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
+        Ok(Err(e)) => {
             return Err(Error::BadRequest {
                 code: ErrorCode::InvalidRequest,
                 message: format!("could not read the request body: {e}"),
+            })
+        }
+        Err(_) => {
+            return Err(Error::BadRequest {
+                code: ErrorCode::RequestTimeout,
+                message: format!("the request body was not received within {timeout:?}"),
             })
         }
     };
@@ -385,6 +403,16 @@ fn error_response(e: &Error) -> HttpResponse {
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static(allowed));
+    }
+    // Refused before the body was read whole: the connection cannot carry another request.
+    // The accept loop reads the rest before closing, so the client still gets this answer.
+    if matches!(
+        e.code(),
+        ErrorCode::BodyTooLarge | ErrorCode::RequestTimeout | ErrorCode::Unauthenticated
+    ) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

@@ -2,11 +2,18 @@
 //! [`LocalCluster`](crate::LocalCluster) and by tests; validated once; nothing below `main`
 //! reads the environment.
 
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kvcore::key::DEFAULT_MAX_VALUE_BYTES;
 use kvcore::{partition, Ballot, NodeId};
+use kvnet::{HttpTransportConfig, Secret};
 use serde::{Deserialize, Serialize};
+
+/// Upper bound of `--max-connections`: far more than one process serves well, and small enough
+/// to count in a semaphore.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// A configuration that cannot be used, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,12 +71,49 @@ pub struct Config {
     /// the promise of its last round and skip the prepare of the next.
     #[arg(long = "no-cached-promises", action = clap::ArgAction::SetFalse)]
     pub cached_promises: bool,
-    /// How long a client may take to send request headers, in milliseconds.
+    /// How long a client may take to send request headers, in milliseconds. hyper runs this
+    /// timer whenever a connection waits for a request, so it also closes kept-alive
+    /// connections idle for longer.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request body once its headers are in, in
+    /// milliseconds; a slower body is answered 408 and the connection closed.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+    /// A kept-alive connection with no request for this long is closed, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub idle_timeout_ms: u64,
+    /// Most client and peer connections open at once; one more is answered 503 and closed at
+    /// once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
     /// How long a graceful shutdown waits for requests in flight, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+    /// File holding the cluster secret that peers authenticate each other's messages with (at
+    /// least 16 bytes of text, e.g. from `openssl rand -hex 32`). The binary also takes it from
+    /// the KV_CLUSTER_SECRET environment variable. Without one, `kvserver node` starts only on a
+    /// loopback address, and `kvserver cluster` makes a random one.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself: read from `cluster_secret_file` by
+    /// [`load_cluster_secret`](Config::load_cluster_secret), from the environment by the
+    /// binary, or set by [`LocalCluster`](crate::LocalCluster) and tests. Never serialized;
+    /// printed redacted.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub cluster_secret: Option<Secret>,
+    /// This node's certificate chain (PEM). With --tls-key and --tls-ca, the node serves HTTPS
+    /// on its port (client API and peers alike) and reaches its peers over HTTPS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that every node's certificate is signed by: peers are
+    /// verified against these, as servers and as clients of the peer endpoint.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -90,7 +134,15 @@ impl Default for Config {
             seed_keys: true,
             cached_promises: true,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 5000,
+            max_connections: 4096,
             shutdown_grace_ms: 5000,
+            cluster_secret_file: None,
+            cluster_secret: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -159,6 +211,68 @@ impl Config {
         Duration::from_millis(self.header_read_timeout_ms)
     }
 
+    /// Time a client has to send a request body once its headers are in.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// Time after which a kept-alive connection without a request is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Whether the node serves HTTPS and reaches its peers over HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// How this node's peer client is set up: deadlines from this configuration, replies up to
+    /// [`kvnet::frame_limit`], the cluster secret, and TLS from the `--tls-*` files. Its idle
+    /// connections are dropped at half the idle timeout, before a peer closes them under a
+    /// request.
+    pub fn http_transport_config(&self) -> Result<HttpTransportConfig, ConfigError> {
+        Ok(HttpTransportConfig {
+            request_timeout: self.forward_timeout(),
+            connect_timeout: self.forward_timeout().min(Duration::from_millis(500)),
+            pool_idle_timeout: self.idle_timeout() / 2,
+            max_reply_bytes: kvnet::frame_limit(self.max_value_bytes()),
+            secret: self.cluster_secret.clone(),
+            tls: crate::tls::client_config(self)?,
+            ..HttpTransportConfig::default()
+        })
+    }
+
+    /// Reads the cluster secret from `cluster_secret_file`, if one is named.
+    pub fn load_cluster_secret(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.cluster_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read the cluster secret file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let secret = Secret::from_text(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            self.cluster_secret = Some(secret);
+        }
+        Ok(())
+    }
+
+    /// Refuses to expose a node without a cluster secret: listening on anything but a
+    /// loopback address, anyone who reaches the port could send it peer messages and rewrite
+    /// any key's replicas (Redis's protected mode makes the same call).
+    pub fn check_listen_address(&self, listen: IpAddr) -> Result<(), ConfigError> {
+        if self.cluster_secret.is_none() && !listen.is_loopback() {
+            return Err(ConfigError(format!(
+                "refusing to listen on {listen} without a cluster secret: anyone who can reach \
+                 that address could send this node peer messages. Give every node the same \
+                 secret with --cluster-secret-file FILE or the KV_CLUSTER_SECRET environment \
+                 variable (e.g. `openssl rand -hex 32`), or listen on a loopback address"
+            )));
+        }
+        Ok(())
+    }
+
     /// Time a graceful shutdown gives requests in flight.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -217,6 +331,31 @@ impl Config {
         }
         if self.anti_entropy_ms == 0 {
             return fail("the anti-entropy interval must be positive".into());
+        }
+        if self.header_read_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+        {
+            return fail("the header, body and idle timeouts must be positive".into());
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return fail(format!(
+                "--max-connections must be between 1 and {MAX_CONNECTIONS}"
+            ));
+        }
+        let tls = [&self.tls_cert, &self.tls_key, &self.tls_ca];
+        if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
+            return fail(
+                "--tls-cert, --tls-key and --tls-ca go together: a node serving TLS also \
+                 verifies its peers against the CA"
+                    .into(),
+            );
+        }
+        if self.cluster_secret_file.is_some() && self.cluster_secret.is_none() {
+            return fail(
+                "the cluster secret file is named but was not read (Config::load_cluster_secret)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -343,5 +482,114 @@ mod tests {
             ..ok
         };
         assert!(message(detector).contains("failure detector"));
+    }
+
+    #[test]
+    fn hardening_options_parse_and_are_checked() {
+        let parsed = Cli::parse_from([
+            "kvserver",
+            "--max-connections",
+            "8",
+            "--body-read-timeout-ms",
+            "100",
+            "--idle-timeout-ms",
+            "200",
+            "--cluster-secret-file",
+            "/nonexistent/secret",
+            "--tls-cert",
+            "c.pem",
+        ])
+        .config;
+        assert_eq!(
+            (
+                parsed.max_connections,
+                parsed.body_read_timeout_ms,
+                parsed.idle_timeout_ms
+            ),
+            (8, 100, 200)
+        );
+        let ok = Config::new(0, vec!["127.0.0.1:5100".into()]);
+        let message = |c: Config| c.validate().unwrap_err().0;
+        let cert_only = Config {
+            tls_cert: parsed.tls_cert.clone(),
+            ..ok.clone()
+        };
+        assert!(message(cert_only).contains("go together"));
+        let unread = Config {
+            cluster_secret_file: parsed.cluster_secret_file.clone(),
+            ..ok.clone()
+        };
+        assert!(message(unread).contains("not read"));
+        let mut missing = Config {
+            cluster_secret_file: parsed.cluster_secret_file.clone(),
+            ..Config::default()
+        };
+        assert!(missing
+            .load_cluster_secret()
+            .unwrap_err()
+            .0
+            .contains("/nonexistent/secret"));
+        for broken in [
+            Config {
+                max_connections: 0,
+                ..ok.clone()
+            },
+            Config {
+                body_read_timeout_ms: 0,
+                ..ok.clone()
+            },
+            Config {
+                idle_timeout_ms: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn a_secret_is_read_from_its_file_and_never_printed() {
+        let path = std::env::temp_dir().join(format!("kv-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret-s3cret-s3cret-s3cret\n").unwrap();
+        let mut c = Config {
+            cluster_secret_file: Some(path.clone()),
+            ..Config::new(0, vec!["127.0.0.1:1".into()])
+        };
+        c.load_cluster_secret().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            c.cluster_secret.as_ref().map(Secret::to_text).as_deref(),
+            Some("s3cret-s3cret-s3cret-s3cret")
+        );
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+        std::fs::write(&path, "short\n").unwrap();
+        let e = c.load_cluster_secret().unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.0.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn without_a_secret_only_loopback_addresses_are_served() {
+        let open = Config::default();
+        for loopback in ["127.0.0.1", "127.8.9.10", "::1"] {
+            assert_eq!(open.check_listen_address(loopback.parse().unwrap()), Ok(()));
+        }
+        for exposed in ["0.0.0.0", "::", "10.1.2.3", "192.168.0.7"] {
+            let e = open
+                .check_listen_address(exposed.parse().unwrap())
+                .unwrap_err();
+            assert!(e.0.contains("without a cluster secret"), "{exposed}: {e}");
+            assert!(e.0.contains("KV_CLUSTER_SECRET"), "{e}");
+        }
+        let secured = Config {
+            cluster_secret: Some(Secret::random()),
+            ..Config::default()
+        };
+        assert_eq!(
+            secured.check_listen_address("0.0.0.0".parse().unwrap()),
+            Ok(())
+        );
     }
 }

@@ -169,8 +169,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::NotAnInteger
         | C::Overflow
         | C::UnsupportedProtocol => StatusCode::BAD_REQUEST,
+        C::Unauthenticated => StatusCode::UNAUTHORIZED,
         C::NotFound | C::NoRoute => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         C::VersionMismatch | C::KeyExists | C::EpochMismatch => StatusCode::CONFLICT,
         C::ValueTooLarge | C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::Misdirected => StatusCode::MISDIRECTED_REQUEST,
@@ -179,6 +181,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::Recovering
         | C::StaleIncarnation
         | C::Overloaded
+        | C::TooManyConnections
         | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         C::OwnerTimeout | C::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         C::MemoryFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -233,6 +236,23 @@ mod tests {
                 "{code} fell through to the fallback"
             );
         }
+    }
+
+    #[test]
+    fn hardening_codes_have_their_http_statuses() {
+        assert_eq!(status(ErrorCode::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status(ErrorCode::RequestTimeout),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            status(ErrorCode::TooManyConnections),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(ErrorCode::BodyTooLarge),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@
 //! - [`catchup`], [`seed`], [`anti_entropy`]: background work; [`drift`] tells anti-entropy
 //!   when a pass is worth running.
 //! - [`node`]: the [`Node`] façade that builds and starts the parts.
-//! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]).
+//! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]) with its connection limits;
+//!   [`tls`]: HTTPS for clients and peers.
 //! - [`local`]: [`LocalCluster`], in-process clusters.
 
 pub mod acceptor;
@@ -61,6 +62,7 @@ pub mod readiness;
 pub mod seed;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod topology;
 
 pub use config::{parse_size, Config, ConfigError};

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvcore::NodeId;
-use kvnet::{Faults, HttpTransport, HttpTransportConfig, InProcessNetwork};
+use kvnet::{Faults, HttpTransport, InProcessNetwork, Secret};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -92,7 +92,9 @@ impl LocalClusterBuilder {
     }
 
     /// Every node's configuration (`id` and `peers` are filled in per node). The default is
-    /// [`Config::default`] without seed keys.
+    /// [`Config::default`] without seed keys and with a fresh random cluster secret; a
+    /// configuration given here replaces it whole, so without a `cluster_secret` of its own the
+    /// cluster runs unauthenticated.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -142,6 +144,9 @@ impl LocalClusterBuilder {
             .iter()
             .map(TcpListener::local_addr)
             .collect::<io::Result<_>>()?;
+        self.config
+            .check_listen_address(addrs[0].ip())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let peers: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
         let mut cluster = LocalCluster {
             nodes: Vec::with_capacity(self.nodes),
@@ -195,7 +200,8 @@ impl fmt::Debug for LocalCluster {
 
 impl LocalCluster {
     /// A builder with the defaults: 4 nodes on free ports of 127.0.0.1, HTTP between them, and
-    /// [`Config::default`] (3 replicas per key) without seed keys.
+    /// [`Config::default`] (3 replicas per key) without seed keys, with a fresh random cluster
+    /// secret, so peer messages are authenticated as in production.
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder {
             nodes: 4,
@@ -206,6 +212,7 @@ impl LocalCluster {
             ready_timeout: Duration::from_secs(30),
             config: Config {
                 seed_keys: false,
+                cluster_secret: Some(Secret::random()),
                 ..Config::default()
             },
         }
@@ -219,22 +226,18 @@ impl LocalCluster {
             ..self.config.clone()
         };
         let id = NodeId(config.id);
+        let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
         let base: Arc<dyn kvnet::Transport> = match self.transport {
-            Transport::Http => Arc::new(HttpTransport::new(HttpTransportConfig {
-                request_timeout: config.forward_timeout(),
-                connect_timeout: config.forward_timeout().min(Duration::from_millis(500)),
-                ..Default::default()
-            })),
+            Transport::Http => Arc::new(HttpTransport::new(
+                config.http_transport_config().map_err(invalid)?,
+            )),
             Transport::InProcess => Arc::new(self.network.clone()),
         };
         let transport: Arc<dyn kvnet::Transport> = match &self.faults {
             Some(faults) => Arc::new(faults.wrap(id, base)),
             None => base,
         };
-        let node = Arc::new(
-            Node::new(&config, transport)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-        );
+        let node = Arc::new(Node::new(&config, transport).map_err(invalid)?);
         if self.transport == Transport::InProcess {
             let handler = node.peer_handler();
             self.network
@@ -275,9 +278,20 @@ impl LocalCluster {
         self.nodes.iter().map(|n| n.addr).collect()
     }
 
-    /// `http://` base URL of node `i`.
+    /// Base URL of node `i`: `https://` when the nodes serve TLS, else `http://`.
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}", self.nodes[i].addr)
+        let scheme = if self.config.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.nodes[i].addr)
+    }
+
+    /// The cluster secret the nodes share, if any: what a test needs to send them peer
+    /// messages of its own.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.config.cluster_secret.as_ref()
     }
 
     /// Node `i` itself, for direct calls and inspection.

@@ -1,14 +1,17 @@
 //! The `kvserver` binary: parses the command line, binds, and runs nodes until Ctrl-C/SIGTERM.
+//! The only place that reads the environment (`KV_CLUSTER_SECRET`, `RUST_LOG`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use kvnet::{HttpTransport, HttpTransportConfig};
+use kvnet::{HttpTransport, Secret};
 use kvserver::{Config, LocalCluster, Node, SEED_KEYS};
 use tokio::net::TcpListener;
+
+/// The environment variable that may hold the cluster secret instead of --cluster-secret-file.
+const SECRET_VARIABLE: &str = "KV_CLUSTER_SECRET";
 
 /// A distributed in-memory key-value store with a JSON HTTP API.
 #[derive(Parser, Debug)]
@@ -71,9 +74,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let secret = std::env::var(SECRET_VARIABLE).ok();
     let result = match cli.command {
-        Command::Cluster(args) => cluster(args).await,
-        Command::Node(args) => node(args).await,
+        Command::Cluster(args) => cluster(args, secret).await,
+        Command::Node(args) => node(args, secret).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,17 +88,44 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn cluster(args: ClusterArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Puts the cluster secret in `config`: from --cluster-secret-file, or else from the
+/// environment variable's value `from_env`. Naming both is refused rather than guessing.
+fn load_secret(config: &mut Config, from_env: Option<String>) -> Result<(), String> {
+    match (&config.cluster_secret_file, from_env) {
+        (Some(file), Some(_)) => Err(format!(
+            "the cluster secret is given twice, by --cluster-secret-file {} and by \
+             {SECRET_VARIABLE}: keep one",
+            file.display()
+        )),
+        (Some(_), None) => config.load_cluster_secret().map_err(|e| e.to_string()),
+        (None, Some(text)) => {
+            let secret = Secret::from_text(&text).map_err(|e| format!("{SECRET_VARIABLE}: {e}"))?;
+            config.cluster_secret = Some(secret);
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    }
+}
+
+async fn cluster(
+    args: ClusterArgs,
+    secret: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = args.config;
+    load_secret(&mut config, secret)?;
+    // The nodes of one process need no secret from outside: they get a fresh one.
+    config.cluster_secret.get_or_insert_with(Secret::random);
     // Validate the shared options once, against a placeholder membership of the right size.
     let peers = (0..args.nodes.max(1))
         .map(|i| format!("h:{}", 1 + i))
         .collect();
-    let config = args.config;
     Config {
         peers,
         ..config.clone()
     }
     .validate()?;
+    // Read the TLS files now, to refuse to start with a clear message.
+    kvserver::tls::server_config(&config)?;
     let cluster = LocalCluster::builder()
         .nodes(args.nodes)
         .host(args.host.clone())
@@ -131,27 +162,37 @@ async fn cluster(args: ClusterArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config {
+async fn node(args: NodeArgs, secret: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config {
         id: args.id,
         peers: args.peers,
         ..args.config
     };
+    load_secret(&mut config, secret)?;
     config.validate()?;
+    config.check_listen_address(args.listen.ip())?;
+    if config.cluster_secret.is_none() {
+        tracing::warn!(
+            listen = %args.listen,
+            "no cluster secret: peer messages are not authenticated, so anyone who can reach \
+             this loopback address can rewrite any key; give every node --cluster-secret-file \
+             or {SECRET_VARIABLE}"
+        );
+    }
+    // Read the TLS files now, to refuse to start with a clear message.
+    kvserver::tls::server_config(&config)?;
+    let transport = Arc::new(HttpTransport::new(config.http_transport_config()?));
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let transport = Arc::new(HttpTransport::new(HttpTransportConfig {
-        request_timeout: config.forward_timeout(),
-        connect_timeout: config.forward_timeout().min(Duration::from_millis(500)),
-        ..Default::default()
-    }));
     let node = Arc::new(Node::new(&config, transport)?);
     node.start();
     tracing::info!(
         id = config.id,
         listen = %args.listen,
         peers = ?config.peers,
+        authenticated = config.cluster_secret.is_some(),
+        tls = config.tls_enabled(),
         "node started"
     );
     kvserver::run(listener, node, kvserver::shutdown_signal()).await;

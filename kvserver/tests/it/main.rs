@@ -10,4 +10,5 @@ mod hardening;
 mod process;
 mod protocol;
 mod replication;
+mod security;
 mod util;
