@@ -48,9 +48,9 @@ impl Incarnations {
 pub struct Incarnation(AtomicU64);
 
 impl Incarnation {
-    /// An incarnation taken from the clock.
-    pub fn from_clock() -> Self {
-        Incarnation(AtomicU64::new(clock_micros().max(1)))
+    /// An incarnation starting at `start` (normally [`clock_micros`]); never 0.
+    pub fn new(start: u64) -> Self {
+        Incarnation(AtomicU64::new(start.max(1)))
     }
 
     /// The current value.
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn an_incarnation_rises_above_what_peers_remember() {
-        let own = Incarnation::from_clock();
+        let own = Incarnation::new(clock_micros());
         let start = own.get();
         assert!(!own.exceed(start - 1), "already above");
         assert_eq!(own.get(), start);

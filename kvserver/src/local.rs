@@ -159,7 +159,7 @@ impl LocalClusterBuilder {
             },
         };
         for (i, listener) in listeners.into_iter().enumerate() {
-            let running = cluster.launch(i, listener)?;
+            let running = cluster.launch(i, listener, None)?;
             cluster.nodes.push(running);
         }
         if !cluster.wait_ready(self.ready_timeout).await {
@@ -219,7 +219,12 @@ impl LocalCluster {
     }
 
     /// Starts node `i` on `listener` with a fresh store and incarnation.
-    fn launch(&self, i: usize, listener: TcpListener) -> io::Result<LocalNode> {
+    fn launch(
+        &self,
+        i: usize,
+        listener: TcpListener,
+        incarnation: Option<u64>,
+    ) -> io::Result<LocalNode> {
         let addr = listener.local_addr()?;
         let config = Config {
             id: i as u32,
@@ -237,7 +242,11 @@ impl LocalCluster {
             Some(faults) => Arc::new(faults.wrap(id, base)),
             None => base,
         };
-        let node = Arc::new(Node::new(&config, transport).map_err(invalid)?);
+        let node = match incarnation {
+            Some(incarnation) => Node::with_incarnation(&config, transport, incarnation),
+            None => Node::new(&config, transport),
+        };
+        let node = Arc::new(node.map_err(invalid)?);
         if self.transport == Transport::InProcess {
             let handler = node.peer_handler();
             self.network
@@ -304,7 +313,8 @@ impl LocalCluster {
         self.nodes[i].server.is_some()
     }
 
-    /// Polls until every running node has caught up, or `timeout` passes; returns which.
+    /// Polls until every running node is healthy (caught up, and the seed keys written if they
+    /// are configured: what `/health` reports), or `timeout` passes; returns which.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut every = tokio::time::interval(Duration::from_millis(10));
@@ -312,7 +322,7 @@ impl LocalCluster {
             every.tick().await;
             let ready = (0..self.len())
                 .filter(|&i| self.is_running(i))
-                .all(|i| self.node(i).is_ready());
+                .all(|i| self.node(i).is_healthy());
             if ready {
                 return true;
             }
@@ -344,7 +354,22 @@ impl LocalCluster {
             self.stop_node(i).await;
         }
         let listener = TcpListener::bind(self.nodes[i].addr).await?;
-        self.nodes[i] = self.launch(i, listener)?;
+        self.nodes[i] = self.launch(i, listener, None)?;
+        Ok(())
+    }
+
+    /// [`restart_node`](Self::restart_node), with the node starting from `incarnation` rather
+    /// than the clock's reading: how a node whose clock went back across the restart starts.
+    pub async fn restart_node_with_incarnation(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+    ) -> io::Result<()> {
+        if self.is_running(i) {
+            self.stop_node(i).await;
+        }
+        let listener = TcpListener::bind(self.nodes[i].addr).await?;
+        self.nodes[i] = self.launch(i, listener, Some(incarnation))?;
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use crate::coordinator::Coordinator;
 use crate::detector::{FailureDetector, PeerState};
 use crate::drift::Drift;
 use crate::error::Error;
-use crate::incarnations::{Incarnation, Incarnations};
+use crate::incarnations::{clock_micros, Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
@@ -77,6 +77,17 @@ impl Node {
     /// A node as configured, sending peer requests through `transport`. Call
     /// [`start`](Node::start) to begin catching up and exchanging heartbeats.
     pub fn new(config: &Config, transport: Arc<dyn Transport>) -> Result<Self, ConfigError> {
+        Self::with_incarnation(config, transport, clock_micros())
+    }
+
+    /// [`Node::new`], starting from `incarnation` instead of the clock's reading (microseconds
+    /// since 1970): how a node whose clock went back across a restart starts. It still rises
+    /// above whatever incarnation of it a peer remembers while it catches up.
+    pub fn with_incarnation(
+        config: &Config,
+        transport: Arc<dyn Transport>,
+        incarnation: u64,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let me = config.node_id();
         let partitioner = partition::by_name(&config.partitioner)
@@ -100,7 +111,7 @@ impl Node {
             max_memory: config.max_memory,
             limits,
         }));
-        let incarnation = Arc::new(Incarnation::from_clock());
+        let incarnation = Arc::new(Incarnation::new(incarnation));
         let lifecycle = Arc::new(Lifecycle::new());
         let metrics = Arc::new(Metrics::default());
         let detector = Arc::new(FailureDetector::new(topology.peers(), config.down_after()));

@@ -442,3 +442,33 @@ async fn out_of_range_fields_of_peer_messages_are_refused_and_change_nothing() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_whose_clock_went_back_rises_above_its_previous_incarnation() {
+    let mut cluster = quick().nodes(3).start().await.unwrap();
+    let before = cluster.node(1).incarnation();
+    // The restarted node's clock is an hour behind its previous life's.
+    let behind = before - 3600 * 1_000_000;
+    cluster
+        .restart_node_with_incarnation(1, behind)
+        .await
+        .unwrap();
+    assert!(cluster.wait_ready(Duration::from_secs(30)).await);
+    let now = cluster.node(1).incarnation();
+    assert!(now > before, "incarnation {now} is not above {before}");
+    // It coordinates writes to its own keys and counts as a replica again: every key is
+    // writable through it with one other node cut off.
+    let keys: Vec<String> = (0..40).map(|i| format!("mine{i}")).collect();
+    for key in &keys {
+        let node = cluster.node(1);
+        let written = node.set(key, Value::string("x"), Precondition::None);
+        assert!(written.await.unwrap().is_ok(), "{key}");
+    }
+    cluster.stop_node(2).await;
+    for key in &keys {
+        let node = cluster.node(1);
+        let written = node.set(key, Value::string("y"), Precondition::None);
+        assert!(written.await.unwrap().is_ok(), "{key} with node 2 down");
+    }
+    cluster.shutdown().await;
+}
