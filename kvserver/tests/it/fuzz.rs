@@ -23,7 +23,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use kvcore::{ErrorCode, NodeId, NodeInfo, MAX_KEY_BYTES};
 use kvnet::rpc::Ping;
-use kvnet::{Frame, Header, HttpTransport, Peers, PROTOCOL_VERSION, RPC_PATH};
+use kvnet::{Frame, Header, HttpTransport, HttpTransportConfig, Peers, PROTOCOL_VERSION, RPC_PATH};
 use kvserver::LocalCluster;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -884,10 +884,6 @@ fn random_requests_get_json_answers_and_never_a_5xx() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a peer frame refused for its epoch still raises the sender's known incarnation \
-            (PeerHandler::admit observes it before checking the epoch), so one forged frame \
-            naming a real node with incarnation u64::MAX makes every later write that counts \
-            that node's promise fail with 504 outcome_unknown, for good"]
 async fn a_refused_peer_frame_cannot_fence_off_a_node() {
     let cluster = LocalCluster::builder()
         .nodes(3)
@@ -895,7 +891,11 @@ async fn a_refused_peer_frame_cannot_fence_off_a_node() {
         .start()
         .await
         .unwrap();
-    let peers = Peers::new(Arc::new(HttpTransport::new(Default::default())));
+    // Sent with the cluster's secret: an authenticated peer on a stale epoch.
+    let peers = Peers::new(Arc::new(HttpTransport::new(HttpTransportConfig {
+        secret: cluster.secret().cloned(),
+        ..Default::default()
+    })));
     let forged = Header {
         from: NodeId(1),
         incarnation: u64::MAX,
@@ -903,14 +903,20 @@ async fn a_refused_peer_frame_cannot_fence_off_a_node() {
         request_id: 1,
         hops: 1,
     };
+    // A later incarnation a clock could give, on a map epoch no node is at.
+    let stale_epoch = Header {
+        incarnation: cluster.node(1).incarnation() + 1_000_000,
+        ..forged
+    };
     for to in [0, 2] {
         let to_node = NodeInfo {
             id: NodeId(to),
             addr: cluster.addr(to as usize).to_string(),
         };
-        // Refused today for its epoch (and, once peers authenticate, for lacking the secret).
-        let e = peers.call(&to_node, &forged, &Ping).await.unwrap_err();
-        assert!(e.remote_code().is_some(), "{e}");
+        for header in [&forged, &stale_epoch] {
+            let e = peers.call(&to_node, header, &Ping).await.unwrap_err();
+            assert!(e.remote_code().is_some(), "{e}");
+        }
     }
     let http = crate::util::Http::new();
     for i in 0..3 {
