@@ -2,10 +2,14 @@
 //!
 //! Starts a 4-node cluster (R = 3, HTTP between the nodes), writes `--keys` keys through the
 //! nodes, restarts one node (it comes back empty) and reports how long it stays `recovering`
-//! while its peers' copies are merged, along with how many keys it then holds.
+//! while its peers' copies are merged, how many keys and bytes it then holds, and the catch-up
+//! rate. Meanwhile `--traffic` writers keep writing through the other nodes, and their count of
+//! acknowledged and failed writes is reported too.
 //!
 //! ```console
 //! cargo run --release -p examples --example recovery_time -- --keys 100000
+//! # a node holding about 1 GiB (1.4 M values of 1 KiB, three copies over four nodes):
+//! cargo run --release -p examples --example recovery_time -- --keys 1400000 --value-size 1024
 //! ```
 
 use std::sync::Arc;
@@ -30,6 +34,9 @@ struct Args {
     /// The node to restart.
     #[arg(long, default_value_t = 2)]
     node: usize,
+    /// Writers that keep writing through the other nodes while the node catches up.
+    #[arg(long, default_value_t = 8)]
+    traffic: usize,
 }
 
 #[tokio::main]
@@ -77,14 +84,50 @@ async fn main() {
     }
     let before = cluster.node(args.node).store().len();
 
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut traffic = Vec::new();
+    let others: Vec<usize> = (0..4).filter(|&n| n != args.node).collect();
+    for w in 0..args.traffic {
+        let node = cluster.node(others[w % others.len()]).clone();
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        let value = value.clone();
+        traffic.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("live:{w}:{i}");
+                let written = node
+                    .set(&key, Value::string(value.as_str()), Precondition::None)
+                    .await;
+                let counter = if matches!(written, Ok(Ok(_))) {
+                    &acked
+                } else {
+                    &failed
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+
     let restarted = Instant::now();
     cluster.restart_node(args.node).await.expect("restart");
-    assert!(
-        cluster.wait_ready(Duration::from_secs(600)).await,
-        "node did not recover"
-    );
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    while !cluster.node(args.node).is_ready() {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(1800),
+            "node did not recover"
+        );
+        every.tick().await;
+    }
     let recovery = restarted.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in traffic {
+        t.await.expect("traffic writer finished");
+    }
     let after = cluster.node(args.node).store().len();
+    let bytes = cluster.node(args.node).store().used_bytes();
 
     println!(
         "loaded {} keys ({} B values) in {:.1?} ({:.0} writes/s, R=3, 4 nodes, HTTP)",
@@ -93,11 +136,20 @@ async fn main() {
         load_time,
         args.keys as f64 / load_time.as_secs_f64()
     );
+    let secs = recovery.as_secs_f64();
     println!(
-        "node {} held {before} keys; restarted empty, it was ready after {:.1?} holding {after} keys ({:.0} keys/s)",
+        "node {} held {before} keys; restarted empty, it was ready after {:.1?} holding {after} keys \
+         and {:.1} MB ({:.0} keys/s, {:.1} MB/s, counting key, value and 40 B per key)",
         args.node,
         recovery,
-        after as f64 / recovery.as_secs_f64()
+        bytes as f64 / 1e6,
+        after as f64 / secs,
+        bytes as f64 / 1e6 / secs,
+    );
+    println!(
+        "meanwhile {} writes through the other nodes were acknowledged and {} failed",
+        acked.load(std::sync::atomic::Ordering::Relaxed),
+        failed.load(std::sync::atomic::Ordering::Relaxed),
     );
     cluster.shutdown().await;
 }
