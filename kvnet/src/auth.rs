@@ -43,7 +43,12 @@ pub type Tag = [u8; 32];
 /// The cluster secret every node shares. Cheap to clone; never printed (its `Debug` is
 /// redacted), never serialized.
 #[derive(Clone)]
-pub struct Secret(Arc<[u8]>);
+pub struct Secret {
+    text: Arc<[u8]>,
+    /// HMAC keyed with the secret, cloned for each tag: keying costs a hash block, so it is done
+    /// once.
+    keyed: HmacSha256,
+}
 
 /// A secret that cannot be used, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +68,7 @@ impl Secret {
                 trimmed.len()
             )));
         }
-        Ok(Secret(Arc::from(trimmed.as_bytes())))
+        Ok(Secret::new(trimmed.as_bytes()))
     }
 
     /// A fresh secret of 32 random bytes from the operating system, written as 64 hex digits
@@ -72,17 +77,25 @@ impl Secret {
         use rand::RngCore;
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Secret(Arc::from(hex(&bytes).into_bytes()))
+        Secret::new(hex(&bytes).as_bytes())
+    }
+
+    fn new(text: &[u8]) -> Self {
+        // HMAC takes keys of any length.
+        let keyed = HmacSha256::new_from_slice(text).expect("HMAC accepts keys of every length");
+        Secret {
+            text: Arc::from(text),
+            keyed,
+        }
     }
 
     /// The secret as text, for handing it to another process. Keep it out of logs.
     pub fn to_text(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
+        String::from_utf8_lossy(&self.text).into_owned()
     }
 
     fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length.
-        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of every length")
+        self.keyed.clone()
     }
 
     /// The tag of a request: `method`, `path` and the exact `body` bytes.
@@ -143,7 +156,7 @@ impl fmt::Debug for Secret {
 impl PartialEq for Secret {
     /// Equal secrets: for comparing configurations, not for checking a peer (tags do that).
     fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
+        self.text == other.text
     }
 }
 
