@@ -76,6 +76,11 @@ pub trait AcceptorRpc: Rpc + Clone {
     fn misses_copy(_answer: &Result<Self::Reply, CallError>) -> bool {
         false
     }
+
+    /// The higher ballot a replica refused this message for, if it did.
+    fn refused_for(_answer: &Result<Self::Reply, CallError>) -> Option<Ballot> {
+        None
+    }
 }
 
 /// The fields of an acceptor message that are checked before it is applied.
@@ -118,6 +123,11 @@ impl Acceptor {
         }
     }
 
+    /// Notes a ballot seen anywhere, so this node's next proposal outbids it.
+    pub fn observe(&self, ballot: Ballot) {
+        self.ballots.observe(ballot);
+    }
+
     /// The replica's store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -157,15 +167,15 @@ impl Acceptor {
         let map = self.topology.map();
         let r = self.topology.replication_factor();
         let mut owners = Vec::with_capacity(r);
-        // Read before the page: a key collected while the page is read then shows up in the
-        // floor, never in neither.
-        let floor = self.store.floor(shard);
         let page = self
             .store
             .scan_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
                 map.owners_into(key.as_bytes(), r, &mut owners);
                 owners.contains(&peer)
             });
+        // Read after the page: a key collected before its part of the page was read is then
+        // in the floor, so it is never in neither.
+        let floor = self.store.floor(shard);
         let known = self
             .incarnations
             .read()
@@ -223,6 +233,13 @@ impl AcceptorRpc for Prepare {
         &self.key
     }
 
+    fn refused_for(answer: &Result<PrepareReply, CallError>) -> Option<Ballot> {
+        match answer {
+            Ok(PrepareReply::Rejected { promised }) => Some(*promised),
+            _ => None,
+        }
+    }
+
     fn fields(&self) -> AcceptorFields<'_> {
         AcceptorFields {
             own_ballots: vec![self.ballot],
@@ -268,6 +285,13 @@ impl AcceptorRpc for Accept {
 
     fn misses_copy(answer: &Result<AcceptReply, CallError>) -> bool {
         !matches!(answer, Ok(AcceptReply::Accepted { .. }))
+    }
+
+    fn refused_for(answer: &Result<AcceptReply, CallError>) -> Option<Ballot> {
+        match answer {
+            Ok(AcceptReply::Rejected { promised }) => Some(*promised),
+            _ => None,
+        }
     }
 
     fn apply(self, a: &Acceptor, placement: &Placement) -> Result<AcceptReply, RemoteError> {

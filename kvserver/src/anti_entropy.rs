@@ -152,18 +152,34 @@ impl AntiEntropy {
             let holders = ballots.iter().filter(|(_, b)| *b == Some(highest)).count();
             let mine = self.store.register(&key);
             if holders == r {
-                // Every replica holds the same register: a tombstone there can go.
-                if mine.ballot == highest
-                    && mine.value.is_none()
-                    && highest != Ballot::ZERO
-                    && !is_seed_key(&key)
-                {
+                // Every replica holds the same register: a tombstone there can go, and so can
+                // a promise-only record (nothing accepted: a round that failed after its
+                // prepare), whose promise the floor keeps.
+                if mine.ballot == highest && mine.value.is_none() && !is_seed_key(&key) {
                     lacking += 1;
                     collectable.push((key, highest, owners.clone()));
                 }
                 continue;
             }
             lacking += 1;
+            let absent = ballots
+                .iter()
+                .filter(|(_, b)| *b == Some(Ballot::ZERO))
+                .count();
+            if absent >= quorum && !is_seed_key(&key) {
+                // A majority holds nothing, so nothing is chosen: the ballot above zero is a
+                // tombstone some replicas have already dropped (a collection cut short), or a
+                // write that was never chosen. The holders drop the former; `Collect` leaves
+                // anything else alone, for the round below.
+                let holding: Vec<NodeId> = ballots
+                    .iter()
+                    .filter(|(_, b)| *b == Some(highest))
+                    .map(|(n, _)| *n)
+                    .collect();
+                if self.collect_from(&key, highest, &holding).await {
+                    continue;
+                }
+            }
             if mine.ballot == highest && holders >= quorum {
                 // Chosen: copy it to the replicas that answered with an older ballot.
                 let repair = Repair {
@@ -195,6 +211,28 @@ impl AntiEntropy {
         }
         self.collect(collectable).await;
         lacking
+    }
+
+    /// Drops `key`'s tombstone of `ballot` on each of `holders`; whether all of them did.
+    async fn collect_from(&self, key: &str, ballot: Ballot, holders: &[NodeId]) -> bool {
+        let me = self.topology.me();
+        let request = Collect {
+            keys: vec![(key.to_owned(), ballot)],
+        };
+        let mut all = true;
+        for &n in holders {
+            let removed = if n == me {
+                self.store.collect(key, ballot).unwrap_or(false)
+            } else {
+                let answer = self.client.call(n, new_request_id(), 1, &request).await;
+                matches!(answer.as_deref(), Ok([true]))
+            };
+            if removed {
+                bump(&self.metrics.collected);
+            }
+            all &= removed;
+        }
+        all
     }
 
     /// Collects tombstones every replica holds: on the other replicas first, then here once

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::incarnations::Incarnation;
 use crate::peers::{new_request_id, PeerClient};
 use crate::readiness::Readiness;
+use crate::service::{check_ballot, check_register, MAX_PEER_VERSION};
 use crate::topology::Topology;
 
 /// What catching up needs.
@@ -140,6 +141,19 @@ impl CatchUp {
                         tracing::warn!("node {peer} sent a sync page that does not move forward");
                         return Copied::Retry;
                     }
+                }
+                // What a peer sends is checked like any peer input: a floor or register out of
+                // range would leave keys unwritable here.
+                let in_range = check_ballot(page.floor.promised).is_ok()
+                    && page.floor.version.0 <= MAX_PEER_VERSION
+                    && page.states.iter().all(|s| {
+                        check_ballot(s.promised).is_ok() && check_register(&s.register).is_ok()
+                    });
+                if !in_range {
+                    tracing::warn!(
+                        "node {peer} sent a sync page with a ballot or version out of range"
+                    );
+                    return Copied::Retry;
                 }
                 totals.pages += 1;
                 self.store.raise_floor(shard as usize, page.floor);

@@ -150,6 +150,15 @@ impl Operation for Incr {
     }
 }
 
+/// The keys every cluster serves from the start, as in the original deployment: `a` and `b`.
+pub const SEED_KEYS: [(&str, &str); 2] = [("a", "alpha"), ("b", "beta")];
+
+/// Whether `key` is a seed key. A deleted seed key keeps its tombstone (it is never collected):
+/// the tombstone is what tells a later [`Seed`] that the key was written.
+pub fn is_seed_key(key: &str) -> bool {
+    SEED_KEYS.iter().any(|&(k, _)| k == key)
+}
+
 impl Operation for Seed {
     const WRITES: bool = true;
 

@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::incarnations::Incarnations;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
-use crate::operation::Operation;
+use crate::operation::{is_seed_key, Operation};
 use crate::peers::PeerClient;
 use crate::quorum::{Answer, Gather, Quorum};
 use crate::topology::Placement;
@@ -305,6 +305,9 @@ impl Proposer {
             let (_, reply) = op.apply(&self.store.register(key));
             return reply;
         }
+        if is_seed_key(key) {
+            return self.apply_locally_keeping_tombstone(op);
+        }
         loop {
             let ballot = self.ballots.next();
             match self
@@ -313,6 +316,32 @@ impl Proposer {
             {
                 Ok(reply) => return reply,
                 // Another local proposal got in between; take a higher ballot.
+                Err(promised) => self.ballots.observe(promised),
+            }
+        }
+    }
+
+    /// [`apply_locally`](Self::apply_locally) for a seed key: the same round in two steps,
+    /// prepare then accept, because a lone replica's one-step round drops a tombstone at once,
+    /// and a seed key's tombstone must stay (see [`is_seed_key`]).
+    fn apply_locally_keeping_tombstone<O: Operation>(&self, op: &O) -> Result<O::Reply, Error> {
+        let key = op.key();
+        loop {
+            let ballot = self.ballots.next();
+            let current = match self.store.prepare(key, ballot, op.grow() as usize)? {
+                Ok(current) => current,
+                Err(promised) => {
+                    self.ballots.observe(promised);
+                    continue;
+                }
+            };
+            let (next, reply) = op.apply(&current);
+            let Some(mut next) = next else {
+                return reply;
+            };
+            next.ballot = ballot;
+            match self.store.accept(key, next)? {
+                Ok(()) => return reply,
                 Err(promised) => self.ballots.observe(promised),
             }
         }
@@ -554,6 +583,13 @@ impl Proposer {
                 .cloned()
                 .expect("a quorum is never empty");
             let (next, reply) = op.apply(&current);
+            if next.is_none() && current.ballot == Ballot::ZERO {
+                // Nothing was ever accepted on this majority, so nothing is chosen: the key has
+                // never been written (or was collected), and that is the current state. Nothing
+                // is accepted for it either, so no replica stores an empty register, which would
+                // read as "written" to a later seed.
+                return reply;
+            }
             // An operation that changes nothing is still accepted under the new ballot, so that
             // the state it observed is chosen.
             let mut register = next.unwrap_or(current);

@@ -206,7 +206,7 @@ impl Quorum {
             // just come back), but only for as long as a heartbeat takes: nobody waits for it.
             let patience = self.detector.is_down(to).then_some(self.hedge);
             let (client, frame, tx) = (self.client.clone(), frame.clone(), tx.clone());
-            let drift = self.drift.clone();
+            let (drift, acceptor) = (self.drift.clone(), self.acceptor.clone());
             self.lifecycle.spawn(async move {
                 let send = client.send(&info, &frame);
                 let answer = match patience {
@@ -219,9 +219,13 @@ impl Quorum {
                         }),
                     },
                 };
-                // Heard here, not by the proposer, which stops listening at a majority.
+                // Heard here, not by the proposer, which stops listening at a majority: a copy
+                // missed, and the ballot that refused it, so the next round outbids it.
                 if R::misses_copy(&answer) {
                     drift.note();
+                }
+                if let Some(promised) = R::refused_for(&answer) {
+                    acceptor.observe(promised);
                 }
                 let _ = tx.send((to, answer));
             });

@@ -21,13 +21,7 @@ use crate::coordinator::Coordinator;
 use crate::peers::new_request_id;
 use crate::readiness::Readiness;
 
-/// The keys every cluster serves from the start, as in the original deployment: `a` and `b`.
-pub const SEED_KEYS: [(&str, &str); 2] = [("a", "alpha"), ("b", "beta")];
-
-/// Whether `key` is a seed key, whose tombstone is kept when it is deleted.
-pub fn is_seed_key(key: &str) -> bool {
-    SEED_KEYS.iter().any(|&(k, _)| k == key)
-}
+pub use crate::operation::{is_seed_key, SEED_KEYS};
 
 /// Writes every seed key that was never written, retrying every `retry` until each write has
 /// an answer, then marks the node seeded. Runs after the node has caught up.

@@ -16,9 +16,9 @@ use crate::drift::Drift;
 use crate::incarnations::{clock_micros, Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
+use crate::operation::is_seed_key;
 use crate::operation::Operation;
 use crate::readiness::Readiness;
-use crate::seed::is_seed_key;
 use crate::topology::Topology;
 
 /// Answers peer requests for one node.
@@ -261,6 +261,13 @@ impl Handle<DigestShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: DigestShard) -> Reply<'a, DigestPage> {
         Box::pin(async move {
             self.admit(header)?;
+            // A recovering replica's copy is not its own yet: it must not count as holding it.
+            if !self.readiness.is_ready() {
+                return Err(RemoteError::new(
+                    ErrorCode::Recovering,
+                    format!("node {} is catching up", self.topology.me()),
+                ));
+            }
             self.acceptor.digest_shard(header.from, r)
         })
     }
@@ -270,8 +277,12 @@ impl Handle<Collect> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: Collect) -> Reply<'a, Vec<bool>> {
         Box::pin(async move {
             self.admit(header)?;
+            // A recovering replica may still merge a copy taken before the delete; dropping
+            // the tombstone now could let that copy bring the deleted value back.
+            let ready = self.readiness.is_ready();
             let store = self.acceptor.store();
             let removed = r.keys.into_iter().map(|(key, ballot)| {
+                ready &&
                 // Seed keys keep their tombstones: they remember that the key was deleted.
                 validate_key(&key).is_ok()
                     && check_ballot(ballot).is_ok()
@@ -311,13 +322,14 @@ const MAX_CLOCK_AHEAD_MICROS: u64 = 24 * 3600 * 1_000_000;
 const MAX_PEER_ROUND: u64 = Ballot::MAX_ROUND / 2;
 
 /// Versions above this are refused from peers, so a version can always grow.
-const MAX_PEER_VERSION: u64 = u64::MAX / 2;
+pub const MAX_PEER_VERSION: u64 = u64::MAX / 2;
 
 fn invalid(message: String) -> RemoteError {
     RemoteError::new(ErrorCode::InvalidRequest, message)
 }
 
-fn check_ballot(ballot: Ballot) -> Result<(), RemoteError> {
+/// Checks a ballot a peer sent: its round must leave room to outbid it.
+pub fn check_ballot(ballot: Ballot) -> Result<(), RemoteError> {
     if ballot.round() > MAX_PEER_ROUND {
         return Err(invalid(format!(
             "ballot round {} is out of range (at most {MAX_PEER_ROUND})",
@@ -327,7 +339,8 @@ fn check_ballot(ballot: Ballot) -> Result<(), RemoteError> {
     Ok(())
 }
 
-fn check_register(register: &Register) -> Result<(), RemoteError> {
+/// Checks a register a peer sent: ballot and version in range.
+pub fn check_register(register: &Register) -> Result<(), RemoteError> {
     check_ballot(register.ballot)?;
     if register.version.0 > MAX_PEER_VERSION {
         return Err(invalid(format!(

@@ -472,3 +472,100 @@ async fn a_node_whose_clock_went_back_rises_above_its_previous_incarnation() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_recovering_replica_keeps_its_tombstones_until_it_has_caught_up() {
+    let faults = kvnet::Faults::new(5);
+    let mut cluster = quick()
+        .nodes(3)
+        .transport(Transport::InProcess)
+        .faults(faults.clone())
+        .start()
+        .await
+        .unwrap();
+    let node = cluster.node(0).clone();
+    assert!(node
+        .set("k", Value::string("v"), Precondition::None)
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(node.delete("k").await.unwrap().is_some());
+    // Node 2 restarts and copies node 0's replicas, tombstone included, but its copy from node 1
+    // is held back: it stays recovering, and a copy node 1 made before the delete could still
+    // arrive and be merged.
+    faults.hold(
+        Some(NodeId(2)),
+        Some(NodeId(1)),
+        Some(kvnet::Kind::SyncShard),
+    );
+    cluster.restart_node(2).await.unwrap();
+    let restarted = cluster.node(2).clone();
+    poll("the tombstone copied", Duration::from_secs(30), || {
+        let restarted = restarted.clone();
+        async move { (restarted.store().register("k").ballot != Ballot::ZERO).then_some(()) }
+    })
+    .await;
+    assert!(!restarted.is_ready());
+    let tombstone = restarted.store().register("k");
+    assert!(tombstone.value.is_none());
+    let header = Header {
+        from: NodeId(0),
+        incarnation: node.incarnation(),
+        epoch: node.map().epoch(),
+        request_id: 7,
+        hops: 1,
+    };
+    let collect = Collect {
+        keys: vec![("k".into(), tombstone.ballot)],
+    };
+    let removed = send_as(&restarted, header, &collect)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed, [false]);
+    assert_eq!(restarted.store().register("k"), tombstone);
+    let digest = kvnet::rpc::DigestShard {
+        shard: Store::shard_of("k") as u32,
+        after: None,
+    };
+    let refused = send_as(&restarted, header, &digest).await.unwrap();
+    assert_eq!(refused.unwrap_err().code, ErrorCode::Recovering);
+    // Once it has caught up, the tombstone is collected everywhere.
+    faults.release();
+    poll("tombstone collected", Duration::from_secs(30), || {
+        let nodes: Vec<Arc<Node>> = (0..3).map(|i| cluster.node(i).clone()).collect();
+        async move {
+            let gone = nodes
+                .iter()
+                .all(|n| n.is_ready() && n.store().register("k").ballot == Ballot::ZERO);
+            gone.then_some(())
+        }
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deleted_seed_key_stays_deleted_with_one_replica_per_key() {
+    let mut cluster = quick()
+        .nodes(3)
+        .configure(|c| {
+            c.replicas = 1;
+            c.seed_keys = true;
+        })
+        .transport(Transport::InProcess)
+        .start()
+        .await
+        .unwrap();
+    let owner = cluster.node(0).owner("a").0 as usize;
+    let other = (owner + 1) % 3;
+    assert!(cluster.node(other).delete("a").await.unwrap().is_some());
+    // Another node restarts and makes sure of the seed keys again.
+    cluster.restart_node(other).await.unwrap();
+    assert!(cluster.wait_ready(Duration::from_secs(30)).await);
+    for i in 0..3 {
+        assert_eq!(cluster.node(i).get("a").await.unwrap(), None, "node {i}");
+        assert!(cluster.node(i).get("b").await.unwrap().is_some());
+    }
+    cluster.shutdown().await;
+}
