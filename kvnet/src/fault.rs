@@ -49,9 +49,9 @@ struct Hold {
 
 impl Hold {
     fn matches(&self, from: NodeId, to: NodeId, kind: Option<Kind>) -> bool {
-        self.from.map_or(true, |f| f == from)
-            && self.to.map_or(true, |t| t == to)
-            && self.kind.map_or(true, |k| Some(k) == kind)
+        self.from.is_none_or(|f| f == from)
+            && self.to.is_none_or(|t| t == to)
+            && self.kind.is_none_or(|k| Some(k) == kind)
     }
 }
 

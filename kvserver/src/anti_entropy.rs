@@ -238,9 +238,19 @@ impl AntiEntropy {
     /// Collects tombstones every replica holds: on the other replicas first, then here once
     /// every other replica has dropped its copy.
     async fn collect(&self, keys: Vec<(String, Ballot, Vec<NodeId>)>) {
-        const BATCH: usize = 4096;
         let me = self.topology.me();
-        for batch in keys.chunks(BATCH) {
+        // Messages of about a page each, whatever the keys' lengths.
+        let mut batches = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, (key, _, _)) in keys.iter().enumerate() {
+            if bytes >= PAGE_BYTES {
+                batches.push(&keys[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += key.len() + 16;
+        }
+        batches.push(&keys[start..]);
+        for batch in batches {
             let mut dropped = vec![0usize; batch.len()];
             let mut asked = vec![0usize; batch.len()];
             for peer in self.topology.peers() {
@@ -301,7 +311,7 @@ impl AntiEntropy {
                     }
                     match page.next {
                         // Pages must move forward, or a confused peer could keep this going.
-                        Some(next) if after.as_ref().map_or(true, |a| &next > a) => {
+                        Some(next) if after.as_ref().is_none_or(|a| &next > a) => {
                             after = Some(next)
                         }
                         Some(_) => return false,

@@ -95,7 +95,7 @@ impl PromiseCache {
             && cached
                 .promisers
                 .iter()
-                .all(|(node, inc)| known.get(node).map_or(true, |k| k <= inc));
+                .all(|(node, inc)| known.get(node).is_none_or(|k| k <= inc));
         current.then_some(cached)
     }
 

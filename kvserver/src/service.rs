@@ -317,9 +317,10 @@ impl Handle<Ping> for PeerHandler {
 /// How far ahead of this node's clock a peer's incarnation may be.
 const MAX_CLOCK_AHEAD_MICROS: u64 = 24 * 3600 * 1_000_000;
 
-/// Rounds above this are refused from peers: a ballot near [`Ballot::MAX_ROUND`] could never be
-/// outbid, and would leave its key unwritable.
-const MAX_PEER_ROUND: u64 = Ballot::MAX_ROUND / 2;
+/// Rounds above this are refused from peers: a ballot at [`Ballot::MAX_ROUND`] could never be
+/// outbid and would leave its key unwritable; below this one there is room for four billion
+/// more rounds.
+const MAX_PEER_ROUND: u64 = Ballot::MAX_ROUND - (1 << 32);
 
 /// Versions above this are refused from peers, so a version can always grow.
 pub const MAX_PEER_VERSION: u64 = u64::MAX / 2;

@@ -519,7 +519,7 @@ mod tests {
             // Records sit among others: reading one must not depend on where the arena ends.
             let mut arena = vec![0xee; padding];
             arena.extend_from_slice(&record);
-            arena.extend(std::iter::repeat(0xff).take(padding));
+            arena.extend(std::iter::repeat_n(0xff, padding));
             let r = Record::at(&arena, padding);
             prop_assert_eq!(r.as_bytes(), &record[..]);
             prop_assert_eq!(r.key_str(), key.as_str());

@@ -488,7 +488,7 @@ fn search(events: &[Event], initial: Option<i64>) -> (Result<(), Violation>, usi
     let unknown_head = head + 1;
     let time = |node: usize| {
         let event = &events[candidates[node / 2].event];
-        if node % 2 == 0 {
+        if node.is_multiple_of(2) {
             event.invoke
         } else {
             event.complete

@@ -478,7 +478,7 @@ async fn a_recovering_replica_keeps_its_tombstones_until_it_has_caught_up() {
     let faults = kvnet::Faults::new(5);
     let mut cluster = quick()
         .nodes(3)
-        .transport(Transport::InProcess)
+        .transport(Transport::Http)
         .faults(faults.clone())
         .start()
         .await
