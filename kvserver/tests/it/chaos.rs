@@ -1,6 +1,7 @@
 //! Concurrent clients under injected faults; every key's history must be linearizable.
 //!
-//! Each seed runs a five-node in-process cluster at `R = 3` whose peer messages pass through
+//! Each seed runs a five-node in-process cluster at `R = 3` (other replication factors too, in
+//! fewer seeds) whose peer messages pass through
 //! [`Faults`]: random request and reply loss, delays, partitions, and crash-restarts of one node
 //! at a time. Several clients per key write unique values, compare-and-set, delete, increment and
 //! read through random nodes; every operation is recorded with its real-time interval, timeouts
@@ -173,14 +174,14 @@ async fn after_ops(history: &History, n: usize, done: &AtomicBool) {
 }
 
 /// Runs one seed; returns (operations recorded, keys checked).
-async fn run_seed(seed: u64, transport: Transport) -> (usize, usize) {
+async fn run_seed(seed: u64, transport: Transport, replicas: usize) -> (usize, usize) {
     let faults = Faults::new(seed);
     let cluster = LocalCluster::builder()
         .nodes(NODES)
         .transport(transport)
         .faults(faults.clone())
         .configure(|c| {
-            c.replicas = 3;
+            c.replicas = replicas;
             c.forward_timeout_ms = 200;
             c.op_timeout_ms = 1500;
             c.heartbeat_ms = 40;
@@ -331,7 +332,7 @@ async fn histories_under_faults_are_linearizable() {
             .collect(),
     };
     for &seed in &seeds {
-        let (o, k) = run_seed(seed, Transport::InProcess).await;
+        let (o, k) = run_seed(seed, Transport::InProcess, 3).await;
         ops += o;
         keys += k;
     }
@@ -348,7 +349,27 @@ async fn histories_under_faults_over_http_are_linearizable() {
     let mut ops = 0;
     let count = seeds("KV_CHAOS_HTTP_SEEDS", 3);
     for seed in 1..=count {
-        ops += run_seed(seed * 104_729, Transport::Http).await.0;
+        ops += run_seed(seed * 104_729, Transport::Http, 3).await.0;
     }
     println!("chaos over HTTP: {count} seeds, {ops} operations, all linearizable");
+}
+
+/// Quorum arithmetic at other sizes: even replica counts (a majority of 2 is both, of 4 is 3)
+/// and five replicas. `KV_CHAOS_OTHER_SEEDS` raises the seeds per size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_at_other_replication_factors_are_linearizable() {
+    let count = seeds("KV_CHAOS_OTHER_SEEDS", 1);
+    for replicas in [2, 4, 5] {
+        let mut ops = 0;
+        for seed in 1..=count {
+            ops += run_seed(
+                seed * 15_485_863 + replicas as u64,
+                Transport::InProcess,
+                replicas,
+            )
+            .await
+            .0;
+        }
+        println!("chaos at R = {replicas}: {count} seeds, {ops} operations, all linearizable");
+    }
 }

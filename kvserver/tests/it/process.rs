@@ -115,20 +115,22 @@ async fn node_processes_form_a_cluster() {
     assert!(unavailable > 0 && unavailable < 30, "{unavailable}");
 }
 
+/// The cluster secret of the node processes these tests start.
+const SECRET: &str = "process-tests-0123456789abcdef";
+
 fn spawn_node(i: usize, peers: &[String], replicas: &str) -> Child {
+    spawn_node_with(i, peers, &["--replicas", replicas, "--no-seed"])
+}
+
+/// Starts node `i` of `peers` as its own process, authenticated with [`SECRET`].
+fn spawn_node_with(i: usize, peers: &[String], options: &[&str]) -> Child {
+    let id = i.to_string();
+    let all = peers.join(",");
+    let mut args = vec!["node", "--id", &id, "--listen", &peers[i], "--peers", &all];
+    args.extend_from_slice(options);
     Command::new(env!("CARGO_BIN_EXE_kvserver"))
-        .args([
-            "node",
-            "--id",
-            &i.to_string(),
-            "--listen",
-            &peers[i],
-            "--peers",
-            &peers.join(","),
-            "--replicas",
-            replicas,
-            "--no-seed",
-        ])
+        .args(args)
+        .env("KV_CLUSTER_SECRET", SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -211,5 +213,55 @@ async fn acknowledged_writes_survive_a_sigkilled_and_restarted_node() {
                 "w{i} through {peer}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_seed_key_stays_deleted_when_its_sigkilled_primary_restarts() {
+    let ports = free_ports(3);
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let options = [
+        "--replicas",
+        "3",
+        "--heartbeat-ms",
+        "50",
+        "--down-after-ms",
+        "200",
+    ];
+    let mut children = Processes(
+        (0..3)
+            .map(|i| spawn_node_with(i, &peers, &options))
+            .collect(),
+    );
+    let http = Http::new();
+    for peer in &peers {
+        wait_healthy(&http, peer).await;
+    }
+    // Healthy means the seed keys are there, through every node.
+    for peer in &peers {
+        let (status, got) = http.get(&format!("http://{peer}/get/a")).await;
+        assert_eq!((status, &got["value"]), (StatusCode::OK, &json!("alpha")));
+    }
+    let (status, _) = http.delete(&format!("http://{}/kv/a", peers[1])).await;
+    assert_eq!(status, StatusCode::OK);
+    let nodes = peers
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| kvcore::NodeInfo {
+            id: kvcore::NodeId(i as u32),
+            addr: addr.clone(),
+        })
+        .collect();
+    let map = kvcore::ClusterMap::new(1, nodes, kvcore::partition::default_partitioner()).unwrap();
+    let primary = map.owners("a", 3)[0].0 as usize;
+    children.0[primary].start_kill().unwrap();
+    children.0[primary].wait().await.unwrap();
+    children.0[primary] = spawn_node_with(primary, &peers, &options);
+    wait_healthy(&http, &peers[primary]).await;
+    for peer in &peers {
+        let (status, got) = http.get(&format!("http://{peer}/get/a")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "through {peer}: {got}");
+        let (status, _) = http.get(&format!("http://{peer}/get/b")).await;
+        assert_eq!(status, StatusCode::OK);
     }
 }
