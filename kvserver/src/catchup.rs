@@ -73,6 +73,10 @@ impl CatchUp {
                     Copied::All(t) => {
                         self.readiness.synced(peer);
                         let secs = began.elapsed().as_secs_f64().max(1e-6);
+                        // A fresh cluster copies nothing; only a real copy is worth a line.
+                        if t.keys == 0 {
+                            continue;
+                        }
                         tracing::info!(
                             from = %peer,
                             keys = t.keys,
