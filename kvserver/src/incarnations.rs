@@ -66,6 +66,16 @@ impl Incarnation {
     }
 }
 
+/// How far ahead of this node's clock a peer's incarnation may be: incarnations come from
+/// clocks, and one far ahead would fence that peer's next lives off for as long.
+pub const MAX_CLOCK_AHEAD_MICROS: u64 = 24 * 3600 * 1_000_000;
+
+/// Whether `incarnation` is one a clock within [`MAX_CLOCK_AHEAD_MICROS`] of this node's could
+/// give.
+pub fn plausible(incarnation: u64) -> bool {
+    incarnation != 0 && incarnation <= clock_micros().saturating_add(MAX_CLOCK_AHEAD_MICROS)
+}
+
 /// Microseconds since the Unix epoch (0 if the clock is before it).
 pub fn clock_micros() -> u64 {
     std::time::SystemTime::now()

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::acceptor::BallotClock;
 use crate::backfill::Backfiller;
 use crate::error::Error;
-use crate::incarnations::Incarnations;
+use crate::incarnations::{plausible, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::{is_seed_key, Operation};
@@ -541,7 +541,15 @@ impl Proposer {
                             incarnation,
                             register,
                         }),
-                    )) => promises.push((node, incarnation, register)),
+                    )) => {
+                        // A promise names the replica's current life: a restart this node had
+                        // not heard of yet is recorded now, so no accept here counts a promise
+                        // from the replica's earlier life.
+                        if plausible(incarnation) {
+                            self.incarnations.observe(node, incarnation);
+                        }
+                        promises.push((node, incarnation, register))
+                    }
                     Some((_, Ok(PrepareReply::Rejected { promised }))) => {
                         self.ballots.observe(promised);
                         conflicted = true;

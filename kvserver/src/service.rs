@@ -13,7 +13,7 @@ use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rp
 use crate::acceptor::{Acceptor, AcceptorFields, AcceptorRpc};
 use crate::coordinator::Coordinator;
 use crate::drift::Drift;
-use crate::incarnations::{clock_micros, Incarnation, Incarnations};
+use crate::incarnations::{plausible, Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::is_seed_key;
@@ -92,8 +92,7 @@ impl PeerHandler {
         }
         // Incarnations come from the clock; one a day or more ahead of this node's clock would
         // fence that node's restarts off for as long.
-        let horizon = clock_micros().saturating_add(MAX_CLOCK_AHEAD_MICROS);
-        if header.incarnation == 0 || header.incarnation > horizon {
+        if !plausible(header.incarnation) {
             return Err(invalid(format!(
                 "incarnation {} of node {} is not one a clock within a day of this node's gives",
                 header.incarnation, header.from
@@ -313,9 +312,6 @@ impl Handle<Ping> for PeerHandler {
         })
     }
 }
-
-/// How far ahead of this node's clock a peer's incarnation may be.
-const MAX_CLOCK_AHEAD_MICROS: u64 = 24 * 3600 * 1_000_000;
 
 /// Rounds above this are refused from peers: a ballot at [`Ballot::MAX_ROUND`] could never be
 /// outbid and would leave its key unwritable; below this one there is room for four billion
