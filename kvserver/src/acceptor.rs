@@ -5,8 +5,8 @@
 //! [`DigestShard`] pages used by catch-up and anti-entropy. While the node is catching up after
 //! a start it refuses to vote for keys whose other replicas it has not merged yet.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use kvcore::{Ballot, ErrorCode, NodeId, Register, Store, Value};
 use kvnet::rpc::{
@@ -21,30 +21,73 @@ use crate::metrics::{bump, Metrics};
 use crate::readiness::Readiness;
 use crate::topology::{Placement, Topology};
 
-/// Ballots this node proposes: always higher than any it has seen.
+/// The ballots this node proposes with, per key.
+///
+/// A key's rounds count the proposals on that key only: the next ballot is one round above the
+/// highest this node knows of for the key — its own replica's promise (a node proposes only for
+/// keys it replicates, and its replica promises every prepare it is sent, its own included) or a
+/// higher one another replica refused with. So rounds grow with one key's writes, not with the
+/// whole cluster's, and 40 bits of them outlast any key. Safety does not rest on the choice:
+/// a replica promises a ballot only once and only above everything it promised, so two proposals
+/// with one ballot can never both gather a majority; a ballot too low is refused and retried
+/// above the refusal.
 #[derive(Debug)]
 pub struct BallotClock {
     me: NodeId,
-    round: AtomicU64,
+    store: Arc<Store>,
+    /// Ballots other replicas refused with, for keys whose next proposal must outbid them.
+    refused: Mutex<HashMap<Box<str>, Ballot>>,
 }
 
 impl BallotClock {
-    /// A clock for proposals of node `me`.
-    pub fn new(me: NodeId) -> Self {
+    /// Refusals kept at most; a key whose refusal was dropped takes one more round.
+    const REFUSALS: usize = 4096;
+
+    /// A clock for proposals of node `me`, which replicates its keys in `store`.
+    pub fn new(me: NodeId, store: Arc<Store>) -> Self {
         BallotClock {
             me,
-            round: AtomicU64::new(0),
+            store,
+            refused: Mutex::default(),
         }
     }
 
-    /// Notes a ballot seen, so this node's next ballot is higher.
-    pub fn observe(&self, ballot: Ballot) {
-        self.round.fetch_max(ballot.round(), Ordering::AcqRel);
+    fn refused(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Ballot>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A ballot higher than any this node has seen.
-    pub fn next(&self) -> Ballot {
-        Ballot::new(self.round.fetch_add(1, Ordering::AcqRel) + 1, self.me)
+    /// Notes that a replica refused a proposal on `key` for `ballot`, so the next one outbids it.
+    pub fn observe(&self, key: &str, ballot: Ballot) {
+        if ballot <= self.store.promise(key) {
+            return;
+        }
+        let mut refused = self.refused();
+        if refused.len() >= Self::REFUSALS && !refused.contains_key(key) {
+            if let Some(any) = refused.keys().next().cloned() {
+                refused.remove(&any);
+            }
+        }
+        let kept = refused.entry(key.into()).or_insert(ballot);
+        *kept = (*kept).max(ballot);
+    }
+
+    /// A ballot above everything this node knows was promised for `key`.
+    pub fn next(&self, key: &str) -> Ballot {
+        let mut highest = self.store.promise(key);
+        if let Some(refused) = self.refused().remove(key) {
+            highest = highest.max(refused);
+        }
+        Self::after(highest, self.me)
+    }
+
+    /// The ballot of `me` one round above `ballot`.
+    pub fn after(ballot: Ballot, me: NodeId) -> Ballot {
+        Ballot::new(ballot.round().saturating_add(1), me)
+    }
+
+    /// This node's ballot one round above `ballot`.
+    pub fn above(&self, ballot: Ballot) -> Ballot {
+        Self::after(ballot, self.me)
     }
 }
 
@@ -123,9 +166,10 @@ impl Acceptor {
         }
     }
 
-    /// Notes a ballot seen anywhere, so this node's next proposal outbids it.
-    pub fn observe(&self, ballot: Ballot) {
-        self.ballots.observe(ballot);
+    /// Notes that a replica refused a proposal on `key` for `ballot`, so this node's next
+    /// proposal on it outbids it.
+    pub fn observe(&self, key: &str, ballot: Ballot) {
+        self.ballots.observe(key, ballot);
     }
 
     /// The replica's store.
@@ -249,7 +293,6 @@ impl AcceptorRpc for Prepare {
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<PrepareReply, RemoteError> {
-        a.ballots.observe(self.ballot);
         Ok(
             match a
                 .store
@@ -295,7 +338,6 @@ impl AcceptorRpc for Accept {
     }
 
     fn apply(self, a: &Acceptor, placement: &Placement) -> Result<AcceptReply, RemoteError> {
-        a.ballots.observe(self.register.ballot);
         // Held across the check and the write, so a newer incarnation cannot be recorded (and a
         // recovering peer cannot copy this shard) in between.
         let known = a.incarnations.read();
@@ -317,9 +359,6 @@ impl AcceptorRpc for Accept {
         // The next ballot is promised in the same step as the accept, so the promise counts as
         // that ballot's phase 1, with this register as its result.
         let next = self.promise_next.filter(|&next| next > ballot);
-        if let Some(next) = next {
-            a.ballots.observe(next);
-        }
         let accepted =
             a.store
                 .accept_promising(&self.key, self.register, next.unwrap_or(ballot))?;
@@ -370,5 +409,34 @@ impl AcceptorRpc for Repair {
             bump(&a.metrics.repairs);
         }
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvcore::StoreConfig;
+
+    #[test]
+    fn each_key_counts_its_own_rounds_and_outbids_refusals() {
+        let store = Arc::new(Store::new(StoreConfig::default()));
+        let clock = BallotClock::new(NodeId(2), store.clone());
+        let first = clock.next("a");
+        assert_eq!((first.round(), first.node()), (1, NodeId(2)));
+        // A thousand rounds on one key leave another key's rounds where they were.
+        for _ in 0..1000 {
+            let ballot = clock.next("a");
+            assert!(store.prepare("a", ballot, 0).unwrap().is_ok());
+        }
+        assert_eq!(clock.next("a").round(), 1001);
+        assert_eq!(clock.next("b").round(), 1);
+        // A refusal elsewhere is outbid once, then the replica's own promise counts again.
+        clock.observe("b", Ballot::new(50, NodeId(7)));
+        assert_eq!(clock.next("b"), Ballot::new(51, NodeId(2)));
+        assert_eq!(clock.next("b").round(), 1);
+        // A refusal below what the replica promised changes nothing.
+        clock.observe("a", Ballot::new(3, NodeId(7)));
+        assert_eq!(clock.next("a").round(), 1001);
+        assert_eq!(clock.above(Ballot::new(9, NodeId(0))), Ballot::new(10, NodeId(2)));
     }
 }

@@ -117,7 +117,7 @@ impl Node {
         let detector = Arc::new(FailureDetector::new(topology.peers(), config.down_after()));
         let readiness = Arc::new(Readiness::new(alone, config.seed_keys));
         let incarnations = Arc::new(Incarnations::default());
-        let ballots = Arc::new(BallotClock::new(me));
+        let ballots = Arc::new(BallotClock::new(me, store.clone()));
         let drift = Arc::new(Drift::default());
         let (backfiller, backfill_queue) = Backfiller::new(drift.clone());
         let client = Arc::new(PeerClient::new(

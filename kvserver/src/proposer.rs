@@ -140,7 +140,7 @@ impl Tally {
     /// in flight could land and the new round would then apply the operation a second time. It
     /// stops early only once `needed` is out of reach and a retry is already ruled out
     /// (something was accepted, or may have been). It can be called again for a larger `needed`.
-    async fn until(&mut self, needed: usize, deadline: Instant, ballots: &BallotClock) {
+    async fn until(&mut self, key: &str, needed: usize, deadline: Instant, ballots: &BallotClock) {
         while self.accepted < needed && self.answered() < self.targets {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some((node, Ok(AcceptReply::Accepted { promised_next })))) => {
@@ -149,7 +149,7 @@ impl Tally {
                     self.promised_next.extend(promised);
                 }
                 Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
-                    ballots.observe(promised);
+                    ballots.observe(key, promised);
                     self.refused += 1;
                 }
                 Ok(Some((_, Err(e)))) if !e.may_have_applied() => self.refused += 1,
@@ -193,6 +193,7 @@ impl AcceptCount {
     /// the deadline, counting the replicas that did not answer as unknown.
     async fn until(
         &mut self,
+        key: &str,
         gather: &mut Gather<Accept>,
         needed: usize,
         deadline: Instant,
@@ -212,7 +213,7 @@ impl AcceptCount {
                     self.promised_next.extend(promised);
                 }
                 Some((_, Ok(AcceptReply::Rejected { promised }))) => {
-                    proposer.ballots.observe(promised);
+                    proposer.ballots.observe(key, promised);
                     self.refused += 1;
                 }
                 Some((_, Err(e))) if !e.may_have_applied() => self.refused += 1,
@@ -309,14 +310,14 @@ impl Proposer {
             return self.apply_locally_keeping_tombstone(op);
         }
         loop {
-            let ballot = self.ballots.next();
+            let ballot = self.ballots.next(key);
             match self
                 .store
                 .propose_alone(key, ballot, |current| op.apply(current))?
             {
                 Ok(reply) => return reply,
                 // Another local proposal got in between; take a higher ballot.
-                Err(promised) => self.ballots.observe(promised),
+                Err(promised) => self.ballots.observe(key, promised),
             }
         }
     }
@@ -327,11 +328,11 @@ impl Proposer {
     fn apply_locally_keeping_tombstone<O: Operation>(&self, op: &O) -> Result<O::Reply, Error> {
         let key = op.key();
         loop {
-            let ballot = self.ballots.next();
+            let ballot = self.ballots.next(key);
             let current = match self.store.prepare(key, ballot, op.grow() as usize)? {
                 Ok(current) => current,
                 Err(promised) => {
-                    self.ballots.observe(promised);
+                    self.ballots.observe(key, promised);
                     continue;
                 }
             };
@@ -342,7 +343,7 @@ impl Proposer {
             next.ballot = ballot;
             match self.store.accept(key, next)? {
                 Ok(()) => return reply,
-                Err(promised) => self.ballots.observe(promised),
+                Err(promised) => self.ballots.observe(key, promised),
             }
         }
     }
@@ -390,7 +391,6 @@ impl Proposer {
             }
             match gather.next(&self.quorum, deadline).await {
                 Some((node, Ok(register))) => {
-                    self.ballots.observe(register.ballot);
                     if registers
                         .first()
                         .is_some_and(|(_, r)| r.ballot != register.ballot)
@@ -521,7 +521,7 @@ impl Proposer {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let ballot = self.ballots.next();
+            let ballot = self.ballots.next(key);
 
             // Phase 1: promises from a majority.
             let prepare = Prepare {
@@ -551,7 +551,7 @@ impl Proposer {
                         promises.push((node, incarnation, register))
                     }
                     Some((_, Ok(PrepareReply::Rejected { promised }))) => {
-                        self.ballots.observe(promised);
+                        self.ballots.observe(key, promised);
                         conflicted = true;
                         failed += 1;
                         gather.widen(&self.quorum);
@@ -606,7 +606,7 @@ impl Proposer {
             // Phase 2: every replica is asked to accept, not only the promisers: one that
             // promised late (or not at all, if nothing higher was promised there) still takes
             // the copy, so a chosen value usually reaches all replicas at once.
-            let next = self.promises.as_ref().map(|_| self.ballots.next());
+            let next = self.promises.as_ref().map(|_| self.ballots.above(ballot));
             let accept = Accept {
                 key: key.into(),
                 register,
@@ -615,7 +615,7 @@ impl Proposer {
             };
             let rx = self.quorum.broadcast(placement, request_id, accept);
             let mut tally = Tally::new(rx, total);
-            tally.until(quorum, deadline, &self.ballots).await;
+            tally.until(key, quorum, deadline, &self.ballots).await;
             let accepted = tally.accepted;
             if accepted >= quorum {
                 if let Some(next) = next {
@@ -655,7 +655,7 @@ impl Proposer {
         let (next, reply) = op.apply(&current);
         let mut register = next.unwrap_or(current);
         register.ballot = cached.next;
-        let promise_next = self.ballots.next();
+        let promise_next = self.ballots.above(cached.next);
         let accept = Accept {
             key: key.into(),
             register,
@@ -670,7 +670,7 @@ impl Proposer {
             .quorum
             .gather_remote(placement, request_id, accept.clone(), needed);
         let mut count = AcceptCount::default();
-        count.until(&mut gather, needed, deadline, self).await;
+        count.until(key, &mut gather, needed, deadline, self).await;
         if count.accepted < needed {
             if count.none_applied() {
                 return Fast::NotApplied;
@@ -696,7 +696,7 @@ impl Proposer {
             // write is chosen if a majority of the others accept it.
             _ => {
                 gather.widen(&self.quorum);
-                count.until(&mut gather, quorum, deadline, self).await;
+                count.until(key, &mut gather, quorum, deadline, self).await;
                 if count.accepted >= quorum {
                     Fast::Done(reply)
                 } else {

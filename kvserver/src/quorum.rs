@@ -207,6 +207,7 @@ impl Quorum {
             let patience = self.detector.is_down(to).then_some(self.hedge);
             let (client, frame, tx) = (self.client.clone(), frame.clone(), tx.clone());
             let (drift, acceptor) = (self.drift.clone(), self.acceptor.clone());
+            let key = request.key().to_owned();
             self.lifecycle.spawn(async move {
                 let send = client.send(&info, &frame);
                 let answer = match patience {
@@ -225,7 +226,7 @@ impl Quorum {
                     drift.note();
                 }
                 if let Some(promised) = R::refused_for(&answer) {
-                    acceptor.observe(promised);
+                    acceptor.observe(&key, promised);
                 }
                 let _ = tx.send((to, answer));
             });

@@ -368,6 +368,12 @@ impl Store {
         self.read(key, |shard, at| shard.register_at(at))
     }
 
+    /// The highest ballot `key` promised on this replica (or accepted: accepting promises
+    /// too); for a key with no record, its shard's floor.
+    pub fn promise(&self, key: &str) -> Ballot {
+        self.read(key, |shard, at| shard.meta_at(at).promised)
+    }
+
     /// Phase 1 of a proposal: promises `ballot` if it is higher than anything promised or
     /// accepted for `key`, returning the accepted register; otherwise returns the higher ballot.
     ///
