@@ -437,6 +437,9 @@ mod tests {
         // A refusal below what the replica promised changes nothing.
         clock.observe("a", Ballot::new(3, NodeId(7)));
         assert_eq!(clock.next("a").round(), 1001);
-        assert_eq!(clock.above(Ballot::new(9, NodeId(0))), Ballot::new(10, NodeId(2)));
+        assert_eq!(
+            clock.above(Ballot::new(9, NodeId(0))),
+            Ballot::new(10, NodeId(2))
+        );
     }
 }
