@@ -50,6 +50,23 @@ pub struct ClusterMap {
     nodes: Vec<NodeInfo>,
     partitioner: Arc<dyn Partitioner>,
     layout: Box<dyn Layout>,
+    /// While a membership change runs: the member ids keys were placed on before it, and their
+    /// layout (see [`ClusterMap::previous_owners_into`]).
+    previous: Option<(Vec<NodeId>, Box<dyn Layout>)>,
+}
+
+/// A [`ClusterMap`] as data: what travels between nodes and is stored, from which every node
+/// rebuilds the same map (placement is a function of it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapSpec {
+    /// The placement epoch.
+    pub epoch: u64,
+    /// The members.
+    pub nodes: Vec<NodeInfo>,
+    /// The partitioner's name (see [`crate::partition::by_name`]).
+    pub partitioner: String,
+    /// While a membership change runs, the member ids keys were placed on before it.
+    pub previous: Option<Vec<NodeId>>,
 }
 
 impl fmt::Debug for ClusterMap {
@@ -58,6 +75,7 @@ impl fmt::Debug for ClusterMap {
             .field("epoch", &self.epoch)
             .field("nodes", &self.nodes)
             .field("partitioner", &self.partitioner.name())
+            .field("previous", &self.previous.as_ref().map(|(ids, _)| ids))
             .finish()
     }
 }
@@ -87,7 +105,86 @@ impl ClusterMap {
             nodes,
             partitioner,
             layout,
+            previous: None,
         })
+    }
+
+    /// The map `spec` describes; the same on every node that builds it.
+    pub fn from_spec(spec: &MapSpec) -> Result<Self> {
+        let partitioner = crate::partition::by_name(&spec.partitioner).ok_or_else(|| {
+            Error::InvalidClusterMap {
+                reason: format!("unknown partitioner {:?}", spec.partitioner),
+            }
+        })?;
+        let map = ClusterMap::new(spec.epoch, spec.nodes.clone(), partitioner)?;
+        match &spec.previous {
+            None => Ok(map),
+            Some(previous) => map.with_previous(previous.clone()),
+        }
+    }
+
+    /// The data this map is built from.
+    pub fn spec(&self) -> MapSpec {
+        MapSpec {
+            epoch: self.epoch,
+            nodes: self.nodes.clone(),
+            partitioner: self.partitioner.name().to_owned(),
+            previous: self.previous.as_ref().map(|(ids, _)| ids.clone()),
+        }
+    }
+
+    fn with_previous(mut self, mut previous: Vec<NodeId>) -> Result<Self> {
+        previous.sort();
+        previous.dedup();
+        if previous.is_empty() {
+            return Err(Error::InvalidClusterMap {
+                reason: "a change cannot start from an empty cluster".into(),
+            });
+        }
+        let layout = self.partitioner.layout(&previous);
+        self.previous = Some((previous, layout));
+        Ok(self)
+    }
+
+    /// The start of a membership change to `nodes`: the next epoch, placing keys on `nodes`
+    /// while remembering this map's members as the previous placement, so a key's replicas are
+    /// its owners under both until the change is [finished](Self::finish_change).
+    pub fn begin_change(&self, nodes: Vec<NodeInfo>) -> Result<Self> {
+        if self.previous.is_some() {
+            return Err(Error::InvalidClusterMap {
+                reason: "a membership change is already running".into(),
+            });
+        }
+        let ids = self.nodes.iter().map(|n| n.id).collect();
+        ClusterMap::new(self.epoch + 1, nodes, self.partitioner.clone())?.with_previous(ids)
+    }
+
+    /// The end of the change in progress: the next epoch, placing keys on the members only.
+    pub fn finish_change(&self) -> Result<Self> {
+        if self.previous.is_none() {
+            return Err(Error::InvalidClusterMap {
+                reason: "no membership change is running".into(),
+            });
+        }
+        ClusterMap::new(self.epoch + 1, self.nodes.clone(), self.partitioner.clone())
+    }
+
+    /// Whether a membership change is running.
+    pub fn is_changing(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// While a change runs, like [`owners_into`](Self::owners_into) under the member set keys
+    /// were placed on before it; `false` (and `out` left empty) when no change runs.
+    pub fn previous_owners_into(&self, key: &[u8], n: usize, out: &mut Vec<NodeId>) -> bool {
+        out.clear();
+        match &self.previous {
+            Some((_, layout)) => {
+                layout.owners(key_hash(key), n, out);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The map's epoch.
@@ -192,6 +289,62 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted, [NodeId(0), NodeId(1), NodeId(2)]);
         }
+    }
+
+    #[test]
+    fn a_change_places_keys_on_both_member_sets_until_it_finishes() {
+        let map = ClusterMap::new(1, nodes(&[0, 1, 2]), default_partitioner()).unwrap();
+        assert!(!map.is_changing());
+        let mut old = Vec::new();
+        assert!(!map.previous_owners_into(b"k", 3, &mut old));
+        let joining = map.begin_change(nodes(&[0, 1, 2, 3])).unwrap();
+        assert_eq!(joining.epoch(), 2);
+        assert!(joining.is_changing());
+        assert!(joining.begin_change(nodes(&[0, 1])).is_err());
+        // Under the change, a key's previous owners are its owners under the old map.
+        let (mut new, mut moved) = (Vec::new(), 0);
+        let keys = 4000;
+        for i in 0..keys {
+            let key = format!("key{i}");
+            assert!(joining.previous_owners_into(key.as_bytes(), 2, &mut old));
+            assert_eq!(old, map.owners(&key, 2));
+            joining.owners_into(key.as_bytes(), 2, &mut new);
+            moved += new.iter().filter(|n| !old.contains(n)).count();
+        }
+        // Only the copies the new node takes move: it ends up holding about a quarter of them.
+        let copies = 2 * keys;
+        assert!(
+            moved > copies / 8 && moved < copies * 3 / 8,
+            "{moved} of {copies}"
+        );
+        let done = joining.finish_change().unwrap();
+        assert_eq!(
+            (done.epoch(), done.is_changing(), done.len()),
+            (3, false, 4)
+        );
+        assert!(done.finish_change().is_err());
+    }
+
+    #[test]
+    fn a_spec_rebuilds_the_same_map() {
+        let map = ClusterMap::new(1, nodes(&[0, 1, 2]), default_partitioner()).unwrap();
+        let changing = map.begin_change(nodes(&[1, 2, 5])).unwrap();
+        let spec = changing.spec();
+        let json = serde_json::to_string(&spec).unwrap();
+        let again = ClusterMap::from_spec(&serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(again.spec(), spec);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for key in ["a", "b", "user:42", "ключ"] {
+            assert_eq!(again.owners(key, 2), changing.owners(key, 2));
+            changing.previous_owners_into(key.as_bytes(), 2, &mut a);
+            again.previous_owners_into(key.as_bytes(), 2, &mut b);
+            assert_eq!(a, b);
+        }
+        let unknown = MapSpec {
+            partitioner: "nope".into(),
+            ..spec
+        };
+        assert!(ClusterMap::from_spec(&unknown).is_err());
     }
 
     #[test]

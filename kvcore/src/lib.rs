@@ -32,7 +32,7 @@ pub mod replica;
 pub mod store;
 pub mod value;
 
-pub use cluster::{ClusterMap, NodeId, NodeInfo};
+pub use cluster::{ClusterMap, MapSpec, NodeId, NodeInfo};
 pub use error::{Error, ErrorCode, Result};
 pub use key::{validate_key, Limits, MAX_KEY_BYTES};
 pub use replica::{Ballot, Register, ReplicaState};
