@@ -19,6 +19,12 @@
 //! ```
 //!
 //! The tag is sent as 64 lowercase hex digits.
+//!
+//! # Rotating the secret
+//! A [`Secret`] may hold several secrets, one per line: the first tags what the node sends,
+//! and a tag under any of them is accepted. So the secret changes by rolling restarts without
+//! ever stopping the cluster: every node first gets `old` then `new` (still tagging with the old
+//! one, already accepting the new), then `new` then `old`, then `new` alone.
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,12 +48,15 @@ pub type Tag = [u8; 32];
 
 /// The cluster secret every node shares. Cheap to clone; never printed (its `Debug` is
 /// redacted), never serialized.
+///
+/// While the secret is being changed it holds more than one (see [the module](self)): tags
+/// are made with the first and checked against each.
 #[derive(Clone)]
 pub struct Secret {
     text: Arc<[u8]>,
-    /// HMAC keyed with the secret, cloned for each tag: keying costs a hash block, so it is done
-    /// once.
-    keyed: HmacSha256,
+    /// HMAC keyed with each secret, the one that tags first, cloned for each tag: keying costs a
+    /// hash block, so it is done once.
+    keyed: Arc<[HmacSha256]>,
 }
 
 /// A secret that cannot be used, with the reason.
@@ -56,19 +65,34 @@ pub struct Secret {
 pub struct SecretError(String);
 
 impl Secret {
-    /// The secret written in `text` (a file's contents or an environment variable), without
-    /// leading and trailing whitespace, so a file that ends in a newline works. Refused if
-    /// shorter than [`MIN_SECRET_BYTES`].
+    /// The secrets written in `text` (a file's contents or an environment variable), one per
+    /// line, each without leading and trailing whitespace (so a file that ends in a newline
+    /// works); blank lines are skipped. The first tags, every one is accepted. Refused if there
+    /// is none, or one is shorter than [`MIN_SECRET_BYTES`].
     pub fn from_text(text: &str) -> Result<Self, SecretError> {
-        let trimmed = text.trim();
-        if trimmed.len() < MIN_SECRET_BYTES {
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if lines.is_empty() {
             return Err(SecretError(format!(
-                "the cluster secret is {} bytes long; it must have at least {MIN_SECRET_BYTES} \
-                 (e.g. `openssl rand -hex 32`)",
-                trimmed.len()
+                "the cluster secret is empty; it must have at least {MIN_SECRET_BYTES} bytes \
+                 (e.g. `openssl rand -hex 32`)"
             )));
         }
-        Ok(Secret::new(trimmed.as_bytes()))
+        for (i, line) in lines.iter().enumerate() {
+            if line.len() < MIN_SECRET_BYTES {
+                return Err(SecretError(format!(
+                    "cluster secret {} of {} is {} bytes long; it must have at least \
+                     {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    i + 1,
+                    lines.len(),
+                    line.len()
+                )));
+            }
+        }
+        Ok(Secret::new(&lines))
     }
 
     /// A fresh secret of 32 random bytes from the operating system, written as 64 hex digits
@@ -77,16 +101,29 @@ impl Secret {
         use rand::RngCore;
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Secret::new(hex(&bytes).as_bytes())
+        Secret::new(&[hex(&bytes).as_str()])
     }
 
-    fn new(text: &[u8]) -> Self {
-        // HMAC takes keys of any length.
-        let keyed = HmacSha256::new_from_slice(text).expect("HMAC accepts keys of every length");
+    fn new(secrets: &[&str]) -> Self {
+        let keyed = secrets
+            .iter()
+            // HMAC takes keys of any length.
+            .map(|s| HmacSha256::new_from_slice(s.as_bytes()).expect("HMAC takes every key"))
+            .collect();
         Secret {
-            text: Arc::from(text),
+            text: Arc::from(secrets.join("\n").as_bytes()),
             keyed,
         }
+    }
+
+    /// How many secrets are accepted (more than one while the secret is being changed).
+    pub fn len(&self) -> usize {
+        self.keyed.len()
+    }
+
+    /// Always false: a secret holds at least one.
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_empty()
     }
 
     /// The secret as text, for handing it to another process. Keep it out of logs.
@@ -94,8 +131,19 @@ impl Secret {
         String::from_utf8_lossy(&self.text).into_owned()
     }
 
+    /// The HMAC of the secret that tags.
     fn mac(&self) -> HmacSha256 {
-        self.keyed.clone()
+        self.keyed[0].clone()
+    }
+
+    /// Whether `tag` is what one of the secrets gives for the input `feed` writes. Each
+    /// comparison is constant-time.
+    fn verify(&self, tag: &Tag, feed: impl Fn(&mut HmacSha256)) -> bool {
+        self.keyed.iter().any(|keyed| {
+            let mut mac = keyed.clone();
+            feed(&mut mac);
+            mac.verify_slice(tag).is_ok()
+        })
     }
 
     /// The tag of a request: `method`, `path` and the exact `body` bytes.
@@ -105,11 +153,9 @@ impl Secret {
         mac.finalize().into_bytes().into()
     }
 
-    /// Whether `tag` is the tag of this request. Compares in constant time.
+    /// Whether `tag` is the tag of this request under one of the secrets.
     pub fn verify_request(&self, tag: &Tag, method: &str, path: &str, body: &[u8]) -> bool {
-        let mut mac = self.mac();
-        request_input(&mut mac, method, path, body);
-        mac.verify_slice(tag).is_ok()
+        self.verify(tag, |mac| request_input(mac, method, path, body))
     }
 
     /// The tag of the reply (`status`, `body`) to the request whose tag is `request`.
@@ -119,12 +165,10 @@ impl Secret {
         mac.finalize().into_bytes().into()
     }
 
-    /// Whether `tag` is the tag of this reply to the request tagged `request`. Compares in
-    /// constant time.
+    /// Whether `tag` is the tag of this reply to the request tagged `request`, under one of the
+    /// secrets.
     pub fn verify_reply(&self, tag: &Tag, request: &Tag, status: u16, body: &[u8]) -> bool {
-        let mut mac = self.mac();
-        reply_input(&mut mac, request, status, body);
-        mac.verify_slice(tag).is_ok()
+        self.verify(tag, |mac| reply_input(mac, request, status, body))
     }
 }
 
@@ -217,6 +261,34 @@ mod tests {
         assert_eq!(random.to_text().len(), 64);
         assert_ne!(random, Secret::random());
         assert_eq!(Secret::from_text(&random.to_text()).unwrap(), random);
+    }
+
+    #[test]
+    fn while_the_secret_changes_the_first_tags_and_each_is_accepted() {
+        let old = "old secret of enough length";
+        let new = "new secret of enough length";
+        let both = Secret::from_text(&format!("{old}\n\n  {new}  \n")).unwrap();
+        assert_eq!(both.len(), 2);
+        let (old, new) = (
+            Secret::from_text(old).unwrap(),
+            Secret::from_text(new).unwrap(),
+        );
+        let tag = both.request_tag("POST", "/p", b"x");
+        assert_eq!(tag, old.request_tag("POST", "/p", b"x"));
+        assert!(old.verify_request(&tag, "POST", "/p", b"x"));
+        assert!(!new.verify_request(&tag, "POST", "/p", b"x"));
+        for signer in [&old, &new] {
+            let tag = signer.request_tag("POST", "/p", b"x");
+            assert!(both.verify_request(&tag, "POST", "/p", b"x"));
+            let reply = signer.reply_tag(&tag, 200, b"r");
+            assert!(both.verify_reply(&reply, &tag, 200, b"r"));
+        }
+        let stranger = Secret::from_text("a third secret, not accepted").unwrap();
+        let forged = stranger.request_tag("POST", "/p", b"x");
+        assert!(!both.verify_request(&forged, "POST", "/p", b"x"));
+        // Every secret must be long enough, not only the first.
+        assert!(Secret::from_text("a long enough first secret\nshort").is_err());
+        assert_eq!(Secret::from_text(&both.to_text()).unwrap(), both);
     }
 
     #[test]

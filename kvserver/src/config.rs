@@ -93,7 +93,8 @@ pub struct Config {
     /// File holding the cluster secret that peers authenticate each other's messages with (at
     /// least 16 bytes of text, e.g. from `openssl rand -hex 32`). The binary also takes it from
     /// the KV_CLUSTER_SECRET environment variable. Without one, `kvserver node` starts only on a
-    /// loopback address, and `kvserver cluster` makes a random one.
+    /// loopback address, and `kvserver cluster` makes a random one. While the secret is being
+    /// changed, the file holds two, one per line: the first tags, both are accepted.
     #[arg(long, value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
     /// The cluster secret itself: read from `cluster_secret_file` by

@@ -220,6 +220,49 @@ async fn a_correctly_maced_peer_message_is_answered_with_a_maced_reply() {
 }
 
 #[tokio::test]
+async fn while_the_secret_changes_nodes_accept_the_old_and_the_new_one() {
+    const OLD: &str = "the old cluster secret, 0123456789";
+    const NEW: &str = "the new cluster secret, 9876543210";
+    // The first step of a rotation: the nodes still tag with the old secret and accept both.
+    let cluster = LocalCluster::builder()
+        .nodes(3)
+        .configure(|c| {
+            c.cluster_secret = Some(Secret::from_text(&format!("{OLD}\n{NEW}")).unwrap())
+        })
+        .start()
+        .await
+        .unwrap();
+    let http = Http::new();
+    write_and_read(&http, &cluster, 1, "rotating", "v1").await;
+    let peer = |text: &str| {
+        Peers::new(Arc::new(HttpTransport::new(HttpTransportConfig {
+            secret: Some(Secret::from_text(text).unwrap()),
+            ..Default::default()
+        })))
+    };
+    // A node at the second step (tagging with the new one, accepting both) is answered.
+    let second_step = peer(&format!("{NEW}\n{OLD}"));
+    let pong = second_step
+        .call(&info(&cluster, 0), &header(&cluster, 1), &Ping)
+        .await
+        .unwrap();
+    assert_eq!(pong.node, NodeId(0));
+    // A secret the cluster never had is refused, and the cluster keeps working.
+    let stranger = peer("a secret this cluster never had");
+    let e = stranger
+        .call(&info(&cluster, 0), &header(&cluster, 1), &Ping)
+        .await
+        .unwrap_err();
+    // (Its 401 is tagged with the cluster's secret, which the stranger cannot check.)
+    assert!(
+        matches!(&e, CallError::Broken { reason, .. } if reason.contains("unauthenticated")),
+        "{e}"
+    );
+    write_and_read(&http, &cluster, 2, "rotating", "v2").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
 async fn values_at_the_size_limit_go_through_their_primary_and_through_other_nodes() {
     for limit in [1 << 20, 1000] {
         let cluster = LocalCluster::builder()
