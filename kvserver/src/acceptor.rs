@@ -19,7 +19,7 @@ use crate::drift::Drift;
 use crate::incarnations::{Incarnation, Incarnations};
 use crate::metrics::{bump, Metrics};
 use crate::readiness::Readiness;
-use crate::topology::{Placement, Topology};
+use crate::topology::{replicas_into, Placement, Topology};
 
 /// The ballots this node proposes with, per key.
 ///
@@ -210,12 +210,12 @@ impl Acceptor {
         let shard = check_shard(request.shard)?;
         let map = self.topology.map();
         let r = self.topology.replication_factor();
-        let mut owners = Vec::with_capacity(r);
+        let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
         let page = self
             .store
             .scan_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
-                map.owners_into(key.as_bytes(), r, &mut owners);
-                owners.contains(&peer)
+                replicas_into(&map, key, r, &mut replicas, &mut previous);
+                replicas.contains(&peer)
             });
         // Read after the page: a key collected before its part of the page was read is then
         // in the floor, so it is never in neither.

@@ -129,11 +129,11 @@ impl AntiEntropy {
             }
             answered.push(peer);
         }
-        let quorum = r / 2 + 1;
         let mut lacking = 0;
         let mut collectable = Vec::new();
         for (key, copies) in seen {
-            map.owners_into(key.as_bytes(), r, &mut owners);
+            let placement = self.topology.placement(&key);
+            let owners = &placement.replicas;
             let ballot_of = |n: NodeId| -> Option<Ballot> {
                 match copies.iter().find(|(c, _)| *c == n) {
                     Some((_, b)) => *b,
@@ -149,38 +149,41 @@ impl AntiEntropy {
                 .filter_map(|(_, b)| *b)
                 .max()
                 .unwrap_or(Ballot::ZERO);
-            let holders = ballots.iter().filter(|(_, b)| *b == Some(highest)).count();
+            let holders: Vec<NodeId> = ballots
+                .iter()
+                .filter(|(_, b)| *b == Some(highest))
+                .map(|(n, _)| *n)
+                .collect();
             let mine = self.store.register(&key);
-            if holders == r {
+            // While a membership change runs, new replicas may still be receiving their
+            // copies: an empty one is not "absent", so nothing of a moving key is collected.
+            let collecting = !placement.is_joint() && !is_seed_key(&key);
+            if holders.len() == owners.len() {
                 // Every replica holds the same register: a tombstone there can go, and so can
                 // a promise-only record (nothing accepted: a round that failed after its
                 // prepare), whose promise the floor keeps.
-                if mine.ballot == highest && mine.value.is_none() && !is_seed_key(&key) {
+                if mine.ballot == highest && mine.value.is_none() && collecting {
                     lacking += 1;
                     collectable.push((key, highest, owners.clone()));
                 }
                 continue;
             }
             lacking += 1;
-            let absent = ballots
+            let absent: Vec<NodeId> = ballots
                 .iter()
                 .filter(|(_, b)| *b == Some(Ballot::ZERO))
-                .count();
-            if absent >= quorum && !is_seed_key(&key) {
+                .map(|(n, _)| *n)
+                .collect();
+            if placement.is_quorum(&absent) && collecting {
                 // A majority holds nothing, so nothing is chosen: the ballot above zero is a
                 // tombstone some replicas have already dropped (a collection cut short), or a
                 // write that was never chosen. The holders drop the former; `Collect` leaves
                 // anything else alone, for the round below.
-                let holding: Vec<NodeId> = ballots
-                    .iter()
-                    .filter(|(_, b)| *b == Some(highest))
-                    .map(|(n, _)| *n)
-                    .collect();
-                if self.collect_from(&key, highest, &holding).await {
+                if self.collect_from(&key, highest, &holders).await {
                     continue;
                 }
             }
-            if mine.ballot == highest && holders >= quorum {
+            if mine.ballot == highest && placement.is_quorum(&holders) {
                 // Chosen: copy it to the replicas that answered with an older ballot.
                 let repair = Repair {
                     key: key.clone(),

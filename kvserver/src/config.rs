@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(skip)]
     #[serde(skip)]
     pub cluster_secret: Option<Secret>,
+    /// Ids of the members keys were placed on before a membership change that is running when
+    /// the node starts (empty: none runs). Membership changes cannot be made yet; tests use
+    /// this to run clusters under the joint quorums of a change.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub changing_from: Vec<u32>,
     /// This node's certificate chain (PEM). With --tls-key and --tls-ca, the node serves HTTPS
     /// on its port (client API and peers alike) and reaches its peers over HTTPS.
     #[arg(long, value_name = "FILE")]
@@ -141,6 +147,7 @@ impl Default for Config {
             shutdown_grace_ms: 5000,
             cluster_secret_file: None,
             cluster_secret: None,
+            changing_from: Vec::new(),
             tls_cert: None,
             tls_key: None,
             tls_ca: None,

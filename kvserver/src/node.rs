@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kvcore::{
-    partition, validate_key, ClusterMap, Conflict, Entry, Limits, NodeId, NodeInfo, Precondition,
-    Store, StoreConfig, Value, Version,
+    partition, validate_key, ClusterMap, Conflict, Entry, Limits, MapSpec, NodeId, NodeInfo,
+    Precondition, Store, StoreConfig, Value, Version,
 };
 use kvnet::rpc::{Delete, Incr, Set, SetReply};
 use kvnet::{FrameHandler, Transport};
@@ -101,7 +101,17 @@ impl Node {
                 addr: addr.clone(),
             })
             .collect();
-        let map = ClusterMap::new(1, nodes, partitioner).map_err(|e| ConfigError(e.to_string()))?;
+        let map = if config.changing_from.is_empty() {
+            ClusterMap::new(1, nodes, partitioner)
+        } else {
+            ClusterMap::from_spec(&MapSpec {
+                epoch: 1,
+                nodes,
+                partitioner: partitioner.name().to_owned(),
+                previous: Some(config.changing_from.iter().map(|&i| NodeId(i)).collect()),
+            })
+        };
+        let map = map.map_err(|e| ConfigError(e.to_string()))?;
         let alone = map.len() == 1;
         let topology = Arc::new(Topology::new(me, map, config.replication_factor()));
         let limits = Limits {

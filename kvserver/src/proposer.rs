@@ -114,65 +114,81 @@ impl PromiseCache {
 struct Tally {
     rx: mpsc::UnboundedReceiver<Answer<Accept>>,
     /// Replicas the accepts went to.
-    targets: usize,
-    accepted: usize,
-    refused: usize,
+    targets: Vec<NodeId>,
+    accepted: Vec<NodeId>,
+    refused: Vec<NodeId>,
     /// Replicas whose accept may or may not have been applied.
-    unknown: usize,
+    unknown: Vec<NodeId>,
     /// Replicas that also promised the next ballot, with their incarnations.
     promised_next: Vec<(NodeId, u64)>,
 }
 
 impl Tally {
-    fn new(rx: mpsc::UnboundedReceiver<Answer<Accept>>, targets: usize) -> Self {
+    fn new(rx: mpsc::UnboundedReceiver<Answer<Accept>>, targets: Vec<NodeId>) -> Self {
+        let n = targets.len();
         Tally {
             rx,
             targets,
-            accepted: 0,
-            refused: 0,
-            unknown: 0,
-            promised_next: Vec::with_capacity(targets),
+            accepted: Vec::with_capacity(n),
+            refused: Vec::new(),
+            unknown: Vec::new(),
+            promised_next: Vec::with_capacity(n),
         }
     }
 
-    /// Gathers answers until `needed` replicas have accepted. Short of that, it hears every
-    /// replica out: a new round is only safe if every one of them refused, since an accept still
-    /// in flight could land and the new round would then apply the operation a second time. It
-    /// stops early only once `needed` is out of reach and a retry is already ruled out
-    /// (something was accepted, or may have been). It can be called again for a larger `needed`.
-    async fn until(&mut self, key: &str, needed: usize, deadline: Instant, ballots: &BallotClock) {
-        while self.accepted < needed && self.answered() < self.targets {
+    /// Gathers answers until the replicas that accepted form a quorum of `placement`. Short of
+    /// that, it hears every replica out: a new round is only safe if every one of them refused,
+    /// since an accept still in flight could land and the new round would then apply the
+    /// operation a second time. It stops early only once a quorum is out of reach and a retry
+    /// is already ruled out (something was accepted, or may have been).
+    async fn until(
+        &mut self,
+        key: &str,
+        placement: &Placement,
+        deadline: Instant,
+        ballots: &BallotClock,
+    ) {
+        while !placement.is_quorum(&self.accepted) && self.answered() < self.targets.len() {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some((node, Ok(AcceptReply::Accepted { promised_next })))) => {
-                    self.accepted += 1;
+                    self.accepted.push(node);
                     let promised = promised_next.map(|incarnation| (node, incarnation));
                     self.promised_next.extend(promised);
                 }
-                Ok(Some((_, Ok(AcceptReply::Rejected { promised })))) => {
+                Ok(Some((node, Ok(AcceptReply::Rejected { promised })))) => {
                     ballots.observe(key, promised);
-                    self.refused += 1;
+                    self.refused.push(node);
                 }
-                Ok(Some((_, Err(e)))) if !e.may_have_applied() => self.refused += 1,
-                Ok(Some(_)) => self.unknown += 1,
+                Ok(Some((node, Err(e)))) if !e.may_have_applied() => self.refused.push(node),
+                Ok(Some((node, _))) => self.unknown.push(node),
                 Ok(None) | Err(_) => {
-                    self.unknown = self.targets - self.accepted - self.refused;
+                    let silent: Vec<NodeId> = self.pending().collect();
+                    self.unknown.extend(silent);
                     break;
                 }
             }
-            let pending = self.targets - self.answered();
-            if self.accepted + pending < needed && (self.accepted > 0 || self.unknown > 0) {
+            let mut could: Vec<NodeId> = self.pending().collect();
+            could.extend_from_slice(&self.accepted);
+            if !placement.is_quorum(&could) && !self.none_applied() {
                 break;
             }
         }
     }
 
+    /// Replicas that have not answered.
+    fn pending(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.targets.iter().copied().filter(|n| {
+            !self.accepted.contains(n) && !self.refused.contains(n) && !self.unknown.contains(n)
+        })
+    }
+
     fn answered(&self) -> usize {
-        self.accepted + self.refused + self.unknown
+        self.accepted.len() + self.refused.len() + self.unknown.len()
     }
 
     /// Whether nothing was or may have been accepted by these replicas.
     fn none_applied(&self) -> bool {
-        self.accepted == 0 && self.unknown == 0
+        self.accepted.is_empty() && self.unknown.is_empty()
     }
 }
 
@@ -378,16 +394,20 @@ impl Proposer {
             .quorum
             .gather(placement, request_id, Read { key: key.into() });
         let mut registers: Vec<(NodeId, Register)> = Vec::with_capacity(total);
-        let mut failed = 0;
-        while registers.len() + failed < total {
-            // Done once a majority holds the highest ballot seen.
-            let highest = registers.iter().map(|(_, r)| r.ballot).max();
-            let holders = registers
+        let mut failed: Vec<NodeId> = Vec::new();
+        let holders_of = |registers: &[(NodeId, Register)], ballot: Ballot| -> Vec<NodeId> {
+            registers
                 .iter()
-                .filter(|(_, r)| Some(r.ballot) == highest)
-                .count();
-            if holders >= quorum {
-                break;
+                .filter(|(_, r)| r.ballot == ballot)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        while registers.len() + failed.len() < total {
+            // Done once a quorum holds the highest ballot seen.
+            if let Some(highest) = registers.iter().map(|(_, r)| r.ballot).max() {
+                if placement.is_quorum(&holders_of(&registers, highest)) {
+                    break;
+                }
             }
             match gather.next(&self.quorum, deadline).await {
                 Some((node, Ok(register))) => {
@@ -399,17 +419,18 @@ impl Proposer {
                     }
                     registers.push((node, register));
                 }
-                Some((_, Err(_))) => {
-                    failed += 1;
+                Some((node, Err(_))) => {
+                    failed.push(node);
                     gather.widen(&self.quorum);
-                    if failed > total - quorum {
+                    if !placement.can_reach_quorum(&failed) {
                         break;
                     }
                 }
                 None => break,
             }
         }
-        if registers.len() < quorum {
+        let answered: Vec<NodeId> = registers.iter().map(|(n, _)| *n).collect();
+        if !placement.is_quorum(&answered) {
             return Err(quorum_unavailable(key, registers.len(), quorum));
         }
         let highest = registers
@@ -417,11 +438,7 @@ impl Proposer {
             .map(|(_, r)| r.ballot)
             .max()
             .expect("non-empty");
-        let holders = registers
-            .iter()
-            .filter(|(_, r)| r.ballot == highest)
-            .count();
-        if holders < quorum {
+        if !placement.is_quorum(&holders_of(&registers, highest)) {
             return Ok(None);
         }
         bump(&self.metrics.fast_reads);
@@ -486,7 +503,6 @@ impl Proposer {
         let key = op.key();
         let quorum = placement.quorum();
         let total = placement.replicas.len();
-        let tolerated = total - quorum;
         let deadline = Instant::now() + self.op_timeout;
         let Ok(_turn) = tokio::time::timeout_at(deadline, self.turn(key).lock()).await else {
             return Err(Error::Overloaded {
@@ -531,9 +547,13 @@ impl Proposer {
             };
             let mut gather = self.quorum.gather(placement, request_id, prepare);
             let mut promises: Vec<(NodeId, u64, Register)> = Vec::with_capacity(total);
-            let (mut failed, mut conflicted, mut full) = (0, false, 0);
+            let promisers = |promises: &[(NodeId, u64, Register)]| -> Vec<NodeId> {
+                promises.iter().map(|(n, _, _)| *n).collect()
+            };
+            let (mut failed, mut conflicted, mut full) = (Vec::new(), false, Vec::new());
             let mut memory_error = None;
-            while promises.len() < quorum && failed <= tolerated {
+            while !placement.is_quorum(&promisers(&promises)) && placement.can_reach_quorum(&failed)
+            {
                 match gather.next(&self.quorum, deadline).await {
                     Some((
                         node,
@@ -550,28 +570,28 @@ impl Proposer {
                         }
                         promises.push((node, incarnation, register))
                     }
-                    Some((_, Ok(PrepareReply::Rejected { promised }))) => {
+                    Some((node, Ok(PrepareReply::Rejected { promised }))) => {
                         self.ballots.observe(key, promised);
                         conflicted = true;
-                        failed += 1;
+                        failed.push(node);
                         gather.widen(&self.quorum);
                     }
-                    Some((_, Err(CallError::Remote(e)))) if e.code == ErrorCode::MemoryFull => {
-                        full += 1;
-                        failed += 1;
+                    Some((node, Err(CallError::Remote(e)))) if e.code == ErrorCode::MemoryFull => {
+                        full.push(node);
+                        failed.push(node);
                         memory_error = Some(e);
                         gather.widen(&self.quorum);
                     }
-                    Some((_, Err(_))) => {
-                        failed += 1;
+                    Some((node, Err(_))) => {
+                        failed.push(node);
                         gather.widen(&self.quorum);
                     }
                     None => break,
                 }
             }
-            if promises.len() < quorum {
+            if !placement.is_quorum(&promisers(&promises)) {
                 // Nothing was accepted in this round, so failing here is a clean failure.
-                if full > tolerated {
+                if !placement.can_reach_quorum(&full) {
                     return Err(Error::Remote(memory_error.expect("counted")));
                 }
                 if conflicted && Instant::now() < deadline {
@@ -614,10 +634,10 @@ impl Proposer {
                 promise_next: next,
             };
             let rx = self.quorum.broadcast(placement, request_id, accept);
-            let mut tally = Tally::new(rx, total);
-            tally.until(key, quorum, deadline, &self.ballots).await;
-            let accepted = tally.accepted;
-            if accepted >= quorum {
+            let mut tally = Tally::new(rx, placement.replicas.clone());
+            tally.until(key, placement, deadline, &self.ballots).await;
+            let accepted = tally.accepted.len();
+            if placement.is_quorum(&tally.accepted) {
                 if let Some(next) = next {
                     self.keep_promise(placement, key, ballot, next, tally.promised_next);
                 }
@@ -648,7 +668,10 @@ impl Proposer {
     ) -> Fast<O::Reply> {
         let key = op.key();
         let current = self.store.register(key);
-        if current.ballot != cached.accepted || !placement.contains(self.me) {
+        // Kept promises are a majority of one replica set; under joint quorums (a membership
+        // change) every write takes both phases.
+        if current.ballot != cached.accepted || !placement.contains(self.me) || placement.is_joint()
+        {
             return Fast::NotApplied;
         }
         let quorum = placement.quorum();
@@ -716,7 +739,8 @@ impl Proposer {
         promisers: Vec<(NodeId, u64)>,
     ) {
         if let Some(cache) = &self.promises {
-            if promisers.len() >= placement.quorum() {
+            let nodes: Vec<NodeId> = promisers.iter().map(|(n, _)| *n).collect();
+            if !placement.is_joint() && placement.is_quorum(&nodes) {
                 let epoch = placement.map.epoch();
                 cache.keep(
                     key,

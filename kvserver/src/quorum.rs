@@ -150,7 +150,13 @@ impl Quorum {
         if placement.contains(me) && !local_votes {
             order.push(me);
         }
-        self.start(placement, request_id, request, order, placement.quorum())
+        self.start(
+            placement,
+            request_id,
+            request,
+            order,
+            placement.first_wave(),
+        )
     }
 
     /// Sends `request` to the first `first` of `order` and holds the others back.

@@ -138,7 +138,8 @@ impl PeerHandler {
             )));
         }
         let map = self.topology.map();
-        if fields.promisers.len() > self.topology.replication_factor() {
+        // Under a membership change a key has up to twice as many replicas.
+        if fields.promisers.len() > 2 * self.topology.replication_factor() {
             return Err(invalid("more promisers than replicas".into()));
         }
         if let Some((node, _)) = fields

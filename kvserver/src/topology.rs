@@ -46,8 +46,21 @@ impl Topology {
     /// Where `key` lives under the current map. Computed once per request and passed along.
     pub fn placement(&self, key: &str) -> Placement {
         let map = self.map();
-        let replicas = map.owners(key, self.replication_factor);
-        Placement { map, replicas }
+        let mut replicas = Vec::with_capacity(self.replication_factor);
+        let mut previous = Vec::new();
+        let owners = replicas_into(
+            &map,
+            key,
+            self.replication_factor,
+            &mut replicas,
+            &mut previous,
+        );
+        Placement {
+            map,
+            replicas,
+            owners,
+            previous: (!previous.is_empty()).then_some(previous),
+        }
     }
 
     /// Every other member of the cluster.
@@ -61,13 +74,51 @@ impl Topology {
     }
 }
 
+/// Fills `replicas` with `key`'s replicas under `map`, primary first: its `r` owners and, while a
+/// membership change runs, then its owners under the previous member set that are not among
+/// them, whose owners under the previous member set go to `previous` (left empty otherwise).
+/// Returns how many of `replicas` are owners under the current members.
+pub fn replicas_into(
+    map: &ClusterMap,
+    key: &str,
+    r: usize,
+    replicas: &mut Vec<NodeId>,
+    previous: &mut Vec<NodeId>,
+) -> usize {
+    map.owners_into(key.as_bytes(), r, replicas);
+    let owners = replicas.len();
+    if map.previous_owners_into(key.as_bytes(), r, previous) {
+        for &n in previous.iter() {
+            if !replicas.contains(&n) {
+                replicas.push(n);
+            }
+        }
+    }
+    owners
+}
+
 /// A key's replicas, primary first, under the map they were computed from.
+///
+/// While a membership change runs, a key has two sets of owners, under the members before and
+/// after the change; it is replicated on both, and a quorum is a majority of each (joint
+/// quorums: see `docs/membership.md`).
 #[derive(Debug, Clone)]
 pub struct Placement {
     /// The map.
     pub map: Arc<ClusterMap>,
-    /// The replicas, primary first.
+    /// The replicas, primary first: the owners under the current members, then, while a change
+    /// runs, the owners under the previous ones not among them.
     pub replicas: Vec<NodeId>,
+    /// How many of `replicas` are owners under the current members.
+    owners: usize,
+    /// While a change runs, the owners under the previous member set.
+    pub previous: Option<Vec<NodeId>>,
+}
+
+/// Whether `nodes` hold a majority of `set`.
+fn majority(set: &[NodeId], nodes: &[NodeId]) -> bool {
+    let held = set.iter().filter(|n| nodes.contains(n)).count();
+    held > set.len() / 2
 }
 
 impl Placement {
@@ -81,13 +132,106 @@ impl Placement {
         self.replicas.contains(&node)
     }
 
-    /// Answers needed for a majority of the replicas.
+    /// Whether a membership change runs, so quorums are joint.
+    pub fn is_joint(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Whether `nodes` form a quorum: a majority of the owners, and while a change runs, a
+    /// majority of the previous owners too.
+    pub fn is_quorum(&self, nodes: &[NodeId]) -> bool {
+        majority(&self.replicas[..self.owners], nodes)
+            && self.previous.as_ref().is_none_or(|p| majority(p, nodes))
+    }
+
+    /// Whether the replicas not in `failed` can still form a quorum.
+    pub fn can_reach_quorum(&self, failed: &[NodeId]) -> bool {
+        let rest: Vec<NodeId> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| !failed.contains(n))
+            .collect();
+        self.is_quorum(&rest)
+    }
+
+    /// Answers needed for a majority of the owners; with joint quorums, more may be needed
+    /// (see [`is_quorum`](Self::is_quorum)).
     pub fn quorum(&self) -> usize {
-        self.replicas.len() / 2 + 1
+        self.owners / 2 + 1
+    }
+
+    /// How many replicas a request goes to first: a majority, or every replica while quorums
+    /// are joint (the smallest joint quorum depends on which replicas answer).
+    pub fn first_wave(&self) -> usize {
+        if self.is_joint() {
+            self.replicas.len()
+        } else {
+            self.quorum()
+        }
     }
 
     /// The address of a member of the map.
     pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
         self.map.node(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvcore::{partition, MapSpec};
+
+    fn map(nodes: &[u32], previous: Option<&[u32]>) -> ClusterMap {
+        let nodes = nodes
+            .iter()
+            .map(|&i| NodeInfo {
+                id: NodeId(i),
+                addr: format!("127.0.0.1:{}", 5100 + i),
+            })
+            .collect();
+        let spec = MapSpec {
+            epoch: 1,
+            nodes,
+            partitioner: partition::default_partitioner().name().to_owned(),
+            previous: previous.map(|p| p.iter().map(|&i| NodeId(i)).collect()),
+        };
+        ClusterMap::from_spec(&spec).unwrap()
+    }
+
+    #[test]
+    fn a_quorum_is_a_majority_and_during_a_change_a_majority_of_both_owner_sets() {
+        let still = Topology::new(NodeId(0), map(&[0, 1, 2], None), 3);
+        let p = still.placement("k");
+        assert!(!p.is_joint());
+        assert_eq!((p.replicas.len(), p.quorum(), p.first_wave()), (3, 2, 2));
+        assert!(p.is_quorum(&p.replicas[..2]));
+        assert!(!p.is_quorum(&p.replicas[..1]));
+        assert!(p.can_reach_quorum(&p.replicas[..1]));
+        assert!(!p.can_reach_quorum(&p.replicas[..2]));
+
+        // Node 3 joins a cluster of 0, 1, 2: keys it takes have four replicas meanwhile.
+        let joining = Topology::new(NodeId(0), map(&[0, 1, 2, 3], Some(&[0, 1, 2])), 3);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| joining.placement(k).contains(NodeId(3)))
+            .unwrap();
+        let p = joining.placement(&key);
+        assert!(p.is_joint());
+        assert_eq!(p.replicas.len(), 4);
+        assert_eq!(p.first_wave(), 4);
+        let old = p.previous.clone().unwrap();
+        let gone = *old.iter().find(|n| !p.replicas[..3].contains(n)).unwrap();
+        // Two of the new owners without the old one that leaves: a majority of the new owners
+        // and of the old ones too (the two that stay are in both).
+        let stay: Vec<NodeId> = old.iter().copied().filter(|&n| n != gone).collect();
+        assert!(p.is_quorum(&stay));
+        // The joining node and one that stays: a majority of the new owners only.
+        let new_only = [NodeId(3), stay[0]];
+        assert!(!p.is_quorum(&new_only));
+        // The leaving one and one that stays: a majority of the old owners only.
+        assert!(!p.is_quorum(&[gone, stay[0]]));
+        assert!(p.is_quorum(&[gone, stay[0], NodeId(3)]));
+        assert!(!p.can_reach_quorum(&[stay[0], NodeId(3)]));
     }
 }

@@ -175,6 +175,17 @@ async fn after_ops(history: &History, n: usize, done: &AtomicBool) {
 
 /// Runs one seed; returns (operations recorded, keys checked).
 async fn run_seed(seed: u64, transport: Transport, replicas: usize) -> (usize, usize) {
+    run_seed_with(seed, transport, replicas, Vec::new()).await
+}
+
+/// [`run_seed`], on a cluster in the middle of a membership change from the members
+/// `changing_from` to all of them: every key uses the joint quorums of its old and new owners.
+async fn run_seed_with(
+    seed: u64,
+    transport: Transport,
+    replicas: usize,
+    changing_from: Vec<u32>,
+) -> (usize, usize) {
     let faults = Faults::new(seed);
     let cluster = LocalCluster::builder()
         .nodes(NODES)
@@ -182,6 +193,7 @@ async fn run_seed(seed: u64, transport: Transport, replicas: usize) -> (usize, u
         .faults(faults.clone())
         .configure(|c| {
             c.replicas = replicas;
+            c.changing_from = changing_from;
             c.forward_timeout_ms = 200;
             c.op_timeout_ms = 1500;
             c.heartbeat_ms = 40;
@@ -372,4 +384,19 @@ async fn histories_at_other_replication_factors_are_linearizable() {
         }
         println!("chaos at R = {replicas}: {count} seeds, {ops} operations, all linearizable");
     }
+}
+
+/// Joint quorums: the five nodes are in the middle of a change from the first four to all five
+/// (node 4 joining), so a key node 4 now owns is replicated on its old and new owners, and every
+/// operation needs a majority of each. `KV_CHAOS_JOINT_SEEDS` raises the seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_the_joint_quorums_of_a_membership_change_are_linearizable() {
+    let count = seeds("KV_CHAOS_JOINT_SEEDS", 2);
+    let mut ops = 0;
+    for seed in 1..=count {
+        ops += run_seed_with(seed * 32_452_843, Transport::InProcess, 3, vec![0, 1, 2, 3])
+            .await
+            .0;
+    }
+    println!("chaos under joint quorums: {count} seeds, {ops} operations, all linearizable");
 }

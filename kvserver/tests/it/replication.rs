@@ -384,3 +384,67 @@ async fn a_write_survives_its_primary_crashing() {
     assert_eq!(entry.value.as_str(), Some("Ada"));
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn during_a_membership_change_a_write_needs_a_majority_of_the_old_owners_too() {
+    let mut cluster = quick()
+        .nodes(5)
+        .configure(|c| {
+            c.replicas = 3;
+            c.changing_from = vec![0, 1, 2, 3];
+        })
+        .transport(Transport::InProcess)
+        .start()
+        .await
+        .unwrap();
+    // A key node 4 takes over from an old owner: new owners {x, y, 4}, old owners {x, y, z}.
+    let map = cluster.node(0).map();
+    let mut previous = Vec::new();
+    let (key, new, old) = (0..)
+        .map(|i| format!("moving{i}"))
+        .find_map(|key| {
+            let new = map.owners(&key, 3);
+            map.previous_owners_into(key.as_bytes(), 3, &mut previous);
+            let shared = new.iter().filter(|n| previous.contains(n)).count();
+            (new.contains(&NodeId(4)) && shared == 2).then(|| (key, new, previous.clone()))
+        })
+        .unwrap();
+    assert_eq!(cluster.node(0).owners(&key).len(), 4);
+    let x = new.iter().copied().find(|&n| n != NodeId(4)).unwrap();
+    let z = old.iter().copied().find(|n| !new.contains(n)).unwrap();
+    let y = old.iter().copied().find(|&n| n != x && n != z).unwrap();
+    assert!(cluster
+        .node(x.0 as usize)
+        .set(&key, Value::integer(1), Precondition::None)
+        .await
+        .unwrap()
+        .is_ok());
+    // With y and z down, x and 4 are a majority of the new owners but not of the old ones:
+    // nothing may be acknowledged.
+    cluster.stop_node(y.0 as usize).await;
+    cluster.stop_node(z.0 as usize).await;
+    let refused = cluster
+        .node(x.0 as usize)
+        .set(&key, Value::integer(2), Precondition::None)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(kvserver::Error::QuorumUnavailable { .. } | kvserver::Error::OutcomeUnknown { .. })
+        ),
+        "{refused:?}"
+    );
+    // With both back (restarted, caught up from every peer), the write goes through.
+    cluster.restart_node(y.0 as usize).await.unwrap();
+    cluster.restart_node(z.0 as usize).await.unwrap();
+    assert!(cluster.wait_ready(Duration::from_secs(30)).await);
+    let written = cluster
+        .node(x.0 as usize)
+        .set(&key, Value::integer(3), Precondition::None)
+        .await
+        .unwrap()
+        .unwrap();
+    let got = cluster.node(z.0 as usize).get(&key).await.unwrap().unwrap();
+    assert_eq!((got.value.as_i64(), got.version), (Some(3), written));
+    cluster.shutdown().await;
+}
