@@ -79,7 +79,8 @@ async fn main() {
     // Wait for the last accepts to land everywhere, so every key has its three copies.
     let copies = |c: &LocalCluster| (0..4).map(|n| c.node(n).store().len()).sum::<usize>();
     let mut every = tokio::time::interval(Duration::from_millis(10));
-    while copies(&cluster) < 3 * args.keys {
+    // Three copies of every key, and each node's copy of the cluster's own map.
+    while copies(&cluster) < 3 * args.keys + 4 {
         every.tick().await;
     }
     let before = cluster.node(args.node).store().len();

@@ -174,6 +174,11 @@ impl ClusterMap {
         self.previous.is_some()
     }
 
+    /// While a change runs, the ids of the members keys were placed on before it.
+    pub fn previous_members(&self) -> Option<&[NodeId]> {
+        self.previous.as_ref().map(|(ids, _)| ids.as_slice())
+    }
+
     /// While a change runs, like [`owners_into`](Self::owners_into) under the member set keys
     /// were placed on before it; `false` (and `out` left empty) when no change runs.
     pub fn previous_owners_into(&self, key: &[u8], n: usize, out: &mut Vec<NodeId>) -> bool {

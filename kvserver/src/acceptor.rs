@@ -244,11 +244,11 @@ impl Acceptor {
         let shard = check_shard(request.shard)?;
         let map = self.topology.map();
         let r = self.topology.replication_factor();
-        let mut owners = Vec::with_capacity(r);
+        let (mut owners, mut previous) = (Vec::with_capacity(r), Vec::new());
         let page = self
             .store
             .ballots_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
-                map.owners_into(key.as_bytes(), r, &mut owners);
+                replicas_into(&map, key, r, &mut owners, &mut previous);
                 owners.first() == Some(&primary)
             });
         Ok(DigestPage {

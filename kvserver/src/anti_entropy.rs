@@ -24,7 +24,7 @@ use crate::metrics::{bump, Metrics};
 use crate::peers::{new_request_id, PeerClient};
 use crate::readiness::Readiness;
 use crate::seed::is_seed_key;
-use crate::topology::Topology;
+use crate::topology::{replicas_into, Topology};
 
 /// What anti-entropy needs.
 #[derive(Debug)]
@@ -87,8 +87,9 @@ impl AntiEntropy {
     /// One pass; returns how many keys lacked a current copy on some replica when it started,
     /// or wait to be collected.
     async fn pass(&self) -> u64 {
-        if self.topology.replication_factor() == 1 {
-            // A key's only replica drops its tombstone as soon as it is chosen.
+        if self.topology.map().len() == 1 {
+            // Every key's only replica is here (and drops tombstones as soon as they are
+            // chosen). With more members, even at `R = 1` the cluster's map is on every one.
             return 0;
         }
         let mut lacking = 0;
@@ -103,7 +104,7 @@ impl AntiEntropy {
         let r = self.topology.replication_factor();
         let me = self.topology.me();
         let map = self.topology.map();
-        let mut owners = Vec::with_capacity(r);
+        let (mut owners, mut previous) = (Vec::with_capacity(r), Vec::new());
         // key -> ballot per replica (None: the replica did not answer).
         let mut seen: HashMap<String, Vec<(NodeId, Option<Ballot>)>> = HashMap::new();
         let mut after: Option<String> = None;
@@ -111,7 +112,7 @@ impl AntiEntropy {
             let page = self
                 .store
                 .ballots_page(shard, after.as_deref(), PAGE_BYTES, |key| {
-                    map.owners_into(key.as_bytes(), r, &mut owners);
+                    replicas_into(&map, key, r, &mut owners, &mut previous);
                     owners[0] == me
                 });
             for (key, ballot) in page.items {

@@ -277,11 +277,14 @@ fn cluster(node: &Node) -> HttpResponse {
 
 fn stats(node: &Node) -> HttpResponse {
     let s = node.store().stats();
+    // Clients' keys only: the cluster's own record of its map is not one of them (its bytes
+    // count, like any other).
+    let own = u64::from(node.holds_map_replica());
     json_response(
         StatusCode::OK,
         &json!({
             "node": node.id(),
-            "keys": s.keys,
+            "keys": s.keys.saturating_sub(own),
             "bytes": s.bytes,
             "max_memory": s.max_memory,
             "under_replicated": node.under_replicated(),

@@ -313,16 +313,18 @@ impl LocalCluster {
         self.nodes[i].server.is_some()
     }
 
-    /// Polls until every running node is healthy (caught up, and the seed keys written if they
-    /// are configured: what `/health` reports), or `timeout` passes; returns which.
+    /// Polls until every running node is healthy (caught up, and the cluster map and the seed
+    /// keys if they are configured recorded: what `/health` reports) and holds its replica of
+    /// the cluster map, or `timeout` passes; returns which.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut every = tokio::time::interval(Duration::from_millis(10));
         loop {
             every.tick().await;
-            let ready = (0..self.len())
-                .filter(|&i| self.is_running(i))
-                .all(|i| self.node(i).is_healthy());
+            let ready = (0..self.len()).filter(|&i| self.is_running(i)).all(|i| {
+                let node = self.node(i);
+                node.is_healthy() && node.holds_map_replica()
+            });
             if ready {
                 return true;
             }

@@ -16,7 +16,7 @@ use kvcore::{
     partition, validate_key, ClusterMap, Conflict, Entry, Limits, MapSpec, NodeId, NodeInfo,
     Precondition, Store, StoreConfig, Value, Version,
 };
-use kvnet::rpc::{Delete, Incr, Set, SetReply};
+use kvnet::rpc::{Delete, Incr, Seed, Set, SetReply};
 use kvnet::{FrameHandler, Transport};
 
 use crate::acceptor::{Acceptor, BallotClock};
@@ -38,7 +38,7 @@ use crate::quorum::Quorum;
 use crate::readiness::Readiness;
 use crate::seed::seed;
 use crate::service::PeerHandler;
-use crate::topology::Topology;
+use crate::topology::{is_reserved, Topology, MAP_KEY};
 
 /// The outcome of a conditional write: the new version, or the [`Conflict`] that refused it.
 pub type WriteOutcome = Result<Version, Conflict>;
@@ -125,7 +125,7 @@ impl Node {
         let lifecycle = Arc::new(Lifecycle::new());
         let metrics = Arc::new(Metrics::default());
         let detector = Arc::new(FailureDetector::new(topology.peers(), config.down_after()));
-        let readiness = Arc::new(Readiness::new(alone, config.seed_keys));
+        let readiness = Arc::new(Readiness::new(alone));
         let incarnations = Arc::new(Incarnations::default());
         let ballots = Arc::new(BallotClock::new(me, store.clone()));
         let drift = Arc::new(Drift::default());
@@ -225,12 +225,16 @@ impl Node {
         let seeding = self
             .config
             .seed_keys
-            .then(|| seed(self.coordinator.clone(), self.readiness.clone(), retry));
+            .then(|| seed(self.coordinator.clone(), retry));
+        let recording = record_map(self.coordinator.clone(), self.topology.clone(), retry);
+        let readiness = self.readiness.clone();
         self.lifecycle.spawn(async move {
             catching_up.await;
+            recording.await;
             if let Some(seeding) = seeding {
                 seeding.await;
             }
+            readiness.set_seeded();
         });
         let queue = self
             .backfill_queue
@@ -328,10 +332,15 @@ impl Node {
         self.readiness.is_ready()
     }
 
-    /// Whether the node is ready and the seed keys (if configured) are written: what
-    /// `GET /health` reports.
+    /// Whether the node is ready and the cluster map and the seed keys (if configured) are
+    /// recorded: what `GET /health` reports.
     pub fn is_healthy(&self) -> bool {
         self.readiness.is_healthy()
+    }
+
+    /// Whether this node's replica of the cluster's own map register holds the map.
+    pub fn holds_map_replica(&self) -> bool {
+        self.store.get(MAP_KEY).is_some()
     }
 
     /// Keys this node is primary for that lacked a copy at the last anti-entropy pass.
@@ -359,10 +368,30 @@ impl Node {
         self.topology.placement(key).replicas
     }
 
+    /// The cluster map as recorded in the cluster's own replicated register, read linearizably;
+    /// `None` until a node has recorded it (each does once it has caught up).
+    pub async fn recorded_map(&self) -> Result<Option<MapSpec>, Error> {
+        let read = self.coordinator.get(MAP_KEY, 0, new_request_id());
+        let entry = self
+            .lifecycle
+            .unless_stopped(read)
+            .await
+            .unwrap_or(Err(Error::ShuttingDown))?;
+        entry
+            .map(|e| serde_json::from_slice(e.value.as_bytes()))
+            .transpose()
+            .map_err(|e| {
+                Error::Remote(kvnet::RemoteError::new(
+                    kvcore::ErrorCode::Internal,
+                    format!("the recorded cluster map does not decode: {e}"),
+                ))
+            })
+    }
+
     /// Reads `key`, linearizably.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         bump(&self.metrics.gets);
-        validate_key(key)?;
+        validate_client_key(key)?;
         let read = self.coordinator.get(key, 0, new_request_id());
         self.lifecycle
             .unless_stopped(read)
@@ -392,7 +421,7 @@ impl Node {
         precondition: Precondition,
     ) -> Result<WriteOutcome, Error> {
         bump(&self.metrics.writes);
-        validate_key(key)?;
+        validate_client_key(key)?;
         self.store.config().limits.check_value(&value)?;
         let set = Set {
             key: key.into(),
@@ -408,18 +437,54 @@ impl Node {
     /// Deletes `key`, returning what it held.
     pub async fn delete(&self, key: &str) -> Result<Option<Entry>, Error> {
         bump(&self.metrics.writes);
-        validate_key(key)?;
+        validate_client_key(key)?;
         self.write(Delete { key: key.into() }).await
     }
 
     /// Adds `by` to the integer under `key` (a missing key counts as 0), returning the new entry.
     pub async fn incr(&self, key: &str, by: i64) -> Result<Entry, Error> {
         bump(&self.metrics.writes);
-        validate_key(key)?;
+        validate_client_key(key)?;
         let incr = Incr {
             key: key.into(),
             by,
         };
         self.coordinator.write(incr, 0, new_request_id()).await
+    }
+}
+
+/// Checks a key a client names: a valid key, and not one of the cluster's own records.
+fn validate_client_key(key: &str) -> Result<(), kvcore::Error> {
+    validate_key(key)?;
+    if is_reserved(key) {
+        return Err(kvcore::Error::InvalidKey {
+            reason: "keys starting with U+0000 are reserved for the cluster's own records".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Records the cluster map in the cluster's own register ([`MAP_KEY`], replicated on every
+/// member) unless one was recorded before: the first node to get there writes it, the others
+/// find it. Retries every `retry` until it has an answer.
+async fn record_map(
+    coordinator: Arc<Coordinator>,
+    topology: Arc<Topology>,
+    retry: std::time::Duration,
+) {
+    let spec = topology.map().spec();
+    let json = serde_json::to_vec(&spec).expect("a map spec always encodes");
+    let op = Seed {
+        key: MAP_KEY.into(),
+        value: Value::binary(json),
+    };
+    loop {
+        match coordinator.write(op.clone(), 0, new_request_id()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording the cluster map failed; retrying");
+                tokio::time::sleep(retry).await;
+            }
+        }
     }
 }

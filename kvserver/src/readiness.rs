@@ -14,19 +14,19 @@ use kvcore::NodeId;
 #[derive(Debug)]
 pub struct Readiness {
     ready: AtomicBool,
-    /// Whether the seed keys are known to be written (or were not asked for).
+    /// Whether the cluster map and the seed keys (if asked for) are known to be recorded.
     seeded: AtomicBool,
     /// Peers whose copies this node has merged since it started.
     synced: Mutex<HashSet<NodeId>>,
 }
 
 impl Readiness {
-    /// A node that still has to catch up, unless `alone` (it has no peers), and to write the
-    /// seed keys if `seeding`.
-    pub fn new(alone: bool, seeding: bool) -> Self {
+    /// A node that still has to catch up, unless `alone` (it has no peers), and then to record
+    /// the cluster map and the seed keys.
+    pub fn new(alone: bool) -> Self {
         Readiness {
             ready: AtomicBool::new(alone),
-            seeded: AtomicBool::new(!seeding),
+            seeded: AtomicBool::new(false),
             synced: Mutex::default(),
         }
     }
@@ -41,12 +41,13 @@ impl Readiness {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Whether the node is ready and the seed keys are written: it reports healthy.
+    /// Whether the node is ready and the cluster map and seed keys are recorded: it reports
+    /// healthy.
     pub fn is_healthy(&self) -> bool {
         self.is_ready() && self.seeded.load(Ordering::Acquire)
     }
 
-    /// Marks the seed keys written.
+    /// Marks the cluster map and the seed keys recorded.
     pub fn set_seeded(&self) {
         self.seeded.store(true, Ordering::Release);
     }

@@ -19,13 +19,12 @@ use kvnet::rpc::{Seed, SetReply};
 
 use crate::coordinator::Coordinator;
 use crate::peers::new_request_id;
-use crate::readiness::Readiness;
 
 pub use crate::operation::{is_seed_key, SEED_KEYS};
 
 /// Writes every seed key that was never written, retrying every `retry` until each write has
-/// an answer, then marks the node seeded. Runs after the node has caught up.
-pub async fn seed(coordinator: Arc<Coordinator>, readiness: Arc<Readiness>, retry: Duration) {
+/// an answer. Runs after the node has caught up.
+pub async fn seed(coordinator: Arc<Coordinator>, retry: Duration) {
     for (key, value) in SEED_KEYS {
         let op = Seed {
             key: key.into(),
@@ -45,5 +44,4 @@ pub async fn seed(coordinator: Arc<Coordinator>, readiness: Arc<Readiness>, retr
             }
         }
     }
-    readiness.set_seeded();
 }

@@ -138,8 +138,9 @@ impl PeerHandler {
             )));
         }
         let map = self.topology.map();
-        // Under a membership change a key has up to twice as many replicas.
-        if fields.promisers.len() > 2 * self.topology.replication_factor() {
+        // A key has at most as many replicas as there are members (the cluster's own map is on
+        // every one), and under a membership change up to twice as many.
+        if fields.promisers.len() > 2 * map.len() {
             return Err(invalid("more promisers than replicas".into()));
         }
         if let Some((node, _)) = fields

@@ -74,10 +74,20 @@ impl Topology {
     }
 }
 
+/// The key under which the cluster keeps its own map, replicated on every member (clients cannot
+/// name it: keys starting with U+0000 are reserved for the cluster's own records).
+pub const MAP_KEY: &str = "\u{0}cluster-map";
+
+/// Whether clients may not use `key`: it is one of the cluster's own records.
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with('\u{0}')
+}
+
 /// Fills `replicas` with `key`'s replicas under `map`, primary first: its `r` owners and, while a
 /// membership change runs, then its owners under the previous member set that are not among
 /// them, whose owners under the previous member set go to `previous` (left empty otherwise).
-/// Returns how many of `replicas` are owners under the current members.
+/// Returns how many of `replicas` are owners under the current members. The cluster's own map
+/// ([`MAP_KEY`]) is owned by every member.
 pub fn replicas_into(
     map: &ClusterMap,
     key: &str,
@@ -85,6 +95,21 @@ pub fn replicas_into(
     replicas: &mut Vec<NodeId>,
     previous: &mut Vec<NodeId>,
 ) -> usize {
+    if key == MAP_KEY {
+        replicas.clear();
+        replicas.extend(map.nodes().iter().map(|n| n.id));
+        let owners = replicas.len();
+        previous.clear();
+        if let Some(before) = map.previous_members() {
+            previous.extend_from_slice(before);
+            for &n in before {
+                if !replicas.contains(&n) {
+                    replicas.push(n);
+                }
+            }
+        }
+        return owners;
+    }
     map.owners_into(key.as_bytes(), r, replicas);
     let owners = replicas.len();
     if map.previous_owners_into(key.as_bytes(), r, previous) {

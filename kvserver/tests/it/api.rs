@@ -368,9 +368,10 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             .as_str()
             .is_some_and(|m| !m.is_empty()));
     }
-    // Nothing above was stored.
+    // Nothing above was stored: each store holds only the cluster's record of its map.
     for n in 0..2 {
-        assert_eq!(cluster.node(n).store().len(), 0);
+        assert_eq!(cluster.node(n).store().len(), 1);
+        assert!(cluster.node(n).holds_map_replica());
     }
     cluster.shutdown().await;
 }

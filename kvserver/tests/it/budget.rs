@@ -52,7 +52,8 @@ async fn a_full_node_refuses_writes_with_507_and_keeps_serving_reads() {
     );
     let store = cluster.node(0).store();
     assert!(store.used_bytes() <= BUDGET);
-    assert_eq!(store.len(), stored);
+    // Plus the cluster's record of its map.
+    assert_eq!(store.len(), stored + 1);
     // The refused key was not stored, and every earlier key is intact and readable.
     let (status, _) = http.get(&format!("{url}/get/k{stored}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -98,8 +99,9 @@ async fn a_cluster_stores_more_than_one_node_could() {
         total > 2 * single,
         "4 nodes stored {total}, one node {single}"
     );
+    // Every key once (`R = 1`), and the cluster's record of its map on each node.
     let held: usize = (0..4).map(|n| four.node(n).store().len()).sum();
-    assert_eq!(held, total);
+    assert_eq!(held, total + 4);
     for n in 0..4 {
         assert!(four.node(n).store().used_bytes() <= BUDGET);
     }

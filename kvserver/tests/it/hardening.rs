@@ -139,7 +139,8 @@ async fn operations_that_change_nothing_store_nothing() {
         before,
         "bytes stored after 100 000 no-op writes"
     );
-    assert_eq!(cluster.node(1).store().len(), 1);
+    // "present", and the cluster's record of its map.
+    assert_eq!(cluster.node(1).store().len(), 2);
     cluster.shutdown().await;
 }
 
@@ -567,5 +568,43 @@ async fn a_deleted_seed_key_stays_deleted_with_one_replica_per_key() {
         assert_eq!(cluster.node(i).get("a").await.unwrap(), None, "node {i}");
         assert!(cluster.node(i).get("b").await.unwrap().is_some());
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_cluster_map_is_recorded_on_every_member_and_closed_to_clients() {
+    let mut cluster = quick().nodes(3).start().await.unwrap();
+    let expected = cluster.node(0).map().spec();
+    for i in 0..3 {
+        let recorded = cluster.node(i).recorded_map().await.unwrap();
+        assert_eq!(recorded.as_ref(), Some(&expected), "through node {i}");
+        assert!(cluster.node(i).holds_map_replica());
+    }
+    // A restarted member copies it like any replica.
+    cluster.restart_node(1).await.unwrap();
+    assert!(cluster.wait_ready(Duration::from_secs(30)).await);
+    assert!(cluster.node(1).holds_map_replica());
+    assert_eq!(
+        cluster.node(1).recorded_map().await.unwrap(),
+        Some(expected)
+    );
+    // Clients cannot name the cluster's own records, and they are not counted as keys.
+    let http = Http::new();
+    let (status, body) = http
+        .get(&format!("{}/get/%00cluster-map", cluster.url(0)))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_key"))
+    );
+    let set = json!({"key": "\u{0}cluster-map", "value": "mine"}).to_string();
+    let (status, _) = http.post(&format!("{}/set", cluster.url(2)), &set).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = http
+        .delete(&format!("{}/kv/%00cluster-map", cluster.url(1)))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, stats) = http.get(&format!("{}/stats", cluster.url(0))).await;
+    assert_eq!(stats["keys"], 0);
     cluster.shutdown().await;
 }
