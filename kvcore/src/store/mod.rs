@@ -581,29 +581,6 @@ impl Store {
         Ok(true)
     }
 
-    /// Copies the state of every key in shard `shard` (0..[`Store::SHARDS`]) that `filter`
-    /// accepts, tombstones and promise-only keys included. Used to bring a recovering replica
-    /// up to date, one shard at a time.
-    pub fn scan_shard(
-        &self,
-        shard: usize,
-        mut filter: impl FnMut(&str) -> bool,
-    ) -> Vec<ReplicaState> {
-        let Some(shard) = self.shards.get(shard) else {
-            return Vec::new();
-        };
-        let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
-        shard
-            .records()
-            .filter(|r| filter(r.key_str()))
-            .map(|r| ReplicaState {
-                key: r.key_str().to_owned(),
-                promised: r.meta().promised,
-                register: r.register(),
-            })
-            .collect()
-    }
-
     /// Removes `key`'s record if it is a tombstone accepted with exactly `ballot`, raising its
     /// shard's floor to at least the record's promise and version; returns whether it removed.
     ///
@@ -765,12 +742,6 @@ impl Store {
     /// (their register has no value), one shard at a time like [`for_each`](Store::for_each).
     pub fn for_each_register(&self, mut f: impl FnMut(&str, &Register)) {
         self.visit(|r| f(r.key_str(), &r.register()));
-    }
-
-    /// Calls `f` with every key and its accepted ballot, like
-    /// [`for_each_register`](Store::for_each_register) but without copying values out.
-    pub fn for_each_ballot(&self, mut f: impl FnMut(&str, Ballot)) {
-        self.visit(|r| f(r.key_str(), r.meta().ballot));
     }
 }
 

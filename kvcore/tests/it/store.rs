@@ -16,7 +16,7 @@ fn ballot(round: u64, node: u32) -> Ballot {
 
 fn states(store: &Store) -> Vec<ReplicaState> {
     let mut all: Vec<_> = (0..Store::SHARDS)
-        .flat_map(|shard| store.scan_shard(shard, |_| true))
+        .flat_map(|shard| store.scan_page(shard, None, usize::MAX, |_| true).items)
         .collect();
     all.sort_by(|a, b| a.key.cmp(&b.key));
     all
