@@ -325,15 +325,18 @@ impl Proposer {
         if is_seed_key(key) {
             return self.apply_locally_keeping_tombstone(op);
         }
+        // The only replica is this store, so its promise is all there is to outbid: no
+        // refusal from elsewhere can come (see `BallotClock`).
+        let mut highest = self.store.promise(key);
         loop {
-            let ballot = self.ballots.next(key);
+            let ballot = self.ballots.above(highest);
             match self
                 .store
                 .propose_alone(key, ballot, |current| op.apply(current))?
             {
                 Ok(reply) => return reply,
                 // Another local proposal got in between; take a higher ballot.
-                Err(promised) => self.ballots.observe(key, promised),
+                Err(promised) => highest = promised,
             }
         }
     }

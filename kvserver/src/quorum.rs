@@ -193,6 +193,8 @@ impl Quorum {
         tx: &mpsc::UnboundedSender<Answer<R>>,
     ) {
         let me = self.me();
+        // For the refusals heard after the proposer stopped listening: shared by every send.
+        let key: Arc<str> = Arc::from(request.key());
         for &to in targets {
             if to == me {
                 let _ = tx.send((to, self.local(placement, request.clone())));
@@ -213,7 +215,7 @@ impl Quorum {
             let patience = self.detector.is_down(to).then_some(self.hedge);
             let (client, frame, tx) = (self.client.clone(), frame.clone(), tx.clone());
             let (drift, acceptor) = (self.drift.clone(), self.acceptor.clone());
-            let key = request.key().to_owned();
+            let key = key.clone();
             self.lifecycle.spawn(async move {
                 let send = client.send(&info, &frame);
                 let answer = match patience {

@@ -393,7 +393,7 @@ async fn during_a_membership_change_a_write_needs_a_majority_of_the_old_owners_t
             c.replicas = 3;
             c.changing_from = vec![0, 1, 2, 3];
         })
-        .transport(Transport::InProcess)
+        .transport(Transport::Http)
         .start()
         .await
         .unwrap();
