@@ -129,8 +129,8 @@ pub trait AcceptorRpc: Rpc + Clone {
 /// The fields of an acceptor message that are checked before it is applied.
 #[derive(Debug, Default)]
 pub struct AcceptorFields<'a> {
-    /// Ballots the sender proposes with (its own).
-    pub own_ballots: Vec<Ballot>,
+    /// Ballots the sender proposes with (its own): a message carries at most two.
+    pub own_ballots: [Option<Ballot>; 2],
     /// A register the message carries.
     pub register: Option<&'a Register>,
     /// The value the message carries.
@@ -286,7 +286,7 @@ impl AcceptorRpc for Prepare {
 
     fn fields(&self) -> AcceptorFields<'_> {
         AcceptorFields {
-            own_ballots: vec![self.ballot],
+            own_ballots: [Some(self.ballot), None],
             grow: self.grow,
             ..Default::default()
         }
@@ -315,10 +315,7 @@ impl AcceptorRpc for Accept {
 
     fn fields(&self) -> AcceptorFields<'_> {
         AcceptorFields {
-            own_ballots: [Some(self.register.ballot), self.promise_next]
-                .into_iter()
-                .flatten()
-                .collect(),
+            own_ballots: [Some(self.register.ballot), self.promise_next],
             register: Some(&self.register),
             value: self.register.value.as_ref(),
             promisers: &self.promisers,

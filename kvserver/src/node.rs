@@ -36,7 +36,7 @@ use crate::peers::{new_request_id, PeerClient};
 use crate::proposer::Proposer;
 use crate::quorum::Quorum;
 use crate::readiness::Readiness;
-use crate::seed::seed;
+use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
 
@@ -478,13 +478,5 @@ async fn record_map(
         key: MAP_KEY.into(),
         value: Value::binary(json),
     };
-    loop {
-        match coordinator.write(op.clone(), 0, new_request_id()).await {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "recording the cluster map failed; retrying");
-                tokio::time::sleep(retry).await;
-            }
-        }
-    }
+    write_once(&coordinator, op, retry).await;
 }

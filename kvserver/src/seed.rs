@@ -30,17 +30,21 @@ pub async fn seed(coordinator: Arc<Coordinator>, retry: Duration) {
             key: key.into(),
             value: Value::string(value),
         };
-        loop {
-            match coordinator.write(op.clone(), 0, new_request_id()).await {
-                Ok(SetReply::Written(version)) => {
-                    tracing::info!(key, %version, "seed key written");
-                    break;
-                }
-                Ok(SetReply::Conflict(_)) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "seeding {key:?} failed; retrying");
-                    tokio::time::sleep(retry).await;
-                }
+        if let SetReply::Written(version) = write_once(&coordinator, op, retry).await {
+            tracing::info!(key, %version, "seed key written");
+        }
+    }
+}
+
+/// Runs `op` (which writes only a key that was never written) until it has an answer, trying
+/// again every `retry`: the first node to get there writes, the others find it written.
+pub async fn write_once(coordinator: &Coordinator, op: Seed, retry: Duration) -> SetReply {
+    loop {
+        match coordinator.write(op.clone(), 0, new_request_id()).await {
+            Ok(reply) => return reply,
+            Err(e) => {
+                tracing::debug!(error = %e, key = ?op.key, "writing a record failed; retrying");
+                tokio::time::sleep(retry).await;
             }
         }
     }

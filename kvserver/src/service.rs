@@ -98,7 +98,7 @@ impl PeerHandler {
                 header.incarnation, header.from
             )));
         }
-        let epoch = self.topology.epoch();
+        let epoch = map.epoch();
         if header.epoch != epoch {
             return Err(RemoteError::new(
                 ErrorCode::EpochMismatch,
@@ -118,7 +118,7 @@ impl PeerHandler {
         if let Some(value) = fields.value {
             self.limits.check_value(value)?;
         }
-        for &ballot in &fields.own_ballots {
+        for ballot in fields.own_ballots.into_iter().flatten() {
             check_ballot(ballot)?;
             if ballot.node() != header.from {
                 return Err(invalid(format!(
@@ -136,6 +136,9 @@ impl PeerHandler {
                 "a proposal cannot add {} bytes: values are at most {}",
                 fields.grow, self.limits.max_value_bytes
             )));
+        }
+        if fields.promisers.is_empty() {
+            return Ok(());
         }
         let map = self.topology.map();
         // A key has at most as many replicas as there are members (the cluster's own map is on
