@@ -53,6 +53,9 @@ pub struct ClusterMap {
     /// While a membership change runs: the member ids keys were placed on before it, and their
     /// layout (see [`ClusterMap::previous_owners_into`]).
     previous: Option<(Vec<NodeId>, Box<dyn Layout>)>,
+    /// While a membership change runs: the previous members that are not members any more
+    /// (still reachable, as replicas of the keys they hand over).
+    departing: Vec<NodeInfo>,
 }
 
 /// A [`ClusterMap`] as data: what travels between nodes and is stored, from which every node
@@ -67,6 +70,9 @@ pub struct MapSpec {
     pub partitioner: String,
     /// While a membership change runs, the member ids keys were placed on before it.
     pub previous: Option<Vec<NodeId>>,
+    /// While a membership change runs, the previous members that are not members any more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departing: Vec<NodeInfo>,
 }
 
 impl fmt::Debug for ClusterMap {
@@ -76,6 +82,7 @@ impl fmt::Debug for ClusterMap {
             .field("nodes", &self.nodes)
             .field("partitioner", &self.partitioner.name())
             .field("previous", &self.previous.as_ref().map(|(ids, _)| ids))
+            .field("departing", &self.departing)
             .finish()
     }
 }
@@ -106,6 +113,7 @@ impl ClusterMap {
             partitioner,
             layout,
             previous: None,
+            departing: Vec::new(),
         })
     }
 
@@ -119,7 +127,7 @@ impl ClusterMap {
         let map = ClusterMap::new(spec.epoch, spec.nodes.clone(), partitioner)?;
         match &spec.previous {
             None => Ok(map),
-            Some(previous) => map.with_previous(previous.clone()),
+            Some(previous) => map.with_previous(previous.clone(), spec.departing.clone()),
         }
     }
 
@@ -130,10 +138,15 @@ impl ClusterMap {
             nodes: self.nodes.clone(),
             partitioner: self.partitioner.name().to_owned(),
             previous: self.previous.as_ref().map(|(ids, _)| ids.clone()),
+            departing: self.departing.clone(),
         }
     }
 
-    fn with_previous(mut self, mut previous: Vec<NodeId>) -> Result<Self> {
+    fn with_previous(
+        mut self,
+        mut previous: Vec<NodeId>,
+        mut departing: Vec<NodeInfo>,
+    ) -> Result<Self> {
         previous.sort();
         previous.dedup();
         if previous.is_empty() {
@@ -141,8 +154,22 @@ impl ClusterMap {
                 reason: "a change cannot start from an empty cluster".into(),
             });
         }
+        departing.sort_by_key(|n| n.id);
+        departing.dedup_by_key(|n| n.id);
+        if let Some(n) = departing
+            .iter()
+            .find(|n| self.node(n.id).is_some() || previous.binary_search(&n.id).is_err())
+        {
+            return Err(Error::InvalidClusterMap {
+                reason: format!(
+                    "departing node {} must be a previous member and not a current one",
+                    n.id
+                ),
+            });
+        }
         let layout = self.partitioner.layout(&previous);
         self.previous = Some((previous, layout));
+        self.departing = departing;
         Ok(self)
     }
 
@@ -156,7 +183,14 @@ impl ClusterMap {
             });
         }
         let ids = self.nodes.iter().map(|n| n.id).collect();
-        ClusterMap::new(self.epoch + 1, nodes, self.partitioner.clone())?.with_previous(ids)
+        let departing = self
+            .nodes
+            .iter()
+            .filter(|n| !nodes.iter().any(|m| m.id == n.id))
+            .cloned()
+            .collect();
+        ClusterMap::new(self.epoch + 1, nodes, self.partitioner.clone())?
+            .with_previous(ids, departing)
     }
 
     /// The end of the change in progress: the next epoch, placing keys on the members only.
@@ -212,12 +246,23 @@ impl ClusterMap {
         self.nodes.is_empty()
     }
 
-    /// The member with this id.
+    /// The member with this id, or while a change runs, the departing previous member.
     pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
-        self.nodes
-            .binary_search_by_key(&id, |n| n.id)
-            .ok()
-            .map(|i| &self.nodes[i])
+        fn find(nodes: &[NodeInfo], id: NodeId) -> Option<&NodeInfo> {
+            let at = nodes.binary_search_by_key(&id, |n| n.id).ok()?;
+            Some(&nodes[at])
+        }
+        find(&self.nodes, id).or_else(|| find(&self.departing, id))
+    }
+
+    /// Whether `id` is a member (not only a departing one).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.nodes.binary_search_by_key(&id, |n| n.id).is_ok()
+    }
+
+    /// While a change runs, the previous members that are not members any more.
+    pub fn departing(&self) -> &[NodeInfo] {
+        &self.departing
     }
 
     /// The partitioner placing keys.
@@ -322,6 +367,14 @@ mod tests {
             moved > copies / 8 && moved < copies * 3 / 8,
             "{moved} of {copies}"
         );
+        // A member that leaves stays reachable while the change runs, then is gone.
+        let leaving = map.begin_change(nodes(&[0, 2])).unwrap();
+        assert!(!leaving.is_member(NodeId(1)));
+        assert_eq!(leaving.node(NodeId(1)).unwrap().addr, "127.0.0.1:5101");
+        assert_eq!(leaving.departing().len(), 1);
+        let left = ClusterMap::from_spec(&leaving.spec()).unwrap();
+        assert_eq!(left.departing(), leaving.departing());
+        assert!(leaving.finish_change().unwrap().node(NodeId(1)).is_none());
         let done = joining.finish_change().unwrap();
         assert_eq!(
             (done.epoch(), done.is_changing(), done.len()),

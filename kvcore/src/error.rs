@@ -161,6 +161,13 @@ error_codes! {
     Misdirected = "misdirected",
     /// A peer message came from a node with a different cluster map epoch.
     EpochMismatch = "epoch_mismatch",
+    /// A membership change was asked for while another one runs; retry once it has finished.
+    ChangeInProgress = "change_in_progress",
+    /// A membership change that would leave some keys without a majority of their copies;
+    /// `"force": true` makes it anyway.
+    WouldLoseWrites = "would_lose_writes",
+    /// This node was removed from the cluster: it serves nothing any more.
+    NodeRemoved = "node_removed",
     /// A peer message in a protocol version this node does not speak.
     UnsupportedProtocol = "unsupported_protocol",
     /// None of the key's replicas could be reached; nothing was applied.

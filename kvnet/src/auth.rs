@@ -146,6 +146,19 @@ impl Secret {
         })
     }
 
+    /// Whether `token` is one of the secrets: how an administrative HTTP request
+    /// (`Authorization: Bearer <secret>`) is checked. The comparison is constant-time: both
+    /// sides are first turned into a tag of one fixed input.
+    pub fn accepts_token(&self, token: &str) -> bool {
+        let label = b"kv-admin-token/1";
+        let Ok(mut theirs) = HmacSha256::new_from_slice(token.trim().as_bytes()) else {
+            return false;
+        };
+        theirs.update(label);
+        let tag: Tag = theirs.finalize().into_bytes().into();
+        self.verify(&tag, |mac| mac.update(label))
+    }
+
     /// The tag of a request: `method`, `path` and the exact `body` bytes.
     pub fn request_tag(&self, method: &str, path: &str, body: &[u8]) -> Tag {
         let mut mac = self.mac();
@@ -248,6 +261,18 @@ mod tests {
 
     fn secret() -> Secret {
         Secret::from_text("0123456789abcdef0123456789abcdef\n").unwrap()
+    }
+
+    #[test]
+    fn an_admin_token_is_any_of_the_secrets() {
+        let rotating =
+            Secret::from_text("0123456789abcdef0123456789abcdef\nfedcba9876543210fedcba9876543210")
+                .unwrap();
+        assert!(rotating.accepts_token("0123456789abcdef0123456789abcdef"));
+        assert!(rotating.accepts_token("fedcba9876543210fedcba9876543210\n"));
+        assert!(!rotating.accepts_token("0123456789abcdef0123456789abcdee"));
+        assert!(!rotating.accepts_token(""));
+        assert!(!secret().accepts_token("fedcba9876543210fedcba9876543210"));
     }
 
     #[test]

@@ -107,6 +107,8 @@ kinds! {
     Seed = 13,
     /// [`Collect`].
     Collect = 14,
+    /// [`FetchMap`].
+    FetchMap = 15,
 }
 
 /// Handles one kind of request.
@@ -348,6 +350,10 @@ pub struct SyncShard {
     pub shard: u32,
     /// Resume after this key; `None` for the shard's first page.
     pub after: Option<String>,
+    /// Only the keys a membership change moves to the requester: those it replicates under the
+    /// change's new member set and either did not replicate before or whose replica set
+    /// shrinks. Served only by a replica that votes, at the requester's epoch.
+    pub moving: bool,
 }
 
 /// One page of a [`SyncShard`].
@@ -420,6 +426,26 @@ pub struct Pong {
 impl Rpc for Ping {
     type Reply = Pong;
     const KIND: Kind = Kind::Ping;
+}
+
+/// Asks a node for the cluster map it acts on, as the cluster recorded it. Answered whatever the
+/// epochs of the two nodes, and to nodes that are not (or no longer) members: it is how a node
+/// that finds itself behind, a joining node and a removed one learn the current map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchMap;
+
+/// The answer to a [`FetchMap`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapCopy {
+    /// The epoch of the map.
+    pub epoch: u64,
+    /// The cluster's record of its membership, as JSON (its schema belongs to the server).
+    pub record: Vec<u8>,
+}
+
+impl Rpc for FetchMap {
+    type Reply = MapCopy;
+    const KIND: Kind = Kind::FetchMap;
 }
 
 /// Serde form of [`Precondition`].
@@ -512,7 +538,9 @@ mod tests {
         round_trip(SyncShard {
             shard: 3,
             after: Some("k".into()),
+            moving: true,
         });
+        round_trip(FetchMap);
         round_trip(DigestShard {
             shard: 63,
             after: None,
@@ -614,7 +642,8 @@ mod tests {
         Ping,
         Backfill,
         Seed,
-        Collect
+        Collect,
+        FetchMap
     );
 
     #[tokio::test]

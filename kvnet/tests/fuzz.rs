@@ -22,8 +22,9 @@ use kvcore::{
     MAX_KEY_BYTES,
 };
 use kvnet::rpc::{
-    dispatch, Accept, AcceptReply, Backfill, Collect, Delete, DigestPage, DigestShard, Get, Incr,
-    Ping, Pong, Prepare, PrepareReply, Read, Repair, Seed, Set, SetReply, SyncPage, SyncShard,
+    dispatch, Accept, AcceptReply, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap,
+    Get, Incr, Ping, Pong, Prepare, PrepareReply, Read, Repair, Seed, Set, SetReply, SyncPage,
+    SyncShard,
 };
 use kvnet::wire::{decode_reply, encode_reply, Incoming};
 use kvnet::{
@@ -221,6 +222,7 @@ enum AnyRequest {
     Backfill(Backfill),
     Seed(Seed),
     Collect(Collect),
+    FetchMap(FetchMap),
 }
 
 /// Calls `$f::<R>($args)` with the request inside an [`AnyRequest`].
@@ -241,6 +243,7 @@ macro_rules! with_request {
             AnyRequest::Backfill(r) => $f($($args,)* r),
             AnyRequest::Seed(r) => $f($($args,)* r),
             AnyRequest::Collect(r) => $f($($args,)* r),
+            AnyRequest::FetchMap(r) => $f($($args,)* r),
         }
     };
 }
@@ -289,11 +292,17 @@ fn request() -> impl Strategy<Value = AnyRequest> {
             }),
         key().prop_map(|key| AnyRequest::Read(Read { key })),
         repair().prop_map(AnyRequest::Repair),
-        (edge_u32(), prop::option::of(key()))
-            .prop_map(|(shard, after)| AnyRequest::SyncShard(SyncShard { shard, after })),
+        (edge_u32(), prop::option::of(key()), any::<bool>()).prop_map(|(shard, after, moving)| {
+            AnyRequest::SyncShard(SyncShard {
+                shard,
+                after,
+                moving,
+            })
+        }),
         (edge_u32(), prop::option::of(key()))
             .prop_map(|(shard, after)| AnyRequest::DigestShard(DigestShard { shard, after })),
         Just(AnyRequest::Ping(Ping)),
+        Just(AnyRequest::FetchMap(FetchMap)),
         prop::collection::vec(repair(), 0..4)
             .prop_map(|repairs| AnyRequest::Backfill(Backfill { repairs })),
         (key(), value()).prop_map(|(key, value)| AnyRequest::Seed(Seed { key, value })),
@@ -659,7 +668,7 @@ fn check_reply<T: Serialize + DeserializeOwned + PartialEq + Debug>(
 type ReplyCheck = fn(&[u8]) -> Result<bool, TestCaseError>;
 
 /// Every reply type, as each request kind's [`Rpc::Reply`] names it.
-const REPLY_CHECKS: [ReplyCheck; 14] = [
+const REPLY_CHECKS: [ReplyCheck; 15] = [
     check_reply::<<Get as Rpc>::Reply>,
     check_reply::<<Set as Rpc>::Reply>,
     check_reply::<<Delete as Rpc>::Reply>,
@@ -674,6 +683,7 @@ const REPLY_CHECKS: [ReplyCheck; 14] = [
     check_reply::<<Backfill as Rpc>::Reply>,
     check_reply::<<Seed as Rpc>::Reply>,
     check_reply::<<Collect as Rpc>::Reply>,
+    check_reply::<<FetchMap as Rpc>::Reply>,
 ];
 
 /// Counts of outcomes, so a property that only ever saw one outcome fails instead of passing
@@ -741,7 +751,7 @@ fn damaged_frames_of_every_kind_are_refused_as_client_errors_or_round_trip() {
     tally
         .into_inner()
         .unwrap()
-        .assert_saw_both("damaged request frames", cases, 14);
+        .assert_saw_both("damaged request frames", cases, 15);
 }
 
 #[test]

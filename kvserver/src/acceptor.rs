@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use kvcore::{Ballot, ErrorCode, NodeId, Register, Store, Value};
+use kvcore::{Ballot, ClusterMap, ErrorCode, NodeId, Register, Store, Value};
 use kvnet::rpc::{
     Accept, AcceptReply, DigestPage, DigestShard, Prepare, PrepareReply, Read, Repair, SyncPage,
     SyncShard, PAGE_BYTES,
@@ -177,18 +177,56 @@ impl Acceptor {
         &self.store
     }
 
-    /// Answers a key-scoped message, unless this replica cannot vote for the key yet.
-    pub fn handle<R: AcceptorRpc>(&self, request: R) -> Result<R::Reply, RemoteError> {
-        let placement = self.topology.placement(request.key());
-        self.handle_placed(&placement, request)
+    /// Answers a peer's key-scoped message under `map` (the current map, held by the caller;
+    /// see [`Topology::pin`]).
+    pub fn handle_in<R: AcceptorRpc>(
+        &self,
+        map: &Arc<ClusterMap>,
+        request: R,
+    ) -> Result<R::Reply, RemoteError> {
+        let placement = Topology::placement_in(map, self.topology.replicas(), request.key());
+        self.answer(&placement, request)
     }
 
-    /// [`handle`](Self::handle) for a key whose placement the caller already computed.
+    /// This node's own answer to a message of a round it runs on a key placed as `placement`
+    /// says: refused if this node has adopted another map since (the round must place the key
+    /// again), like a peer's message of another epoch.
     pub fn handle_placed<R: AcceptorRpc>(
         &self,
         placement: &Placement,
         request: R,
     ) -> Result<R::Reply, RemoteError> {
+        let map = self.topology.pin();
+        if map.epoch() != placement.map.epoch() {
+            return Err(RemoteError::new(
+                ErrorCode::EpochMismatch,
+                format!(
+                    "node {} moved on to cluster map epoch {} during the round",
+                    self.topology.me(),
+                    map.epoch()
+                ),
+            ));
+        }
+        self.answer(placement, request)
+    }
+
+    /// Answers a key-scoped message, unless this node does not replicate the key or cannot
+    /// vote for it yet.
+    fn answer<R: AcceptorRpc>(
+        &self,
+        placement: &Placement,
+        request: R,
+    ) -> Result<R::Reply, RemoteError> {
+        if !placement.contains(self.topology.me()) {
+            return Err(RemoteError::new(
+                ErrorCode::Misdirected,
+                format!(
+                    "node {} does not replicate this key at cluster map epoch {}",
+                    self.topology.me(),
+                    placement.map.epoch()
+                ),
+            ));
+        }
         if !self
             .readiness
             .can_vote(self.topology.me(), &placement.replicas)
@@ -206,16 +244,29 @@ impl Acceptor {
 
     /// A page of the keys of one store shard that `peer` replicates, with their full replica
     /// state, and the shard's floor.
-    pub fn sync_shard(&self, peer: NodeId, request: SyncShard) -> Result<SyncPage, RemoteError> {
+    ///
+    /// With `moving`, only the keys the running membership change moves to `peer`: those it
+    /// replicates under the new member set and did not before, or whose replica set shrinks
+    /// (every remaining replica then needs what a majority of the previous ones held).
+    pub fn sync_shard(
+        &self,
+        map: &ClusterMap,
+        peer: NodeId,
+        request: SyncShard,
+    ) -> Result<SyncPage, RemoteError> {
         let shard = check_shard(request.shard)?;
-        let map = self.topology.map();
-        let r = self.topology.replication_factor();
+        let r = self.topology.replicas();
         let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
+        let moving = request.moving;
         let page = self
             .store
             .scan_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
-                replicas_into(&map, key, r, &mut replicas, &mut previous);
-                replicas.contains(&peer)
+                let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
+                if !moving {
+                    return replicas.contains(&peer);
+                }
+                replicas[..owners].contains(&peer)
+                    && (!previous.contains(&peer) || owners < previous.len())
             });
         // Read after the page: a key collected before its part of the page was read is then
         // in the floor, so it is never in neither.
@@ -243,7 +294,7 @@ impl Acceptor {
     ) -> Result<DigestPage, RemoteError> {
         let shard = check_shard(request.shard)?;
         let map = self.topology.map();
-        let r = self.topology.replication_factor();
+        let r = self.topology.replicas();
         let (mut owners, mut previous) = (Vec::with_capacity(r), Vec::new());
         let page = self
             .store

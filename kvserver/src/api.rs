@@ -12,7 +12,9 @@ use kvnet::RPC_PATH;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
+use crate::detector::PeerState;
 use crate::error::Error;
+use crate::membership;
 use crate::metrics::bump;
 use crate::node::Node;
 use crate::tls::PeerCertificate;
@@ -103,6 +105,43 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
             Method::GET => Ok(cluster(node)),
             _ => Err(not_allowed("GET")),
         },
+        "/cluster/join" => match method {
+            Method::POST => {
+                authorize_admin(node, &req)?;
+                let body: JoinBody = read_json(node, req).await?;
+                if body.addr.trim().is_empty() || !body.addr.contains(':') {
+                    return Err(Error::bad_request(
+                        ErrorCode::InvalidRequest,
+                        "addr must be the joining node's HOST:PORT as its peers reach it",
+                    ));
+                }
+                let (id, record, fresh) = node.join(&body.addr).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "node": id,
+                        "epoch": record.map.epoch,
+                        "fresh": fresh,
+                        "record": record,
+                    }),
+                ))
+            }
+            _ => Err(not_allowed("POST")),
+        },
+        "/cluster/remove" => match method {
+            Method::POST => {
+                authorize_admin(node, &req)?;
+                let body: RemoveBody = read_json(node, req).await?;
+                let record = node.remove(kvcore::NodeId(body.node), body.force).await?;
+                let id = kvcore::NodeId(body.node);
+                let state = membership::recorded_state(&record, id).unwrap_or("removed");
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"node": id, "epoch": record.map.epoch, "state": state}),
+                ))
+            }
+            _ => Err(not_allowed("POST")),
+        },
         "/stats" => match method {
             Method::GET => Ok(stats(node)),
             _ => Err(not_allowed("GET")),
@@ -131,6 +170,43 @@ struct SetBody {
     if_version: Option<u64>,
     #[serde(default)]
     if_absent: bool,
+}
+
+/// Body of `POST /cluster/join`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    addr: String,
+}
+
+/// Body of `POST /cluster/remove`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    node: u32,
+    #[serde(default)]
+    force: bool,
+}
+
+/// Checks an administrative request: with a cluster secret configured, it must carry
+/// `Authorization: Bearer <secret>` (any of the secrets while they rotate). Without one (a
+/// node serving loopback only) every request is let through, like the rest of the API.
+fn authorize_admin(node: &Node, req: &Request<Incoming>) -> Result<(), Error> {
+    let Some(secret) = &node.config().cluster_secret else {
+        return Ok(());
+    };
+    let token = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(token) if secret.accepts_token(token) => Ok(()),
+        _ => Err(Error::bad_request(
+            ErrorCode::Unauthenticated,
+            "membership changes need `Authorization: Bearer <cluster secret>`",
+        )),
+    }
 }
 
 /// Body of `POST /kv/{key}/incr`.
@@ -233,7 +309,9 @@ async fn delete(node: &Node, key: &str) -> Result<HttpResponse, Error> {
 
 fn health(node: &Node) -> HttpResponse {
     let map = node.map();
-    let (status, state) = if node.is_healthy() {
+    let (status, state) = if node.is_removed() {
+        (StatusCode::SERVICE_UNAVAILABLE, "removed")
+    } else if node.is_healthy() {
         (StatusCode::OK, "ok")
     } else if node.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "seeding")
@@ -254,23 +332,42 @@ fn health(node: &Node) -> HttpResponse {
 
 fn cluster(node: &Node) -> HttpResponse {
     let map = node.map();
+    let record = node.membership();
     let nodes: Vec<Json> = map
         .nodes()
         .iter()
+        .chain(map.departing())
         .map(|n| {
-            let state = node.peer_state(n.id).as_str();
+            let seen = node.peer_state(n.id);
+            let state = match seen {
+                PeerState::Down => seen.as_str(),
+                _ if n.id == node.id() && node.is_removed() => "removed",
+                _ => membership::recorded_state(&record, n.id).unwrap_or(seen.as_str()),
+            };
             json!({"id": n.id, "addr": n.addr, "state": state})
         })
         .collect();
+    let progress = node.rebalance_progress();
+    let rebalance = json!({
+        "state": if map.is_changing() { "running" } else { "idle" },
+        "from": map.previous_members(),
+        "copying": record.copying,
+        "moved_keys": record.moved_keys,
+        "remaining_keys": progress.remaining_keys,
+        "forced": record.forced,
+    });
     json_response(
         StatusCode::OK,
         &json!({
             "node": node.id(),
             "epoch": map.epoch(),
+            "version": record.version,
             "partitioner": map.partitioner().name(),
             "replication_factor": node.replication_factor(),
             "under_replicated": node.under_replicated(),
             "nodes": nodes,
+            "removed": record.removed,
+            "rebalance": rebalance,
         }),
     )
 }

@@ -40,7 +40,7 @@ pub struct CatchUp {
 }
 
 /// How copying from one peer ended.
-enum Copied {
+pub(crate) enum Copied {
     /// Every page of every shard, from one incarnation of the peer.
     All(Totals),
     /// The peer stopped answering or restarted midway: try it again later.
@@ -51,25 +51,31 @@ enum Copied {
 
 /// What a copy from one peer brought.
 #[derive(Debug, Default, Clone, Copy)]
-struct Totals {
-    keys: u64,
-    bytes: u64,
-    pages: u64,
+pub(crate) struct Totals {
+    pub keys: u64,
+    pub bytes: u64,
+    pub pages: u64,
 }
 
 impl CatchUp {
     /// Merges every peer's copies of the keys this node replicates, retrying peers that do not
     /// answer every `retry`, and marks the node ready once all are merged.
     pub async fn run(self, retry: Duration) {
-        let peers = self.topology.peers();
+        // A node with nothing to catch up on (alone, or new to the cluster) votes from the start.
+        if self.readiness.is_ready() {
+            return;
+        }
         let started = Instant::now();
         'start: loop {
+            // Read again on every pass: a change of the map changes who the peers are.
+            let peers = self.topology.peers();
             for &peer in &peers {
                 if self.readiness.has_synced(peer) {
                     continue;
                 }
                 let began = Instant::now();
-                match self.copy_from(peer).await {
+                let copy = copy_shards(&self.client, &self.store, &self.incarnation, peer, None);
+                match copy.await {
                     Copied::All(t) => {
                         self.readiness.synced(peer);
                         let secs = began.elapsed().as_secs_f64().max(1e-6);
@@ -112,70 +118,84 @@ impl CatchUp {
             tokio::time::sleep(retry).await;
         }
     }
+}
 
-    /// Copies every shard of `peer`'s replicas of the keys this node replicates.
-    async fn copy_from(&self, peer: NodeId) -> Copied {
-        let request_id = new_request_id();
-        let mut peer_incarnation = None;
-        let mut totals = Totals::default();
-        for shard in 0..Store::SHARDS as u32 {
-            let mut after: Option<String> = None;
-            loop {
-                let request = SyncShard {
-                    shard,
-                    after: after.clone(),
-                };
-                let page = match self.client.call(peer, request_id, 1, &request).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "catching up from node {peer} failed; will retry");
-                        return Copied::Retry;
-                    }
-                };
-                if page.known > self.incarnation.get() && self.incarnation.exceed(page.known) {
-                    return Copied::StartOver;
-                }
-                if *peer_incarnation.get_or_insert(page.incarnation) != page.incarnation {
-                    tracing::info!("node {peer} restarted while this node copied from it; starting over with it");
+/// Copies every shard of `peer`'s replicas of the keys this node replicates, or with `moving`
+/// (a change's epoch), of the keys that change moves to this node, every page asked for at that
+/// epoch.
+pub(crate) async fn copy_shards(
+    client: &PeerClient,
+    store: &Store,
+    incarnation: &Incarnation,
+    peer: NodeId,
+    moving: Option<u64>,
+) -> Copied {
+    let request_id = new_request_id();
+    let mut peer_incarnation = None;
+    let mut totals = Totals::default();
+    for shard in 0..Store::SHARDS as u32 {
+        let mut after: Option<String> = None;
+        loop {
+            let request = SyncShard {
+                shard,
+                after: after.clone(),
+                moving: moving.is_some(),
+            };
+            let call = match moving {
+                Some(epoch) => client.call_at(epoch, peer, request_id, 1, &request).await,
+                None => client.call(peer, request_id, 1, &request).await,
+            };
+            let page = match call {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::debug!(error = %e, "catching up from node {peer} failed; will retry");
                     return Copied::Retry;
                 }
-                // Pages must move forward, or a confused peer could keep this loop going.
-                if let (Some(next), Some(prev)) = (&page.next, &after) {
-                    if next <= prev {
-                        tracing::warn!("node {peer} sent a sync page that does not move forward");
-                        return Copied::Retry;
-                    }
-                }
-                // What a peer sends is checked like any peer input: a floor or register out of
-                // range would leave keys unwritable here.
-                let in_range = check_ballot(page.floor.promised).is_ok()
-                    && page.floor.version.0 <= MAX_PEER_VERSION
-                    && page.states.iter().all(|s| {
-                        check_ballot(s.promised).is_ok() && check_register(&s.register).is_ok()
-                    });
-                if !in_range {
-                    tracing::warn!(
-                        "node {peer} sent a sync page with a ballot or version out of range"
-                    );
+            };
+            if page.known > incarnation.get() && incarnation.exceed(page.known) {
+                return Copied::StartOver;
+            }
+            if *peer_incarnation.get_or_insert(page.incarnation) != page.incarnation {
+                tracing::info!(
+                    "node {peer} restarted while this node copied from it; starting over with it"
+                );
+                return Copied::Retry;
+            }
+            // Pages must move forward, or a confused peer could keep this loop going.
+            if let (Some(next), Some(prev)) = (&page.next, &after) {
+                if next <= prev {
+                    tracing::warn!("node {peer} sent a sync page that does not move forward");
                     return Copied::Retry;
-                }
-                totals.pages += 1;
-                self.store.raise_floor(shard as usize, page.floor);
-                for state in page.states {
-                    totals.keys += 1;
-                    totals.bytes += (state.key.len()
-                        + state.register.value.as_ref().map_or(0, |v| v.len()))
-                        as u64;
-                    if let Err(e) = self.store.restore(state) {
-                        tracing::warn!(error = %e, "could not restore a key from node {peer}");
-                    }
-                }
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
                 }
             }
+            // What a peer sends is checked like any peer input: a floor or register out of
+            // range would leave keys unwritable here.
+            let in_range = check_ballot(page.floor.promised).is_ok()
+                && page.floor.version.0 <= MAX_PEER_VERSION
+                && page.states.iter().all(|s| {
+                    check_ballot(s.promised).is_ok() && check_register(&s.register).is_ok()
+                });
+            if !in_range {
+                tracing::warn!(
+                    "node {peer} sent a sync page with a ballot or version out of range"
+                );
+                return Copied::Retry;
+            }
+            totals.pages += 1;
+            store.raise_floor(shard as usize, page.floor);
+            for state in page.states {
+                totals.keys += 1;
+                totals.bytes +=
+                    (state.key.len() + state.register.value.as_ref().map_or(0, |v| v.len())) as u64;
+                if let Err(e) = store.restore(state) {
+                    tracing::warn!(error = %e, "could not restore a key from node {peer}");
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
         }
-        Copied::All(totals)
     }
+    Copied::All(totals)
 }

@@ -54,15 +54,55 @@ impl Coordinator {
 
     /// Reads `key`, linearizably. `hops` is how often the request was already forwarded.
     pub async fn get(&self, key: &str, hops: u8, request_id: u64) -> Result<Option<Entry>, Error> {
-        let placement = self.topology.placement(key);
+        let mut placed = 0;
+        loop {
+            let placement = self.topology.placement(key);
+            let read = self.get_placed(&placement, key, hops, request_id).await;
+            if !self.place_again(&placement, &read, &mut placed) {
+                return read;
+            }
+        }
+    }
+
+    /// Whether an operation placed as `placement` that ended with `result` runs again: it
+    /// applied nothing, and this node adopted a later map meanwhile (a replica refused the
+    /// operation for its epoch, and this node fetched that replica's map).
+    fn place_again<T>(
+        &self,
+        placement: &Placement,
+        result: &Result<T, Error>,
+        placed: &mut u32,
+    ) -> bool {
+        let Err(e) = result else {
+            return false;
+        };
+        use kvcore::ErrorCode as C;
+        let applied_nothing = matches!(
+            e.code(),
+            C::QuorumUnavailable
+                | C::OwnerUnavailable
+                | C::EpochMismatch
+                | C::Misdirected
+                | C::StaleIncarnation
+                | C::Recovering
+        );
+        *placed += 1;
+        applied_nothing && *placed <= 3 && self.topology.epoch() != placement.map.epoch()
+    }
+
+    async fn get_placed(
+        &self,
+        placement: &Placement,
+        key: &str,
+        hops: u8,
+        request_id: u64,
+    ) -> Result<Option<Entry>, Error> {
         let op = Get { key: key.into() };
         if placement.contains(self.me()) {
             if hops == 0 {
                 bump(&self.metrics.local);
             }
-            return self
-                .read_as_replica(&placement, &op, hops, request_id)
-                .await;
+            return self.read_as_replica(placement, &op, hops, request_id).await;
         }
         if hops >= MAX_HOPS {
             return Err(self.misdirected(hops));
@@ -73,11 +113,11 @@ impl Coordinator {
         if placement.replicas.len() > 1 {
             // A majority answers as it would a replica; only if they disagree does a replica
             // settle it.
-            if let Ok(Some(entry)) = self.proposer.fast_read(&placement, key, request_id).await {
+            if let Ok(Some(entry)) = self.proposer.fast_read(placement, key, request_id).await {
                 return Ok(entry);
             }
         }
-        self.forward(&placement, &op, hops, request_id).await
+        self.forward(placement, &op, hops, request_id).await
     }
 
     /// Runs a write, linearizably. `hops` is how often the request was already forwarded.
@@ -87,13 +127,29 @@ impl Coordinator {
         hops: u8,
         request_id: u64,
     ) -> Result<O::Reply, Error> {
-        let placement = self.topology.placement(op.key());
+        let mut placed = 0;
+        loop {
+            let placement = self.topology.placement(op.key());
+            let write = self.write_placed(&placement, &op, hops, request_id).await;
+            if !self.place_again(&placement, &write, &mut placed) {
+                return write;
+            }
+        }
+    }
+
+    async fn write_placed<O: Operation>(
+        &self,
+        placement: &Placement,
+        op: &O,
+        hops: u8,
+        request_id: u64,
+    ) -> Result<O::Reply, Error> {
         let me = self.me();
         if placement.contains(me) && (placement.primary() == me || hops >= MAX_HOPS) {
             if hops == 0 {
                 bump(&self.metrics.local);
             }
-            return self.proposer.run(&placement, &op, request_id).await;
+            return self.proposer.run(placement, op, request_id).await;
         }
         if hops >= MAX_HOPS {
             return Err(self.misdirected(hops));
@@ -101,7 +157,7 @@ impl Coordinator {
         if hops == 0 {
             bump(&self.metrics.forwarded);
         }
-        self.forward(&placement, &op, hops, request_id).await
+        self.forward(placement, op, hops, request_id).await
     }
 
     /// Runs a full round on `key` that changes nothing, so whatever a majority holds is
@@ -136,7 +192,8 @@ impl Coordinator {
             if primary != self.me() && hops < MAX_HOPS && !self.detector.is_down(primary) {
                 if let Some(info) = placement.node(primary) {
                     // The primary must settle it itself: sent with the hops spent.
-                    let frame = self.client.frame(request_id, MAX_HOPS, op);
+                    let epoch = placement.map.epoch();
+                    let frame = self.client.frame_at(epoch, request_id, MAX_HOPS, op);
                     match self.client.send(info, &frame).await {
                         Ok(entry) => return Ok(entry),
                         Err(e) if e.may_have_applied() => return Err(Error::from_call(e, false)),
@@ -167,7 +224,9 @@ impl Coordinator {
             .filter(|&r| r != me)
             .collect();
         candidates.sort_by_key(|&r| self.detector.is_down(r));
-        let frame = self.client.frame(request_id, hops + 1, op);
+        let frame = self
+            .client
+            .frame_at(placement.map.epoch(), request_id, hops + 1, op);
         let mut last = None;
         for to in candidates {
             let Some(info) = placement.node(to) else {

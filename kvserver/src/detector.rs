@@ -80,25 +80,33 @@ impl FailureDetector {
     /// A peer answered a heartbeat.
     pub fn heard(&self, id: NodeId, ready: bool, drift: u64) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = health.get_mut(&id) {
-            h.last_ok = Instant::now();
-            h.drift = drift;
-            let state = if ready {
-                PeerState::Up
-            } else {
-                PeerState::Recovering
-            };
-            self.set(h, state);
-        }
+        // A node that joined since this detector started is heard of here first.
+        let h = health.entry(id).or_insert_with(|| Health {
+            state: PeerState::Up,
+            last_ok: Instant::now(),
+            drift: 0,
+        });
+        h.last_ok = Instant::now();
+        h.drift = drift;
+        let state = if ready {
+            PeerState::Up
+        } else {
+            PeerState::Recovering
+        };
+        self.set(h, state);
     }
 
     /// A heartbeat to a peer failed.
     pub fn missed(&self, id: NodeId) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = health.get_mut(&id) {
-            if h.last_ok.elapsed() >= self.down_after {
-                self.set(h, PeerState::Down);
-            }
+        let now = Instant::now();
+        let h = health.entry(id).or_insert_with(|| Health {
+            state: PeerState::Up,
+            last_ok: now,
+            drift: 0,
+        });
+        if h.last_ok.elapsed() >= self.down_after {
+            self.set(h, PeerState::Down);
         }
     }
 
@@ -150,7 +158,13 @@ impl FailureDetector {
                 pings.spawn(async move {
                     let ping = client.call(peer, new_request_id(), 1, &Ping);
                     match tokio::time::timeout(interval * 2, ping).await {
-                        Ok(Ok(pong)) => detector.heard(peer, pong.ready, pong.drift),
+                        Ok(Ok(pong)) => {
+                            detector.heard(peer, pong.ready, pong.drift);
+                            // Epochs spread with heartbeats: a peer ahead has a later map.
+                            if pong.epoch > client.epoch() {
+                                client.catch_up_map(pong.epoch, peer).await;
+                            }
+                        }
                         _ => detector.missed(peer),
                     }
                 });

@@ -89,6 +89,12 @@ pub enum Error {
     /// The node is stopping and did not carry the request out.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node was removed from the cluster and serves nothing.
+    #[error("node {node} was removed from the cluster; ask another node")]
+    Removed {
+        /// This node.
+        node: kvcore::NodeId,
+    },
     /// An error answered by the replica that handled the request, passed on as it is.
     #[error("{}", .0.message)]
     Remote(RemoteError),
@@ -138,6 +144,7 @@ impl Error {
             Error::Overloaded { .. } => ErrorCode::Overloaded,
             Error::Misdirected { .. } => ErrorCode::Misdirected,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Removed { .. } => ErrorCode::NodeRemoved,
             Error::Remote(r) => r.code,
         }
     }
@@ -173,7 +180,11 @@ pub fn status(code: ErrorCode) -> StatusCode {
         C::NotFound | C::NoRoute => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        C::VersionMismatch | C::KeyExists | C::EpochMismatch => StatusCode::CONFLICT,
+        C::VersionMismatch
+        | C::KeyExists
+        | C::EpochMismatch
+        | C::ChangeInProgress
+        | C::WouldLoseWrites => StatusCode::CONFLICT,
         C::ValueTooLarge | C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         C::OwnerUnavailable
@@ -182,7 +193,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::StaleIncarnation
         | C::Overloaded
         | C::TooManyConnections
-        | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        | C::ShuttingDown
+        | C::NodeRemoved => StatusCode::SERVICE_UNAVAILABLE,
         C::OwnerTimeout | C::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         C::MemoryFull => StatusCode::INSUFFICIENT_STORAGE,
         C::InvalidClusterMap | C::Internal => StatusCode::INTERNAL_SERVER_ERROR,

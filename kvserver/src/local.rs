@@ -34,6 +34,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::error::Error;
+use crate::membership::Membership;
 use crate::node::Node;
 use crate::server;
 
@@ -159,7 +161,7 @@ impl LocalClusterBuilder {
             },
         };
         for (i, listener) in listeners.into_iter().enumerate() {
-            let running = cluster.launch(i, listener, None)?;
+            let running = cluster.launch(i, listener, Start::Static(None))?;
             cluster.nodes.push(running);
         }
         if !cluster.wait_ready(self.ready_timeout).await {
@@ -178,6 +180,16 @@ struct LocalNode {
     node: Arc<Node>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// Whether the node joined a running cluster (it restarts by joining again).
+    joined: bool,
+}
+
+/// How a node of a [`LocalCluster`] starts.
+enum Start {
+    /// As one of the members the cluster was created with, maybe from a given incarnation.
+    Static(Option<u64>),
+    /// As a node that joined the cluster, with the record the cluster answered its join with.
+    Joined(Box<Membership>, bool),
 }
 
 /// A running in-process cluster. Dropping it starts a graceful shutdown of every node without
@@ -219,12 +231,7 @@ impl LocalCluster {
     }
 
     /// Starts node `i` on `listener` with a fresh store and incarnation.
-    fn launch(
-        &self,
-        i: usize,
-        listener: TcpListener,
-        incarnation: Option<u64>,
-    ) -> io::Result<LocalNode> {
+    fn launch(&self, i: usize, listener: TcpListener, start: Start) -> io::Result<LocalNode> {
         let addr = listener.local_addr()?;
         let config = Config {
             id: i as u32,
@@ -242,9 +249,13 @@ impl LocalCluster {
             Some(faults) => Arc::new(faults.wrap(id, base)),
             None => base,
         };
-        let node = match incarnation {
-            Some(incarnation) => Node::with_incarnation(&config, transport, incarnation),
-            None => Node::new(&config, transport),
+        let joined = matches!(start, Start::Joined(..));
+        let node = match start {
+            Start::Static(Some(incarnation)) => {
+                Node::with_incarnation(&config, transport, incarnation)
+            }
+            Start::Static(None) => Node::new(&config, transport),
+            Start::Joined(record, fresh) => Node::joined(&config, transport, id, *record, fresh),
         };
         let node = Arc::new(node.map_err(invalid)?);
         if self.transport == Transport::InProcess {
@@ -264,7 +275,97 @@ impl LocalCluster {
             node,
             stop: Some(stop),
             server: Some(server),
+            joined,
         })
+    }
+
+    /// Starts node `i` (or the next node, if `i` is the number of nodes) by asking a running
+    /// node to add it at `listener`'s address.
+    async fn launch_joining(&self, i: usize, listener: TcpListener) -> io::Result<LocalNode> {
+        let addr = listener.local_addr()?.to_string();
+        let mut last = None;
+        for k in (0..self.len()).filter(|&k| k != i && self.is_running(k)) {
+            let member = self.node(k);
+            if member.is_removed() {
+                continue;
+            }
+            match member.join(&addr).await {
+                Ok((id, record, fresh)) => {
+                    if id.0 as usize != i {
+                        return Err(io::Error::other(format!(
+                            "the cluster gave the joining node id {id}, not {i}: nodes of a \
+                             LocalCluster join one at a time, through its own methods"
+                        )));
+                    }
+                    return self.launch(i, listener, Start::Joined(Box::new(record), fresh));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(io::Error::other(match last {
+            Some(e) => format!("no running node added the joining node: {e}"),
+            None => "no running node to join through".into(),
+        }))
+    }
+
+    /// Starts a new node and adds it to the cluster (`POST /cluster/join` through a running
+    /// node): it gets the next id, which is its index here. The cluster then copies the keys
+    /// it gains to it in the background; see [`wait_settled`](Self::wait_settled).
+    pub async fn join_node(&mut self) -> io::Result<usize> {
+        let host = self.nodes[0].addr.ip();
+        let listener = TcpListener::bind((host, 0)).await?;
+        let i = self.len();
+        let node = self.launch_joining(i, listener).await?;
+        self.nodes.push(node);
+        Ok(i)
+    }
+
+    /// Removes node `i` from the cluster through another running node (`POST /cluster/remove`):
+    /// alive, it hands its keys over; stopped, they are copied from the other replicas.
+    pub async fn remove_node(&self, i: usize, force: bool) -> Result<Membership, Error> {
+        let mut last = None;
+        for k in (0..self.len()).filter(|&k| k != i && self.is_running(k)) {
+            if self.node(k).is_removed() {
+                continue;
+            }
+            match self.node(k).remove(NodeId(i as u32), force).await {
+                Ok(record) => return Ok(record),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(Error::QuorumUnavailable {
+            message: "no running member to remove the node through".into(),
+        }))
+    }
+
+    /// Polls until no membership change runs on any running member, every one of them is at
+    /// the same epoch and healthy, and removed nodes know it, or `timeout` passes; returns
+    /// which.
+    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            every.tick().await;
+            let running: Vec<&Arc<Node>> = (0..self.len())
+                .filter(|&i| self.is_running(i))
+                .map(|i| self.node(i))
+                .collect();
+            let epoch = running.iter().map(|n| n.map().epoch()).max();
+            let settled = running.iter().all(|n| {
+                let map = n.map();
+                n.is_removed()
+                    || (Some(map.epoch()) == epoch
+                        && !map.is_changing()
+                        && n.is_healthy()
+                        && n.holds_map_replica())
+            });
+            if settled {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
     }
 
     /// Number of nodes.
@@ -323,7 +424,7 @@ impl LocalCluster {
             every.tick().await;
             let ready = (0..self.len()).filter(|&i| self.is_running(i)).all(|i| {
                 let node = self.node(i);
-                node.is_healthy() && node.holds_map_replica()
+                node.is_removed() || (node.is_healthy() && node.holds_map_replica())
             });
             if ready {
                 return true;
@@ -356,7 +457,11 @@ impl LocalCluster {
             self.stop_node(i).await;
         }
         let listener = TcpListener::bind(self.nodes[i].addr).await?;
-        self.nodes[i] = self.launch(i, listener, None)?;
+        self.nodes[i] = if self.nodes[i].joined {
+            self.launch_joining(i, listener).await?
+        } else {
+            self.launch(i, listener, Start::Static(None))?
+        };
         Ok(())
     }
 
@@ -371,7 +476,7 @@ impl LocalCluster {
             self.stop_node(i).await;
         }
         let listener = TcpListener::bind(self.nodes[i].addr).await?;
-        self.nodes[i] = self.launch(i, listener, Some(incarnation))?;
+        self.nodes[i] = self.launch(i, listener, Start::Static(Some(incarnation)))?;
         Ok(())
     }
 

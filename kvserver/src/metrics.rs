@@ -53,6 +53,10 @@ counters! {
     anti_entropy_passes,
     /// Anti-entropy passes skipped because no copy can have gone missing since the last clean one.
     anti_entropy_skips,
+    /// Keys copied here by membership changes (each counted once per change).
+    moved_in,
+    /// Keys dropped here after a membership change moved them to other nodes.
+    moved_out,
     /// Requests answered with a 4xx status.
     client_errors,
     /// Requests answered with a 5xx status.

@@ -30,15 +30,24 @@ use crate::drift::Drift;
 use crate::error::Error;
 use crate::incarnations::{clock_micros, Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
+use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
 use crate::peers::{new_request_id, PeerClient};
 use crate::proposer::Proposer;
 use crate::quorum::Quorum;
 use crate::readiness::Readiness;
+use crate::rebalance::{self, Progress, Rebalancer};
 use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
+
+/// How far a membership change has come, as one node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebalanceProgress {
+    /// Keys this node holds that the change has yet to copy to a member still copying.
+    pub remaining_keys: u64,
+}
 
 /// The outcome of a conditional write: the new version, or the [`Conflict`] that refused it.
 pub type WriteOutcome = Result<Version, Conflict>;
@@ -54,6 +63,7 @@ pub struct Node {
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     under_replicated: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     drift: Arc<Drift>,
     backfill_queue: std::sync::Mutex<Option<Queue>>,
     client: Arc<PeerClient>,
@@ -89,31 +99,46 @@ impl Node {
         incarnation: u64,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let me = config.node_id();
-        let partitioner = partition::by_name(&config.partitioner)
-            .ok_or_else(|| ConfigError(format!("unknown partitioner {:?}", config.partitioner)))?;
-        let nodes = config
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| NodeInfo {
-                id: NodeId(i as u32),
-                addr: addr.clone(),
-            })
-            .collect();
-        let map = if config.changing_from.is_empty() {
-            ClusterMap::new(1, nodes, partitioner)
-        } else {
-            ClusterMap::from_spec(&MapSpec {
-                epoch: 1,
-                nodes,
-                partitioner: partitioner.name().to_owned(),
-                previous: Some(config.changing_from.iter().map(|&i| NodeId(i)).collect()),
-            })
-        };
-        let map = map.map_err(|e| ConfigError(e.to_string()))?;
-        let alone = map.len() == 1;
-        let topology = Arc::new(Topology::new(me, map, config.replication_factor()));
+        let record = Membership::initial(static_map(config)?.spec(), config.replicas);
+        let alone = record.map.nodes.len() == 1;
+        Self::build(
+            config,
+            transport,
+            incarnation,
+            config.node_id(),
+            record,
+            alone,
+        )
+    }
+
+    /// A node that joined a running cluster as node `me`, under the cluster's `record` (what
+    /// the member that added it answered). `fresh` says it never ran as this node before: it
+    /// has nothing to catch up on and votes at once; a node that restarted under an id it had
+    /// catches up first, like any restarted node.
+    pub fn joined(
+        config: &Config,
+        transport: Arc<dyn Transport>,
+        me: NodeId,
+        record: Membership,
+        fresh: bool,
+    ) -> Result<Self, ConfigError> {
+        Self::build(config, transport, clock_micros(), me, record, fresh)
+    }
+
+    fn build(
+        config: &Config,
+        transport: Arc<dyn Transport>,
+        incarnation: u64,
+        me: NodeId,
+        record: Membership,
+        ready: bool,
+    ) -> Result<Self, ConfigError> {
+        let topology = Arc::new(Topology::new(me, record).map_err(|e| ConfigError(e.to_string()))?);
+        if !topology.takes_part() {
+            return Err(ConfigError(format!(
+                "node {me} is not a member of the cluster map"
+            )));
+        }
         let limits = Limits {
             max_value_bytes: config.max_value_bytes(),
         };
@@ -121,11 +146,12 @@ impl Node {
             max_memory: config.max_memory,
             limits,
         }));
+        topology.attach_store(store.clone());
         let incarnation = Arc::new(Incarnation::new(incarnation));
         let lifecycle = Arc::new(Lifecycle::new());
         let metrics = Arc::new(Metrics::default());
         let detector = Arc::new(FailureDetector::new(topology.peers(), config.down_after()));
-        let readiness = Arc::new(Readiness::new(alone));
+        let readiness = Arc::new(Readiness::new(ready));
         let incarnations = Arc::new(Incarnations::default());
         let ballots = Arc::new(BallotClock::new(me, store.clone()));
         let drift = Arc::new(Drift::default());
@@ -185,6 +211,7 @@ impl Node {
             metrics.clone(),
             lifecycle.clone(),
             drift.clone(),
+            client.clone(),
         ));
         Ok(Node {
             config: config.clone(),
@@ -196,6 +223,7 @@ impl Node {
             readiness,
             metrics,
             under_replicated: Arc::default(),
+            progress: Arc::default(),
             drift,
             backfill_queue: std::sync::Mutex::new(Some(backfill_queue)),
             client,
@@ -258,6 +286,17 @@ impl Node {
         };
         self.lifecycle
             .spawn(anti_entropy.run(self.config.anti_entropy_interval()));
+        let rebalancer = Rebalancer {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            topology: self.topology.clone(),
+            coordinator: self.coordinator.clone(),
+            readiness: self.readiness.clone(),
+            incarnation: self.incarnation.clone(),
+            metrics: self.metrics.clone(),
+            progress: self.progress.clone(),
+        };
+        self.lifecycle.spawn(rebalancer.run(retry));
     }
 
     /// Stops every task of the node at once, as a crash would: nothing finishes gracefully.
@@ -368,30 +407,105 @@ impl Node {
         self.topology.placement(key).replicas
     }
 
-    /// The cluster map as recorded in the cluster's own replicated register, read linearizably;
-    /// `None` until a node has recorded it (each does once it has caught up).
-    pub async fn recorded_map(&self) -> Result<Option<MapSpec>, Error> {
-        let read = self.coordinator.get(MAP_KEY, 0, new_request_id());
-        let entry = self
+    /// The cluster's record of its membership as held by this node: the one its map was
+    /// built from, or a later one of the same epoch.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.topology.record()
+    }
+
+    /// The cluster's record of its membership, read linearizably from the cluster's own
+    /// replicated register (and adopted by this node if it is later than its own).
+    pub async fn recorded_membership(&self) -> Result<Membership, Error> {
+        let read = rebalance::read_record(&self.coordinator);
+        let (record, _) = self
             .lifecycle
             .unless_stopped(read)
             .await
             .unwrap_or(Err(Error::ShuttingDown))?;
-        entry
-            .map(|e| serde_json::from_slice(e.value.as_bytes()))
-            .transpose()
-            .map_err(|e| {
-                Error::Remote(kvnet::RemoteError::new(
-                    kvcore::ErrorCode::Internal,
-                    format!("the recorded cluster map does not decode: {e}"),
-                ))
-            })
+        if let Err(e) = self.topology.adopt(record.clone()) {
+            tracing::error!(error = %e, "the recorded cluster map does not build a map");
+        }
+        Ok(record)
+    }
+
+    /// The cluster map as recorded in the cluster's own replicated register, read linearizably;
+    /// `None` until a node has recorded it (each does once it has caught up).
+    pub async fn recorded_map(&self) -> Result<Option<MapSpec>, Error> {
+        match self.recorded_membership().await {
+            Ok(record) => Ok(Some(record.map)),
+            Err(Error::QuorumUnavailable { message }) if message.contains("not recorded") => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds a node listening on `addr` to the cluster (it gets the next free id, or its id if
+    /// a node at that address is already a member), starting the change that moves its keys
+    /// to it. Returns its id, the record as it stands after the change, and whether the node
+    /// is new (`false`: a node at that address was already a member, so one that restarts
+    /// and asks again catches up as a restarted node).
+    pub async fn join(&self, addr: &str) -> Result<(NodeId, Membership, bool), Error> {
+        self.check_not_removed()?;
+        let change = rebalance::change(&self.coordinator, &self.topology, |r| r.join(addr));
+        let (record, fresh) = self
+            .lifecycle
+            .unless_stopped(change)
+            .await
+            .unwrap_or(Err(Error::ShuttingDown))?;
+        let id = record.node_at(addr).ok_or_else(|| {
+            Error::bad_request(
+                kvcore::ErrorCode::ChangeInProgress,
+                format!("{addr} was removed from the cluster while it joined"),
+            )
+        })?;
+        tracing::info!(node = %id, addr, epoch = record.map.epoch, "node joining");
+        Ok((id, record, fresh))
+    }
+
+    /// Removes node `id` from the cluster, starting the change that moves its keys to the
+    /// others (see [`Membership::remove`]). Returns the record as it stands after the change.
+    pub async fn remove(&self, id: NodeId, force: bool) -> Result<Membership, Error> {
+        self.check_not_removed()?;
+        let detector = self.detector.clone();
+        let me = self.id();
+        let down = move |n: NodeId| n != me && detector.is_down(n);
+        let change = rebalance::change(&self.coordinator, &self.topology, |r| {
+            r.remove(id, force, &down)
+        });
+        let (record, _) = self
+            .lifecycle
+            .unless_stopped(change)
+            .await
+            .unwrap_or(Err(Error::ShuttingDown))?;
+        tracing::info!(node = %id, force, epoch = record.map.epoch, "node leaving");
+        Ok(record)
+    }
+
+    /// How far the running membership change has come, as this node sees it.
+    pub fn rebalance_progress(&self) -> RebalanceProgress {
+        RebalanceProgress {
+            remaining_keys: self.progress.remaining_keys.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether this node was removed from the cluster (it then serves nothing).
+    pub fn is_removed(&self) -> bool {
+        self.readiness.is_removed()
+    }
+
+    fn check_not_removed(&self) -> Result<(), Error> {
+        if self.is_removed() {
+            return Err(Error::Removed { node: self.id() });
+        }
+        Ok(())
     }
 
     /// Reads `key`, linearizably.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         bump(&self.metrics.gets);
         validate_client_key(key)?;
+        self.check_not_removed()?;
         let read = self.coordinator.get(key, 0, new_request_id());
         self.lifecycle
             .unless_stopped(read)
@@ -402,6 +516,7 @@ impl Node {
     /// Runs a write unless the node stops first; a write cut off by a stop may have been
     /// applied, so that is an unknown outcome.
     async fn write<O: Operation>(&self, op: O) -> Result<O::Reply, Error> {
+        self.check_not_removed()?;
         let write = self.coordinator.write(op, 0, new_request_id());
         self.lifecycle
             .unless_stopped(write)
@@ -449,8 +564,36 @@ impl Node {
             key: key.into(),
             by,
         };
-        self.coordinator.write(incr, 0, new_request_id()).await
+        self.write(incr).await
     }
+}
+
+/// The map of a cluster started with fixed members (`--id`/`--peers`): node `i` is the `i`th
+/// address, at epoch 1.
+fn static_map(config: &Config) -> Result<ClusterMap, ConfigError> {
+    let partitioner = partition::by_name(&config.partitioner)
+        .ok_or_else(|| ConfigError(format!("unknown partitioner {:?}", config.partitioner)))?;
+    let nodes = config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| NodeInfo {
+            id: NodeId(i as u32),
+            addr: addr.clone(),
+        })
+        .collect();
+    let map = if config.changing_from.is_empty() {
+        ClusterMap::new(1, nodes, partitioner)
+    } else {
+        ClusterMap::from_spec(&MapSpec {
+            epoch: 1,
+            nodes,
+            partitioner: partitioner.name().to_owned(),
+            previous: Some(config.changing_from.iter().map(|&i| NodeId(i)).collect()),
+            departing: Vec::new(),
+        })
+    };
+    map.map_err(|e| ConfigError(e.to_string()))
 }
 
 /// Checks a key a client names: a valid key, and not one of the cluster's own records.
@@ -472,8 +615,8 @@ async fn record_map(
     topology: Arc<Topology>,
     retry: std::time::Duration,
 ) {
-    let spec = topology.map().spec();
-    let json = serde_json::to_vec(&spec).expect("a map spec always encodes");
+    let record = topology.record();
+    let json = serde_json::to_vec(&*record).expect("a record always encodes");
     let op = Seed {
         key: MAP_KEY.into(),
         value: Value::binary(json),

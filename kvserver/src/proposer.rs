@@ -486,7 +486,8 @@ impl Proposer {
             if lagging.is_empty() {
                 return;
             }
-            let frame = client.frame(crate::peers::new_request_id(), 1, &repair);
+            let id = crate::peers::new_request_id();
+            let frame = client.frame_at(placement.map.epoch(), id, 1, &repair);
             for node in lagging {
                 if let Some(info) = placement.node(node) {
                     let _ = client.send(info, &frame).await;

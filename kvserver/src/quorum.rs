@@ -75,7 +75,9 @@ impl Quorum {
         request: R,
     ) -> mpsc::UnboundedReceiver<Answer<R>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let frame = self.client.frame(request_id, 1, &request);
+        let frame = self
+            .client
+            .frame_at(placement.map.epoch(), request_id, 1, &request);
         self.send_to(placement, &placement.replicas, &request, &frame, &tx);
         rx
     }
@@ -170,7 +172,9 @@ impl Quorum {
     ) -> Gather<R> {
         let rest = order.split_off(first.min(order.len()));
         let (tx, rx) = mpsc::unbounded_channel();
-        let frame = self.client.frame(request_id, 1, &request);
+        let frame = self
+            .client
+            .frame_at(placement.map.epoch(), request_id, 1, &request);
         self.send_to(placement, &order, &request, &frame, &tx);
         Gather {
             tx,

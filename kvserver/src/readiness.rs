@@ -18,6 +18,8 @@ pub struct Readiness {
     seeded: AtomicBool,
     /// Peers whose copies this node has merged since it started.
     synced: Mutex<HashSet<NodeId>>,
+    /// Whether this node was removed from the cluster: it serves nothing any more.
+    removed: AtomicBool,
 }
 
 impl Readiness {
@@ -28,7 +30,18 @@ impl Readiness {
             ready: AtomicBool::new(alone),
             seeded: AtomicBool::new(false),
             synced: Mutex::default(),
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this node was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Marks the node removed from the cluster, for good.
+    pub fn set_removed(&self) {
+        self.removed.store(true, Ordering::Release);
     }
 
     /// Whether the node has merged every peer and votes for every key.
@@ -44,7 +57,7 @@ impl Readiness {
     /// Whether the node is ready and the cluster map and seed keys are recorded: it reports
     /// healthy.
     pub fn is_healthy(&self) -> bool {
-        self.is_ready() && self.seeded.load(Ordering::Acquire)
+        self.is_ready() && self.seeded.load(Ordering::Acquire) && !self.is_removed()
     }
 
     /// Marks the cluster map and the seed keys recorded.

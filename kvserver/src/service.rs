@@ -5,8 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvcore::{validate_key, Ballot, Entry, ErrorCode, Limits, Register};
 use kvnet::rpc::{
-    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, Get, Incr, Ping, Pong,
-    Prepare, Read, Repair, Seed, Set, SyncPage, SyncShard,
+    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap, Get, Incr, MapCopy,
+    Ping, Pong, Prepare, Read, Repair, Seed, Set, SyncPage, SyncShard,
 };
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
@@ -18,6 +18,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
 use crate::operation::is_seed_key;
 use crate::operation::Operation;
+use crate::peers::PeerClient;
 use crate::readiness::Readiness;
 use crate::topology::Topology;
 
@@ -34,6 +35,7 @@ pub struct PeerHandler {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     drift: Arc<Drift>,
+    client: Arc<PeerClient>,
 }
 
 type Reply<'a, T> = BoxFuture<'a, Result<T, RemoteError>>;
@@ -52,6 +54,7 @@ impl PeerHandler {
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         drift: Arc<Drift>,
+        client: Arc<PeerClient>,
     ) -> Self {
         PeerHandler {
             incarnation,
@@ -64,6 +67,7 @@ impl PeerHandler {
             metrics,
             lifecycle,
             drift,
+            client,
         }
     }
 
@@ -73,7 +77,15 @@ impl PeerHandler {
     ///
     /// Peers are authenticated by the transport, but what they send is still checked: a bug or
     /// a confused peer must not be able to overflow anything or shut a node out.
-    fn admit(&self, header: &Header) -> Result<(), RemoteError> {
+    ///
+    /// A message sent under a later epoch than this node's makes it fetch the map first (from
+    /// the sender, or any node that has it); one sent under another epoch than the node's is
+    /// refused, so the sender fetches this node's map or this node fetched the sender's.
+    async fn admit(&self, header: &Header) -> Result<(), RemoteError> {
+        self.check_sender(header)?;
+        if header.epoch > self.topology.epoch() {
+            self.client.catch_up_map(header.epoch, header.from).await;
+        }
         let map = self.topology.map();
         if map.node(header.from).is_none() {
             return Err(invalid(format!(
@@ -81,6 +93,30 @@ impl PeerHandler {
                 header.from
             )));
         }
+        self.check_epoch(header, map.epoch())?;
+        // Only a message that passed every check counts: a refused one must leave no trace.
+        self.incarnations.observe(header.from, header.incarnation);
+        Ok(())
+    }
+
+    /// Refuses a message sent under another epoch than `epoch`.
+    fn check_epoch(&self, header: &Header, epoch: u64) -> Result<(), RemoteError> {
+        if header.epoch != epoch {
+            return Err(RemoteError::new(
+                ErrorCode::EpochMismatch,
+                format!(
+                    "node {} sent a message for cluster map epoch {}, node {} is at epoch {epoch}",
+                    header.from,
+                    header.epoch,
+                    self.topology.me()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of the sender's identity every message gets, members or not.
+    fn check_sender(&self, header: &Header) -> Result<(), RemoteError> {
         // A node sends some messages to itself (a repair of its own replica); only in its
         // current life.
         let own = self.incarnation.get();
@@ -98,23 +134,16 @@ impl PeerHandler {
                 header.incarnation, header.from
             )));
         }
-        let epoch = map.epoch();
-        if header.epoch != epoch {
-            return Err(RemoteError::new(
-                ErrorCode::EpochMismatch,
-                format!(
-                    "node {} sent a message for cluster map epoch {}, this node is at epoch {epoch}",
-                    header.from, header.epoch
-                ),
-            ));
-        }
-        // Only a message that passed every check counts: a refused one must leave no trace.
-        self.incarnations.observe(header.from, header.incarnation);
         Ok(())
     }
 
-    /// Checks the ballots and versions an acceptor message carries.
-    fn check_acceptor(&self, header: &Header, fields: &AcceptorFields) -> Result<(), RemoteError> {
+    /// Checks the ballots and versions an acceptor message carries, against `map`.
+    fn check_acceptor(
+        &self,
+        header: &Header,
+        map: &kvcore::ClusterMap,
+        fields: &AcceptorFields,
+    ) -> Result<(), RemoteError> {
         if let Some(value) = fields.value {
             self.limits.check_value(value)?;
         }
@@ -140,7 +169,6 @@ impl PeerHandler {
         if fields.promisers.is_empty() {
             return Ok(());
         }
-        let map = self.topology.map();
         // A key has at most as many replicas as there are members (the cluster's own map is on
         // every one), and under a membership change up to twice as many.
         if fields.promisers.len() > 2 * map.len() {
@@ -158,14 +186,14 @@ impl PeerHandler {
         Ok(())
     }
 
-    fn admit_key(&self, header: &Header, key: &str) -> Result<(), RemoteError> {
-        self.admit(header)?;
+    async fn admit_key(&self, header: &Header, key: &str) -> Result<(), RemoteError> {
+        self.admit(header).await?;
         validate_key(key)?;
         Ok(())
     }
 
     async fn write<O: Operation>(&self, header: &Header, op: O) -> Result<O::Reply, RemoteError> {
-        self.admit_key(header, op.key())?;
+        self.admit_key(header, op.key()).await?;
         op.check(&self.limits)?;
         let reply = self
             .coordinator
@@ -191,7 +219,7 @@ impl FrameHandler for PeerHandler {
 impl Handle<Get> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: Get) -> Reply<'a, Option<Entry>> {
         Box::pin(async move {
-            self.admit_key(header, &r.key)?;
+            self.admit_key(header, &r.key).await?;
             let reply = self
                 .coordinator
                 .get(&r.key, header.hops, header.request_id)
@@ -228,9 +256,12 @@ macro_rules! acceptor_handlers {
                 request: $rpc,
             ) -> Reply<'a, <$rpc as Rpc>::Reply> {
                 Box::pin(async move {
-                    self.admit(header)?;
-                    self.check_acceptor(header, &request.fields())?;
-                    self.acceptor.handle(request)
+                    self.admit(header).await?;
+                    // Held from the epoch check to the answer: see `Topology::pin`.
+                    let map = self.topology.pin();
+                    self.check_epoch(header, map.epoch())?;
+                    self.check_acceptor(header, &map, &request.fields())?;
+                    self.acceptor.handle_in(&map, request)
                 })
             }
         }
@@ -242,10 +273,12 @@ acceptor_handlers!(Prepare, Accept, Read, Repair);
 impl Handle<Backfill> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: Backfill) -> Reply<'a, Vec<bool>> {
         Box::pin(async move {
-            self.admit(header)?;
+            self.admit(header).await?;
+            let map = self.topology.pin();
+            self.check_epoch(header, map.epoch())?;
             let applied = r.repairs.into_iter().map(|repair| {
-                self.check_acceptor(header, &repair.fields()).is_ok()
-                    && self.acceptor.handle(repair).unwrap_or(false)
+                self.check_acceptor(header, &map, &repair.fields()).is_ok()
+                    && self.acceptor.handle_in(&map, repair).unwrap_or(false)
             });
             Ok(applied.collect())
         })
@@ -255,8 +288,19 @@ impl Handle<Backfill> for PeerHandler {
 impl Handle<SyncShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: SyncShard) -> Reply<'a, SyncPage> {
         Box::pin(async move {
-            self.admit(header)?;
-            self.acceptor.sync_shard(header.from, r)
+            self.admit(header).await?;
+            // A copy for a membership change must come from a replica that votes.
+            if r.moving && !self.readiness.is_ready() {
+                return Err(RemoteError::new(
+                    ErrorCode::Recovering,
+                    format!("node {} is catching up", self.topology.me()),
+                ));
+            }
+            // Served under the map it was asked at: once this page is read, no round of an
+            // earlier epoch can complete with this replica.
+            let map = self.topology.pin();
+            self.check_epoch(header, map.epoch())?;
+            self.acceptor.sync_shard(&map, header.from, r)
         })
     }
 }
@@ -264,7 +308,7 @@ impl Handle<SyncShard> for PeerHandler {
 impl Handle<DigestShard> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: DigestShard) -> Reply<'a, DigestPage> {
         Box::pin(async move {
-            self.admit(header)?;
+            self.admit(header).await?;
             // A recovering replica's copy is not its own yet: it must not count as holding it.
             if !self.readiness.is_ready() {
                 return Err(RemoteError::new(
@@ -280,7 +324,7 @@ impl Handle<DigestShard> for PeerHandler {
 impl Handle<Collect> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, r: Collect) -> Reply<'a, Vec<bool>> {
         Box::pin(async move {
-            self.admit(header)?;
+            self.admit(header).await?;
             // A recovering replica may still merge a copy taken before the delete; dropping
             // the tombstone now could let that copy bring the deleted value back.
             let ready = self.readiness.is_ready();
@@ -306,7 +350,21 @@ impl Handle<Collect> for PeerHandler {
 impl Handle<Ping> for PeerHandler {
     fn handle<'a>(&'a self, header: &'a Header, _: Ping) -> Reply<'a, Pong> {
         Box::pin(async move {
-            self.admit(header)?;
+            // Answered whatever the epochs, and to nodes not in this node's map (a removed
+            // node learns so from the epoch of the answer): nodes at different epochs must not
+            // see each other as down.
+            self.check_sender(header)?;
+            // Only a heartbeat of this node's epoch from a node in its map counts as hearing
+            // of that node's incarnation.
+            let map = self.topology.map();
+            if header.epoch == map.epoch() && map.node(header.from).is_some() {
+                self.incarnations.observe(header.from, header.incarnation);
+            }
+            if header.epoch > self.topology.epoch() {
+                let (client, epoch, from) = (self.client.clone(), header.epoch, header.from);
+                self.lifecycle
+                    .spawn(async move { client.catch_up_map(epoch, from).await });
+            }
             Ok(Pong {
                 node: self.topology.me(),
                 epoch: self.topology.epoch(),
@@ -351,4 +409,19 @@ pub fn check_register(register: &Register) -> Result<(), RemoteError> {
         )));
     }
     Ok(())
+}
+
+impl Handle<FetchMap> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, _: FetchMap) -> Reply<'a, MapCopy> {
+        Box::pin(async move {
+            // Answered whatever the epochs, and to nodes that are not members: how a node that
+            // is behind, a joining node and a removed one learn the map.
+            self.check_sender(header)?;
+            let record = self.topology.record();
+            Ok(MapCopy {
+                epoch: record.map.epoch,
+                record: serde_json::to_vec(&*record).expect("a record always encodes"),
+            })
+        })
+    }
 }

@@ -1,26 +1,50 @@
 //! The current cluster map, swapped whole, and where a key lives in it.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
-use kvcore::{ClusterMap, NodeId, NodeInfo};
+use kvcore::{ClusterMap, NodeId, NodeInfo, Store};
+use tokio::sync::watch;
+
+use crate::membership::Membership;
 
 /// This node's view of the cluster: the current [`ClusterMap`] (replaced as a whole, never
-/// mutated) and how many replicas each key has.
+/// mutated), the cluster's record of its membership it was built from, and how many replicas
+/// each key has.
+///
+/// A node adopts only maps the cluster chose (written through the map register, or learned from
+/// a node that adopted them), and only ever a later one: epochs never go back.
 #[derive(Debug)]
 pub struct Topology {
     me: NodeId,
-    replication_factor: usize,
     map: RwLock<Arc<ClusterMap>>,
+    record: Mutex<Arc<Membership>>,
+    /// Tells the background work that the map changed (the value is the epoch).
+    changed: watch::Sender<u64>,
+    /// Adoptions, one at a time.
+    adopting: Mutex<()>,
+    /// The node's store, once attached: stale copies are dropped from it before a change that
+    /// moves keys here is adopted.
+    store: OnceLock<Arc<Store>>,
 }
 
 impl Topology {
-    /// The topology of node `me` in `map`, keeping `replication_factor` copies of each key.
-    pub fn new(me: NodeId, map: ClusterMap, replication_factor: usize) -> Self {
-        Topology {
+    /// The topology of node `me` under the recorded membership `record`.
+    pub fn new(me: NodeId, record: Membership) -> Result<Self, kvcore::Error> {
+        let map = ClusterMap::from_spec(&record.map)?;
+        let (changed, _) = watch::channel(map.epoch());
+        Ok(Topology {
             me,
-            replication_factor: replication_factor.clamp(1, map.len()),
             map: RwLock::new(Arc::new(map)),
-        }
+            record: Mutex::new(Arc::new(record)),
+            changed,
+            adopting: Mutex::default(),
+            store: OnceLock::new(),
+        })
+    }
+
+    /// Attaches the node's store (see [`adopt`](Self::adopt)).
+    pub fn attach_store(&self, store: Arc<Store>) {
+        let _ = self.store.set(store);
     }
 
     /// This node.
@@ -33,44 +57,108 @@ impl Topology {
         self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The current map, held: no other map can be adopted until the guard is dropped. What a
+    /// replica holds while it checks a message's epoch and applies it, so that once it has
+    /// adopted an epoch it applies nothing sent under an earlier one. Do not call the other
+    /// methods of `Topology` that read the map while holding it.
+    pub fn pin(&self) -> RwLockReadGuard<'_, Arc<ClusterMap>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The current map's epoch.
     pub fn epoch(&self) -> u64 {
         self.map.read().unwrap_or_else(|p| p.into_inner()).epoch()
     }
 
-    /// Copies kept of each key.
+    /// The cluster's record of its membership that the current map was built from (or a later
+    /// one of the same epoch).
+    pub fn record(&self) -> Arc<Membership> {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adopts `record` if it is later than the current one: a later epoch replaces the map,
+    /// a later version of the same epoch only the record. Returns whether the map changed.
+    ///
+    /// Before a map that moves keys here replaces one that does not, this node drops whatever
+    /// it still holds of keys it does not replicate under the current map: a copy left from
+    /// an earlier map must not come back to life when the key moves here again (a delete, and
+    /// the collection of its tombstone, may have happened since).
+    pub fn adopt(&self, record: Membership) -> Result<bool, kvcore::Error> {
+        let _turn = self.adopting.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.record();
+        let newer = (record.map.epoch, record.version) > (current.map.epoch, current.version);
+        if !newer {
+            return Ok(false);
+        }
+        if record.map.epoch == current.map.epoch {
+            *self.record.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(record);
+            return Ok(false);
+        }
+        let map = Arc::new(ClusterMap::from_spec(&record.map)?);
+        let old = self.map();
+        if let Some(store) = self.store.get() {
+            if map.is_changing() && !old.is_changing() {
+                crate::rebalance::forget_foreign(store, &old, current.replicas, self.me);
+            }
+        }
+        let epoch = map.epoch();
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.record.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(record);
+        self.changed.send_replace(epoch);
+        tracing::info!(node = %self.me, epoch, "adopted a new cluster map");
+        Ok(true)
+    }
+
+    /// A receiver told of every map this node adopts.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Copies asked for of each key (fewer while the cluster has fewer members).
+    pub fn replicas(&self) -> usize {
+        self.record().replicas
+    }
+
+    /// Copies kept of each key: the replicas asked for, at most one per member.
     pub fn replication_factor(&self) -> usize {
-        self.replication_factor
+        self.replicas().clamp(1, self.map().len())
     }
 
     /// Where `key` lives under the current map. Computed once per request and passed along.
     pub fn placement(&self, key: &str) -> Placement {
-        let map = self.map();
-        let mut replicas = Vec::with_capacity(self.replication_factor);
+        Self::placement_in(&self.map(), self.replicas(), key)
+    }
+
+    /// Where `key` lives under `map`, with `r` copies of each key.
+    pub fn placement_in(map: &Arc<ClusterMap>, r: usize, key: &str) -> Placement {
+        let mut replicas = Vec::with_capacity(r);
         let mut previous = Vec::new();
-        let owners = replicas_into(
-            &map,
-            key,
-            self.replication_factor,
-            &mut replicas,
-            &mut previous,
-        );
+        let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
         Placement {
-            map,
+            map: map.clone(),
             replicas,
             owners,
             previous: (!previous.is_empty()).then_some(previous),
         }
     }
 
-    /// Every other member of the cluster.
+    /// Every other member of the cluster, and while a change runs, the departing ones.
     pub fn peers(&self) -> Vec<NodeId> {
-        self.map()
-            .nodes()
+        let map = self.map();
+        map.nodes()
             .iter()
+            .chain(map.departing())
             .map(|n| n.id)
             .filter(|&id| id != self.me)
             .collect()
+    }
+
+    /// Whether this node takes part in the current map: a member, or a departing one.
+    pub fn takes_part(&self) -> bool {
+        self.map().node(self.me).is_some()
     }
 }
 
@@ -220,13 +308,18 @@ mod tests {
             nodes,
             partitioner: partition::default_partitioner().name().to_owned(),
             previous: previous.map(|p| p.iter().map(|&i| NodeId(i)).collect()),
+            departing: Vec::new(),
         };
         ClusterMap::from_spec(&spec).unwrap()
     }
 
+    fn topology(me: u32, map: ClusterMap, r: usize) -> Topology {
+        Topology::new(NodeId(me), Membership::initial(map.spec(), r)).unwrap()
+    }
+
     #[test]
     fn a_quorum_is_a_majority_and_during_a_change_a_majority_of_both_owner_sets() {
-        let still = Topology::new(NodeId(0), map(&[0, 1, 2], None), 3);
+        let still = topology(0, map(&[0, 1, 2], None), 3);
         let p = still.placement("k");
         assert!(!p.is_joint());
         assert_eq!((p.replicas.len(), p.quorum(), p.first_wave()), (3, 2, 2));
@@ -236,7 +329,7 @@ mod tests {
         assert!(!p.can_reach_quorum(&p.replicas[..2]));
 
         // Node 3 joins a cluster of 0, 1, 2: keys it takes have four replicas meanwhile.
-        let joining = Topology::new(NodeId(0), map(&[0, 1, 2, 3], Some(&[0, 1, 2])), 3);
+        let joining = topology(0, map(&[0, 1, 2, 3], Some(&[0, 1, 2])), 3);
         let key = (0..)
             .map(|i| format!("k{i}"))
             .find(|k| joining.placement(k).contains(NodeId(3)))

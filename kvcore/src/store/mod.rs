@@ -581,6 +581,18 @@ impl Store {
         Ok(true)
     }
 
+    /// Drops `key`'s record, whatever it holds, leaving its shard's floor as it is: how a node
+    /// forgets a key it no longer replicates (after a membership change moved it elsewhere), or
+    /// an old copy of a key it is about to copy afresh. Returns whether there was a record.
+    pub fn forget(&self, key: &str) -> bool {
+        let (h, mut shard) = self.write(key);
+        let Some(at) = shard.find(h, key.as_bytes()) else {
+            return false;
+        };
+        self.remove(&mut shard, h, key, at);
+        true
+    }
+
     /// Removes `key`'s record if it is a tombstone accepted with exactly `ballot`, raising its
     /// shard's floor to at least the record's promise and version; returns whether it removed.
     ///

@@ -418,6 +418,7 @@ async fn out_of_range_fields_of_peer_messages_are_refused_and_change_nothing() {
     let sync = SyncShard {
         shard: u32::MAX,
         after: None,
+        moving: false,
     };
     refused(
         send_as(&node, header, &sync).await,

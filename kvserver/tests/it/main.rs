@@ -7,6 +7,7 @@ mod checker;
 mod cluster;
 mod fuzz;
 mod hardening;
+mod membership;
 mod process;
 mod protocol;
 mod replication;
