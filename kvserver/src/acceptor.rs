@@ -6,7 +6,7 @@
 //! a start it refuses to vote for keys whose other replicas it has not merged yet.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 
 use kvcore::{Ballot, ClusterMap, ErrorCode, NodeId, Register, Store, Value};
 use kvnet::rpc::{
@@ -196,18 +196,28 @@ impl Acceptor {
         placement: &Placement,
         request: R,
     ) -> Result<R::Reply, RemoteError> {
+        let _map = self.pin_at(placement)?;
+        self.answer(placement, request)
+    }
+
+    /// The current map, held (see [`Topology::pin`]), if it is the one `placement` was
+    /// computed from; refused otherwise, as a peer's message of another epoch would be.
+    pub fn pin_at(
+        &self,
+        placement: &Placement,
+    ) -> Result<RwLockReadGuard<'_, Arc<ClusterMap>>, RemoteError> {
         let map = self.topology.pin();
         if map.epoch() != placement.map.epoch() {
             return Err(RemoteError::new(
                 ErrorCode::EpochMismatch,
                 format!(
-                    "node {} moved on to cluster map epoch {} during the round",
+                    "node {} moved on to cluster map epoch {} during the operation",
                     self.topology.me(),
                     map.epoch()
                 ),
             ));
         }
-        self.answer(placement, request)
+        Ok(map)
     }
 
     /// Answers a key-scoped message, unless this node does not replicate the key or cannot
@@ -258,14 +268,23 @@ impl Acceptor {
         let r = self.topology.replicas();
         let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
         let moving = request.moving;
+        let me = self.topology.me();
+        // Only keys this node replicates (for a change's copy, replicated before it): a copy
+        // of a key it no longer replicates is stale, whatever it holds.
         let page = self
             .store
             .scan_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
                 let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
                 if !moving {
-                    return replicas.contains(&peer);
+                    return replicas.contains(&peer) && replicas.contains(&me);
                 }
-                replicas[..owners].contains(&peer)
+                let base = if map.is_changing() {
+                    &previous[..]
+                } else {
+                    &replicas[..owners]
+                };
+                base.contains(&me)
+                    && replicas[..owners].contains(&peer)
                     && (!previous.contains(&peer) || owners < previous.len())
             });
         // Read after the page: a key collected before its part of the page was read is then
@@ -295,12 +314,13 @@ impl Acceptor {
         let shard = check_shard(request.shard)?;
         let map = self.topology.map();
         let r = self.topology.replicas();
+        let me = self.topology.me();
         let (mut owners, mut previous) = (Vec::with_capacity(r), Vec::new());
         let page = self
             .store
             .ballots_page(shard, request.after.as_deref(), PAGE_BYTES, |key| {
                 replicas_into(&map, key, r, &mut owners, &mut previous);
-                owners.first() == Some(&primary)
+                owners.first() == Some(&primary) && owners.contains(&me)
             });
         Ok(DigestPage {
             ballots: page.items,

@@ -100,10 +100,15 @@ impl AntiEntropy {
     }
 
     /// A pass over one store shard.
+    ///
+    /// The whole pass works under one map: digests are asked for at its epoch (a replica at
+    /// another refuses), keys are placed under it, and nothing is collected once this node has
+    /// adopted another (a replica's "absent" may then mean "not copied yet").
     async fn pass_shard(&self, shard: usize) -> u64 {
-        let r = self.topology.replication_factor();
+        let r = self.topology.replicas();
         let me = self.topology.me();
         let map = self.topology.map();
+        let epoch = map.epoch();
         let (mut owners, mut previous) = (Vec::with_capacity(r), Vec::new());
         // key -> ballot per replica (None: the replica did not answer).
         let mut seen: HashMap<String, Vec<(NodeId, Option<Ballot>)>> = HashMap::new();
@@ -125,7 +130,8 @@ impl AntiEntropy {
         }
         let mut answered = Vec::new();
         for peer in self.topology.peers() {
-            if self.detector.is_down(peer) || !self.digest_from(peer, shard, &mut seen).await {
+            if self.detector.is_down(peer) || !self.digest_from(epoch, peer, shard, &mut seen).await
+            {
                 continue;
             }
             answered.push(peer);
@@ -133,7 +139,10 @@ impl AntiEntropy {
         let mut lacking = 0;
         let mut collectable = Vec::new();
         for (key, copies) in seen {
-            let placement = self.topology.placement(&key);
+            if self.topology.epoch() != epoch {
+                return lacking;
+            }
+            let placement = Topology::placement_in(&map, r, &key);
             let owners = &placement.replicas;
             let ballot_of = |n: NodeId| -> Option<Ballot> {
                 match copies.iter().find(|(c, _)| *c == n) {
@@ -180,7 +189,7 @@ impl AntiEntropy {
                 // tombstone some replicas have already dropped (a collection cut short), or a
                 // write that was never chosen. The holders drop the former; `Collect` leaves
                 // anything else alone, for the round below.
-                if self.collect_from(&key, highest, &holders).await {
+                if self.collect_from(epoch, &key, highest, &holders).await {
                     continue;
                 }
             }
@@ -213,12 +222,24 @@ impl AntiEntropy {
                 let _ = self.coordinator.get(&key, 0, new_request_id()).await;
             }
         }
-        self.collect(collectable).await;
+        self.collect(epoch, collectable).await;
         lacking
     }
 
+    /// Collects `key`'s tombstone of `ballot` here, if this node is still at `epoch`.
+    fn collect_here(&self, epoch: u64, key: &str, ballot: Ballot) -> bool {
+        let map = self.topology.pin();
+        map.epoch() == epoch && self.store.collect(key, ballot).unwrap_or(false)
+    }
+
     /// Drops `key`'s tombstone of `ballot` on each of `holders`; whether all of them did.
-    async fn collect_from(&self, key: &str, ballot: Ballot, holders: &[NodeId]) -> bool {
+    async fn collect_from(
+        &self,
+        epoch: u64,
+        key: &str,
+        ballot: Ballot,
+        holders: &[NodeId],
+    ) -> bool {
         let me = self.topology.me();
         let request = Collect {
             keys: vec![(key.to_owned(), ballot)],
@@ -226,9 +247,12 @@ impl AntiEntropy {
         let mut all = true;
         for &n in holders {
             let removed = if n == me {
-                self.store.collect(key, ballot).unwrap_or(false)
+                self.collect_here(epoch, key, ballot)
             } else {
-                let answer = self.client.call(n, new_request_id(), 1, &request).await;
+                let answer = self
+                    .client
+                    .call_at(epoch, n, new_request_id(), 1, &request)
+                    .await;
                 matches!(answer.as_deref(), Ok([true]))
             };
             if removed {
@@ -241,7 +265,7 @@ impl AntiEntropy {
 
     /// Collects tombstones every replica holds: on the other replicas first, then here once
     /// every other replica has dropped its copy.
-    async fn collect(&self, keys: Vec<(String, Ballot, Vec<NodeId>)>) {
+    async fn collect(&self, epoch: u64, keys: Vec<(String, Ballot, Vec<NodeId>)>) {
         let me = self.topology.me();
         // Messages of about a page each, whatever the keys' lengths.
         let mut batches = Vec::new();
@@ -273,7 +297,10 @@ impl AntiEntropy {
                         .map(|&i| (batch[i].0.clone(), batch[i].1))
                         .collect(),
                 };
-                if let Ok(removed) = self.client.call(peer, new_request_id(), 1, &request).await {
+                let answer = self
+                    .client
+                    .call_at(epoch, peer, new_request_id(), 1, &request);
+                if let Ok(removed) = answer.await {
                     for (&i, removed) in mine.iter().zip(removed) {
                         dropped[i] += usize::from(removed);
                     }
@@ -281,10 +308,8 @@ impl AntiEntropy {
             }
             for (i, (key, ballot, owners)) in batch.iter().enumerate() {
                 debug_assert!(owners.contains(&me));
-                if dropped[i] == asked[i] {
-                    if let Ok(true) = self.store.collect(key, *ballot) {
-                        bump(&self.metrics.collected);
-                    }
+                if dropped[i] == asked[i] && self.collect_here(epoch, key, *ballot) {
+                    bump(&self.metrics.collected);
                 }
             }
         }
@@ -294,6 +319,7 @@ impl AntiEntropy {
     /// not answer.
     async fn digest_from(
         &self,
+        epoch: u64,
         peer: NodeId,
         shard: usize,
         seen: &mut HashMap<String, Vec<(NodeId, Option<Ballot>)>>,
@@ -306,7 +332,11 @@ impl AntiEntropy {
                 shard: shard as u32,
                 after: after.clone(),
             };
-            match self.client.call(peer, request_id, 1, &request).await {
+            match self
+                .client
+                .call_at(epoch, peer, request_id, 1, &request)
+                .await
+            {
                 Ok(page) => {
                     for (key, ballot) in page.ballots {
                         seen.entry(key)

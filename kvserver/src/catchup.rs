@@ -18,6 +18,7 @@ use kvcore::{NodeId, Store};
 use kvnet::rpc::SyncShard;
 use tokio::time::Instant;
 
+use crate::detector::FailureDetector;
 use crate::incarnations::Incarnation;
 use crate::peers::{new_request_id, PeerClient};
 use crate::readiness::Readiness;
@@ -37,6 +38,8 @@ pub struct CatchUp {
     pub topology: Arc<Topology>,
     /// This node's incarnation, raised if a peer remembers a higher one.
     pub incarnation: Arc<Incarnation>,
+    /// Which peers are down.
+    pub detector: Arc<FailureDetector>,
 }
 
 /// How copying from one peer ended.
@@ -105,7 +108,15 @@ impl CatchUp {
                     }
                 }
             }
-            if peers.iter().all(|&p| self.readiness.has_synced(p)) {
+            // A node that is leaving the cluster and down is not waited for: this node was
+            // removing it when it restarted, and its copies are being taken from the other
+            // replicas; waiting would hold the change up for good.
+            let map = self.topology.map();
+            let needed = |p: NodeId| !(!map.is_member(p) && self.detector.is_down(p));
+            if peers
+                .iter()
+                .all(|&p| self.readiness.has_synced(p) || !needed(p))
+            {
                 self.readiness.set_ready();
                 tracing::info!(
                     node = %self.topology.me(),
@@ -120,20 +131,82 @@ impl CatchUp {
     }
 }
 
+/// Shards copied at once from one peer: each lane walks its share of the shards page by page,
+/// so a copy takes as many round trips as the largest lane, not as every shard.
+const LANES: u32 = 8;
+
 /// Copies every shard of `peer`'s replicas of the keys this node replicates, or with `moving`
 /// (a change's epoch), of the keys that change moves to this node, every page asked for at that
-/// epoch.
+/// epoch. The copy counts only if every page came from one incarnation of the peer.
 pub(crate) async fn copy_shards(
+    client: &Arc<PeerClient>,
+    store: &Arc<Store>,
+    incarnation: &Arc<Incarnation>,
+    peer: NodeId,
+    moving: Option<u64>,
+) -> Copied {
+    let request_id = new_request_id();
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        let (client, store, incarnation) = (client.clone(), store.clone(), incarnation.clone());
+        lanes.spawn(async move {
+            let shards = (lane..Store::SHARDS as u32).step_by(LANES as usize);
+            copy_lane(
+                &client,
+                &store,
+                &incarnation,
+                peer,
+                moving,
+                request_id,
+                shards,
+            )
+            .await
+        });
+    }
+    // Dropping the set (this copy cancelled, or the node crashed) aborts every lane.
+    let mut totals = Totals::default();
+    let mut peer_incarnation = None;
+    let mut outcome = None;
+    while let Some(lane) = lanes.join_next().await {
+        match lane {
+            Ok(Ok((lane_totals, lane_incarnation))) => {
+                totals.keys += lane_totals.keys;
+                totals.bytes += lane_totals.bytes;
+                totals.pages += lane_totals.pages;
+                let Some(seen) = lane_incarnation else {
+                    continue;
+                };
+                if *peer_incarnation.get_or_insert(seen) != seen {
+                    tracing::info!("node {peer} restarted while this node copied from it; starting over with it");
+                    outcome.get_or_insert(Copied::Retry);
+                }
+            }
+            Ok(Err(Copied::StartOver)) => outcome = Some(Copied::StartOver),
+            Ok(Err(other)) => {
+                outcome.get_or_insert(other);
+            }
+            Err(_) => {
+                outcome.get_or_insert(Copied::Retry);
+            }
+        }
+    }
+    outcome.unwrap_or(Copied::All(totals))
+}
+
+/// Copies the shards of one lane from `peer`; returns what it copied and the incarnation of the
+/// peer every page came from (`None` if there were no pages).
+async fn copy_lane(
     client: &PeerClient,
     store: &Store,
     incarnation: &Incarnation,
     peer: NodeId,
     moving: Option<u64>,
-) -> Copied {
-    let request_id = new_request_id();
+    request_id: u64,
+    shards: impl Iterator<Item = u32>,
+) -> Result<(Totals, Option<u64>), Copied> {
     let mut peer_incarnation = None;
     let mut totals = Totals::default();
-    for shard in 0..Store::SHARDS as u32 {
+    for shard in shards {
         let mut after: Option<String> = None;
         loop {
             let request = SyncShard {
@@ -149,23 +222,23 @@ pub(crate) async fn copy_shards(
                 Ok(page) => page,
                 Err(e) => {
                     tracing::debug!(error = %e, "catching up from node {peer} failed; will retry");
-                    return Copied::Retry;
+                    return Err(Copied::Retry);
                 }
             };
             if page.known > incarnation.get() && incarnation.exceed(page.known) {
-                return Copied::StartOver;
+                return Err(Copied::StartOver);
             }
             if *peer_incarnation.get_or_insert(page.incarnation) != page.incarnation {
                 tracing::info!(
                     "node {peer} restarted while this node copied from it; starting over with it"
                 );
-                return Copied::Retry;
+                return Err(Copied::Retry);
             }
             // Pages must move forward, or a confused peer could keep this loop going.
             if let (Some(next), Some(prev)) = (&page.next, &after) {
                 if next <= prev {
                     tracing::warn!("node {peer} sent a sync page that does not move forward");
-                    return Copied::Retry;
+                    return Err(Copied::Retry);
                 }
             }
             // What a peer sends is checked like any peer input: a floor or register out of
@@ -179,7 +252,7 @@ pub(crate) async fn copy_shards(
                 tracing::warn!(
                     "node {peer} sent a sync page with a ballot or version out of range"
                 );
-                return Copied::Retry;
+                return Err(Copied::Retry);
             }
             totals.pages += 1;
             store.raise_floor(shard as usize, page.floor);
@@ -197,5 +270,5 @@ pub(crate) async fn copy_shards(
             }
         }
     }
-    Copied::All(totals)
+    Ok((totals, peer_incarnation))
 }

@@ -457,7 +457,12 @@ impl LocalCluster {
             self.stop_node(i).await;
         }
         let listener = TcpListener::bind(self.nodes[i].addr).await?;
-        self.nodes[i] = if self.nodes[i].joined {
+        // Once the membership has changed, the start-up member list is out of date: the node
+        // asks a member for the current map, as `kvserver node --join` does.
+        let changed = (0..self.len())
+            .filter(|&k| k != i && self.is_running(k))
+            .any(|k| self.node(k).map().epoch() > 1);
+        self.nodes[i] = if self.nodes[i].joined || changed {
             self.launch_joining(i, listener).await?
         } else {
             self.launch(i, listener, Start::Static(None))?

@@ -248,6 +248,7 @@ impl Node {
             readiness: self.readiness.clone(),
             topology: self.topology.clone(),
             incarnation: self.incarnation.clone(),
+            detector: self.detector.clone(),
         }
         .run(retry);
         let seeding = self

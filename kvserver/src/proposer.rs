@@ -302,6 +302,13 @@ impl Proposer {
         request_id: u64,
     ) -> Result<O::Reply, Error> {
         if placement.replicas == [self.me] {
+            // Held while the store applies it: once this node has adopted another map (and
+            // may have handed the key over), nothing placed under this one is applied.
+            let _map = self
+                .quorum
+                .acceptor()
+                .pin_at(placement)
+                .map_err(Error::Remote)?;
             return self.apply_locally(op);
         }
         self.propose(placement, op, request_id).await

@@ -82,6 +82,11 @@ impl Quorum {
         rx
     }
 
+    /// The acceptor of this node's own replica.
+    pub fn acceptor(&self) -> &Acceptor {
+        &self.acceptor
+    }
+
     /// This node's own replica's answer to `request`.
     pub fn local<R: AcceptorRpc>(
         &self,

@@ -53,11 +53,11 @@ pub async fn change(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (record, version) = read_record(coordinator).await?;
+        // Whatever the change decides, the record read is the cluster's: a change someone
+        // started and did not see through goes on from here.
+        adopt(topology, record.clone());
         let next = match change(&record)? {
-            Step::Already => {
-                adopt(topology, record.clone());
-                return Ok((record, false));
-            }
+            Step::Already => return Ok((record, false)),
             Step::Write(next) => next,
         };
         let json = serde_json::to_vec(&next).expect("a record always encodes");
@@ -111,24 +111,10 @@ fn adopt(topology: &Topology, record: Membership) {
 /// key); returns how many. Bounded pages at a time, so other work on the store goes on.
 pub fn forget_foreign(store: &Store, map: &ClusterMap, r: usize, me: NodeId) -> u64 {
     let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
-    let mut forgotten = 0;
-    for shard in 0..Store::SHARDS {
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.ballots_page(shard, after.as_deref(), 1 << 20, |key| {
-                replicas_into(map, key, r, &mut replicas, &mut previous);
-                !replicas.contains(&me)
-            });
-            for (key, _) in &page.items {
-                forgotten += u64::from(store.forget(key));
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-    }
-    forgotten
+    forget_where(store, |key| {
+        replicas_into(map, key, r, &mut replicas, &mut previous);
+        !replicas.contains(&me)
+    })
 }
 
 /// How far the running change has come, as this node sees it.
@@ -160,6 +146,41 @@ pub fn count_moving(store: &Store, map: &ClusterMap, r: usize, copying: &[NodeId
         }
     }
     count
+}
+
+/// Drops every key this node holds that it does not own under `map` (with `r` copies per
+/// key), or while `map` runs a change, under the change's previous member set; returns how
+/// many. What a node does before it installs a new map (see [`Topology::adopt`]).
+pub fn forget_unowned(store: &Store, map: &ClusterMap, r: usize, me: NodeId) -> u64 {
+    let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
+    let changing = map.is_changing();
+    forget_where(store, |key| {
+        let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
+        let base = if changing {
+            &previous[..]
+        } else {
+            &replicas[..owners]
+        };
+        !base.contains(&me)
+    })
+}
+
+fn forget_where(store: &Store, mut drop: impl FnMut(&str) -> bool) -> u64 {
+    let mut forgotten = 0;
+    for shard in 0..Store::SHARDS {
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.ballots_page(shard, after.as_deref(), 1 << 20, &mut drop);
+            for (key, _) in &page.items {
+                forgotten += u64::from(store.forget(key));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    forgotten
 }
 
 /// A node's part in membership changes, run in the background.
@@ -225,6 +246,10 @@ impl Rebalancer {
                     }
                 }
                 self.finish_if_copied(epoch).await;
+            } else if !map.is_changing() && cleaned == epoch && self.readiness.is_ready() {
+                if let Ok((record, _)) = read_record(&self.coordinator).await {
+                    adopt(&self.topology, record);
+                }
             } else if !map.is_changing() && cleaned != epoch && self.readiness.is_ready() {
                 self.progress.remaining_keys.store(0, Ordering::Relaxed);
                 let r = self.topology.replicas();
@@ -241,10 +266,12 @@ impl Rebalancer {
                 }
                 cleaned = epoch;
             }
+            // While the cluster is stable, the record is read now and then all the same: a
+            // change whose writer crashed before anyone adopted it is found that way.
             let wait = if map.is_changing() || !self.readiness.is_ready() {
                 retry
             } else {
-                Duration::from_secs(3600)
+                (retry * 50).max(Duration::from_secs(1))
             };
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },

@@ -329,12 +329,22 @@ impl Handle<Collect> for PeerHandler {
             // the tombstone now could let that copy bring the deleted value back.
             let ready = self.readiness.is_ready();
             let store = self.acceptor.store();
+            // Under the map the collection was decided on: only keys this node replicates
+            // there, and none a change is moving.
+            let map = self.topology.pin();
+            self.check_epoch(header, map.epoch())?;
+            let replicas = self.topology.replicas();
+            let me = self.topology.me();
             let removed = r.keys.into_iter().map(|(key, ballot)| {
                 ready &&
                 // Seed keys keep their tombstones: they remember that the key was deleted.
                 validate_key(&key).is_ok()
                     && check_ballot(ballot).is_ok()
                     && !is_seed_key(&key)
+                    && {
+                        let placement = Topology::placement_in(&map, replicas, &key);
+                        placement.contains(me) && !placement.is_joint()
+                    }
                     && store.collect(&key, ballot).unwrap_or(false)
             });
             let removed: Vec<bool> = removed.collect();

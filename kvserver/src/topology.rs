@@ -82,10 +82,11 @@ impl Topology {
     /// Adopts `record` if it is later than the current one: a later epoch replaces the map,
     /// a later version of the same epoch only the record. Returns whether the map changed.
     ///
-    /// Before a map that moves keys here replaces one that does not, this node drops whatever
-    /// it still holds of keys it does not replicate under the current map: a copy left from
-    /// an earlier map must not come back to life when the key moves here again (a delete, and
-    /// the collection of its tombstone, may have happened since).
+    /// Before a new map is installed, this node drops whatever it holds of keys it does not own
+    /// under it (while a change runs, under its previous member set): a copy left from an
+    /// earlier map must not come back to life when the key moves here again (a delete, and the
+    /// collection of its tombstone, may have happened since). Keys a change moves here are
+    /// copied afresh from their previous owners.
     pub fn adopt(&self, record: Membership) -> Result<bool, kvcore::Error> {
         let _turn = self.adopting.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.record();
@@ -98,11 +99,8 @@ impl Topology {
             return Ok(false);
         }
         let map = Arc::new(ClusterMap::from_spec(&record.map)?);
-        let old = self.map();
         if let Some(store) = self.store.get() {
-            if map.is_changing() && !old.is_changing() {
-                crate::rebalance::forget_foreign(store, &old, current.replicas, self.me);
-            }
+            crate::rebalance::forget_unowned(store, &map, record.replicas, self.me);
         }
         let epoch = map.epoch();
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;

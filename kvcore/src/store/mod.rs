@@ -581,15 +581,22 @@ impl Store {
         Ok(true)
     }
 
-    /// Drops `key`'s record, whatever it holds, leaving its shard's floor as it is: how a node
-    /// forgets a key it no longer replicates (after a membership change moved it elsewhere), or
-    /// an old copy of a key it is about to copy afresh. Returns whether there was a record.
+    /// Drops `key`'s record, whatever it holds: how a node forgets a key it no longer
+    /// replicates (after a membership change moved it elsewhere), or an old copy of a key it is
+    /// about to copy afresh. Its shard's floor rises to the record's promise and version, as
+    /// for a collected key, so a copy of the key's state from before (a late repair) cannot
+    /// take its place. Returns whether there was a record.
     pub fn forget(&self, key: &str) -> bool {
         let (h, mut shard) = self.write(key);
         let Some(at) = shard.find(h, key.as_bytes()) else {
             return false;
         };
+        let meta = shard.record(at).meta();
         self.remove(&mut shard, h, key, at);
+        shard.raise_floor(Floor {
+            promised: meta.promised,
+            version: meta.version,
+        });
         true
     }
 

@@ -62,11 +62,11 @@ fn classify(e: &Error) -> Outcome {
 /// The nodes clients may talk to: crashed ones are taken out while they are down.
 type Live = Arc<RwLock<Vec<Option<Arc<Node>>>>>;
 
-async fn client(id: usize, seed: u64, live: Live, history: Arc<History>) {
+async fn client(id: usize, seed: u64, ops: usize, live: Live, history: Arc<History>) {
     let mut rng = Choices::new(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // What this client last read per register, for compare-and-set.
     let mut last_read: std::collections::HashMap<&str, (i64, kvcore::Version)> = Default::default();
-    for n in 0..OPS_PER_CLIENT {
+    for n in 0..ops {
         let node = loop {
             let nodes = live.read().unwrap().clone();
             let up: Vec<_> = nodes.into_iter().flatten().collect();
@@ -260,7 +260,10 @@ async fn run_seed_with(
     };
 
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| tokio::spawn(client(id, seed, live.clone(), history.clone())))
+        .map(|id| {
+            let (live, history) = (live.clone(), history.clone());
+            tokio::spawn(client(id, seed, OPS_PER_CLIENT, live, history))
+        })
         .collect();
     for c in clients {
         c.await.unwrap();
@@ -399,4 +402,281 @@ async fn histories_under_the_joint_quorums_of_a_membership_change_are_linearizab
             .0;
     }
     println!("chaos under joint quorums: {count} seeds, {ops} operations, all linearizable");
+}
+
+/// Membership changes under faults: four nodes at `R = 3`; while the clients run, nodes join,
+/// members leave alive, and crashed members are removed while dead, interleaved with lost and
+/// delayed messages, partitions and crash-restarts. Every key's history must be linearizable,
+/// and once healed and settled every key's replicas must hold the same state, on its replicas
+/// only. `KV_CHAOS_MEMBERSHIP_SEEDS` raises the seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_under_membership_changes_are_linearizable() {
+    let count = seeds("KV_CHAOS_MEMBERSHIP_SEEDS", 3);
+    let (mut ops, mut changes) = (0, 0);
+    let only: Option<u64> = std::env::var("KV_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seeds: Vec<u64> = match only {
+        Some(seed) => vec![seed],
+        None => (1..=count).map(|s| s * 49_979_687).collect(),
+    };
+    for &seed in &seeds {
+        let (o, c) = run_membership_seed(seed).await;
+        ops += o;
+        changes += c;
+    }
+    println!(
+        "chaos with membership changes: {} seeds, {changes} changes, {ops} operations, all \
+         linearizable",
+        seeds.len()
+    );
+}
+
+/// Members of the cluster a change may be asked of, by index (= node id).
+fn members(cluster: &LocalCluster) -> Vec<usize> {
+    let map = (0..cluster.len())
+        .filter(|&i| cluster.is_running(i) && !cluster.node(i).is_removed())
+        .map(|i| cluster.node(i).map())
+        .max_by_key(|m| m.epoch())
+        .expect("a running member");
+    map.nodes().iter().map(|n| n.id.0 as usize).collect()
+}
+
+/// Members and departing nodes of the latest map a running node holds, by index.
+fn taking_part(cluster: &LocalCluster) -> Vec<usize> {
+    let map = (0..cluster.len())
+        .filter(|&i| cluster.is_running(i) && !cluster.node(i).is_removed())
+        .map(|i| cluster.node(i).map())
+        .max_by_key(|m| m.epoch())
+        .expect("a running member");
+    map.nodes()
+        .iter()
+        .chain(map.departing())
+        .map(|n| n.id.0 as usize)
+        .collect()
+}
+
+/// Runs one seed with membership changes; returns (operations recorded, changes made).
+async fn run_membership_seed(seed: u64) -> (usize, usize) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("KV_LOG").unwrap_or("off".into()))
+        .with_test_writer()
+        .try_init();
+    const START: usize = 4;
+    let faults = Faults::new(seed);
+    let cluster = LocalCluster::builder()
+        .nodes(START)
+        .transport(Transport::InProcess)
+        .faults(faults.clone())
+        .configure(|c| {
+            c.replicas = 3;
+            c.forward_timeout_ms = 200;
+            c.op_timeout_ms = 1500;
+            c.heartbeat_ms = 40;
+            c.down_after_ms = 150;
+            c.anti_entropy_ms = 100;
+        })
+        .start()
+        .await
+        .unwrap();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let live: Live = {
+        let c = cluster.lock().await;
+        Arc::new(RwLock::new(
+            (0..START).map(|i| Some(c.node(i).clone())).collect(),
+        ))
+    };
+    let history = Arc::new(History::new());
+    let done = Arc::new(AtomicBool::new(false));
+
+    let nemesis = {
+        let (cluster, live, faults, done, history) = (
+            cluster.clone(),
+            live.clone(),
+            faults.clone(),
+            done.clone(),
+            history.clone(),
+        );
+        tokio::spawn(async move {
+            let mut rng = Choices::new(seed.wrapping_mul(37));
+            let mut changes = 0;
+            while !done.load(Ordering::Relaxed) {
+                let mut c = cluster.lock().await;
+                let members = members(&c);
+                let changing = members
+                    .iter()
+                    .any(|&i| c.is_running(i) && c.node(i).map().is_changing());
+                // Every node that takes part in the map (members, and nodes leaving it) runs
+                // and votes: one replica is lost at a time.
+                let all_ready = taking_part(&c)
+                    .iter()
+                    .all(|&i| c.is_running(i) && c.node(i).is_ready());
+                match rng.below(10) {
+                    0 => faults.set_drop(0.05, 0.05),
+                    1 => faults.set_delay(Some((Duration::ZERO, Duration::from_millis(15)))),
+                    2 => {
+                        let ids: Vec<NodeId> = members.iter().map(|&i| NodeId(i as u32)).collect();
+                        let cut = 1 + rng.below(ids.len() / 2);
+                        let (a, b) = ids.split_at(cut);
+                        faults.partition(a, b);
+                    }
+                    3 | 7 if !changing && members.len() < 6 => {
+                        // A join while faults go on: the joining node may find no majority for
+                        // a while; it keeps asking.
+                        faults.clear();
+                        match c.join_node().await {
+                            Ok(i) => {
+                                live.write().unwrap().push(Some(c.node(i).clone()));
+                                changes += 1;
+                            }
+                            Err(e) => println!("seed {seed}: join failed: {e}"),
+                        }
+                    }
+                    4 | 8 if !changing && all_ready && members.len() > 3 => {
+                        // A member leaves while alive.
+                        let i = members[rng.below(members.len())];
+                        if c.remove_node(i, false).await.is_ok() {
+                            changes += 1;
+                        }
+                    }
+                    5 if !changing && all_ready && members.len() > 3 => {
+                        // A member crashes and is removed while dead.
+                        let i = members[rng.below(members.len())];
+                        live.write().unwrap()[i] = None;
+                        c.stop_node(i).await;
+                        drop(c);
+                        after_ops(&history, 3 + rng.below(10), &done).await;
+                        c = cluster.lock().await;
+                        faults.clear();
+                        if c.remove_node(i, false).await.is_ok() {
+                            changes += 1;
+                        } else {
+                            c.restart_node(i).await.unwrap();
+                            live.write().unwrap()[i] = Some(c.node(i).clone());
+                        }
+                    }
+                    6 if all_ready => {
+                        // A crash-restart: one replica lost at a time.
+                        let i = members[rng.below(members.len())];
+                        live.write().unwrap()[i] = None;
+                        c.stop_node(i).await;
+                        drop(c);
+                        after_ops(&history, 5 + rng.below(20), &done).await;
+                        c = cluster.lock().await;
+                        c.restart_node(i).await.unwrap();
+                        live.write().unwrap()[i] = Some(c.node(i).clone());
+                    }
+                    _ => faults.clear(),
+                }
+                drop(c);
+                after_ops(&history, 3 + rng.below(15), &done).await;
+            }
+            faults.clear();
+            changes
+        })
+    };
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (live, history) = (live.clone(), history.clone());
+            tokio::spawn(client(id, seed, 3 * OPS_PER_CLIENT, live, history))
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let changes = nemesis.await.unwrap();
+    faults.clear();
+
+    let cluster = Arc::try_unwrap(cluster)
+        .expect("nemesis finished")
+        .into_inner();
+    if !cluster.wait_settled(Duration::from_secs(30)).await {
+        let states: Vec<String> = (0..cluster.len())
+            .filter(|&i| cluster.is_running(i))
+            .map(|i| {
+                let n = cluster.node(i);
+                let r = n.membership();
+                format!(
+                    "node {i}: epoch {} changing {} ready {} healthy {} removed {} copying {:?} \
+                     members {:?}",
+                    n.map().epoch(),
+                    n.map().is_changing(),
+                    n.is_ready(),
+                    n.is_healthy(),
+                    n.is_removed(),
+                    r.copying,
+                    r.map.nodes.iter().map(|n| n.id.0).collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        panic!(
+            "seed {seed}: the cluster did not settle:\n{}",
+            states.join("\n")
+        );
+    }
+    let members = members(&cluster);
+    for key in REGISTERS.iter().chain(COUNTERS.iter()) {
+        for &n in &members {
+            let mut attempts = 0;
+            loop {
+                let t = history.start(100 + n, key, Op::Read);
+                match cluster.node(n).get(key).await {
+                    Ok(entry) => {
+                        let value = entry.map(|e| e.value.as_i64().unwrap());
+                        history.finish(t, Outcome::Ok(Observed::Read(value)));
+                        break;
+                    }
+                    Err(e) => {
+                        history.finish(t, Outcome::Fail);
+                        attempts += 1;
+                        assert!(
+                            attempts < 50,
+                            "seed {seed}: final read of {key} through {n}: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+    // Every key's replicas hold the same state (reads repair the ones that lag), and no other
+    // member holds any.
+    for key in REGISTERS.iter().chain(COUNTERS.iter()) {
+        let replicas = cluster.node(members[0]).owners(key);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let states: Vec<_> = replicas
+                .iter()
+                .map(|r| cluster.node(r.0 as usize).store().register(key))
+                .collect();
+            let agree = states.windows(2).all(|w| w[0] == w[1]);
+            let elsewhere: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|&n| !replicas.contains(&NodeId(n as u32)))
+                .filter(|&n| cluster.node(n).store().register(key).ballot != kvcore::Ballot::ZERO)
+                .collect();
+            if agree && elsewhere.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "seed {seed}: {key}: replicas {replicas:?} hold {states:?}; also held by \
+                 {elsewhere:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    cluster.shutdown().await;
+    let events = history.events();
+    println!(
+        "seed {seed}: {changes} membership changes, {} operations, members {members:?}",
+        events.len()
+    );
+    match check_all(&events, None) {
+        Ok(_) => (events.len(), changes),
+        Err(violation) => panic!("seed {seed}: not linearizable:\n{violation}"),
+    }
 }
