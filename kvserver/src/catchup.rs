@@ -112,7 +112,7 @@ impl CatchUp {
             // removing it when it restarted, and its copies are being taken from the other
             // replicas; waiting would hold the change up for good.
             let map = self.topology.map();
-            let needed = |p: NodeId| !(!map.is_member(p) && self.detector.is_down(p));
+            let needed = |p: NodeId| map.is_member(p) || !self.detector.is_down(p);
             if peers
                 .iter()
                 .all(|&p| self.readiness.has_synced(p) || !needed(p))
