@@ -12,6 +12,8 @@
 //! | `GET`/`PUT`/`DELETE /kv/{key}` | PUT: `{"value", "encoding"?, ...}` | the same |
 //! | `POST /kv/{key}/incr` | `{"by"}` | the new entry |
 //! | `GET /health`, `/cluster`, `/stats` | | status, membership, counters |
+//! | `POST /cluster/join` | `{"addr"}` | `{"node", "epoch", "fresh", "record"}` |
+//! | `POST /cluster/remove` | `{"node", "force"?}` | `{"node", "epoch", "state"}` |
 //!
 //! Errors are `{"error": {"code", "message"}}` with a 4xx or 5xx status; see [`Error`].
 //!
@@ -38,8 +40,11 @@
 //! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]) with its connection limits;
 //!   [`tls`]: HTTPS for clients and peers.
 //! - [`local`]: [`LocalCluster`], in-process clusters.
+//! - [`admin`]: [`AdminClient`](admin::AdminClient), a client of a node's membership endpoints
+//!   (`kvserver node --join`, `kvserver admin`).
 
 pub mod acceptor;
+pub mod admin;
 pub mod anti_entropy;
 pub mod api;
 pub mod backfill;

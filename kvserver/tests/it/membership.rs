@@ -1,7 +1,6 @@
 //! Membership changes over HTTP: nodes join, leave alive and are removed dead while clients
 //! write, and nothing acknowledged is lost.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,32 +9,7 @@ use hyper::{Method, StatusCode};
 use kvserver::LocalCluster;
 use serde_json::Value as Json;
 
-use crate::util::{poll, Http};
-
-/// What writers were told: per key, the value of the last acknowledged write, and values
-/// whose writes had an unknown outcome since.
-#[derive(Default)]
-struct Acked {
-    keys: Mutex<HashMap<String, (Option<u64>, Vec<u64>)>>,
-}
-
-impl Acked {
-    fn check(&self, key: &str, found: Option<u64>) -> Result<(), String> {
-        let keys = self.keys.lock().unwrap();
-        let Some((acked, unknown)) = keys.get(key) else {
-            return Ok(());
-        };
-        let fine = found == *acked
-            || found.is_some_and(|v| unknown.contains(&v) && acked.is_none_or(|a| v > a));
-        if fine {
-            Ok(())
-        } else {
-            Err(format!(
-                "{key}: read {found:?}, acknowledged {acked:?}, unknown {unknown:?}"
-            ))
-        }
-    }
-}
+use crate::util::{poll, Acked, Http};
 
 /// Writes `key{w}-{i}` for i in 0..keys, over and over with growing values, through the
 /// nodes in turn, until `stop`.

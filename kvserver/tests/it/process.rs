@@ -265,3 +265,285 @@ async fn a_deleted_seed_key_stays_deleted_when_its_sigkilled_primary_restarts() 
         assert_eq!(status, StatusCode::OK);
     }
 }
+
+/// Starts a node that joins the cluster through `members`, listening on `listen`.
+fn spawn_joining(listen: &str, members: &[String], options: &[&str]) -> Child {
+    let members = members.join(",");
+    let mut args = vec!["node", "--listen", listen, "--join", &members];
+    args.extend_from_slice(options);
+    Command::new(env!("CARGO_BIN_EXE_kvserver"))
+        .args(args)
+        .env("KV_CLUSTER_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `kvserver admin` with the cluster secret; returns its exit code, stdout and stderr.
+async fn admin(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+        .arg("admin")
+        .args(args)
+        .env("KV_CLUSTER_SECRET", SECRET)
+        .env_remove("KV_NODE")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (
+        output.status.code(),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+/// `GET /cluster` on `peer`, if it answers.
+async fn cluster_view(http: &Http, peer: &str) -> Option<serde_json::Value> {
+    let url = format!("http://{peer}/cluster");
+    match http.try_call(hyper::Method::GET, &url, None, &[]).await {
+        Ok((StatusCode::OK, view)) => Some(view),
+        _ => None,
+    }
+}
+
+/// Polls until every one of `peers` sees the same epoch, exactly `peers` as members, all up,
+/// and no membership change running.
+async fn wait_settled(http: &Http, peers: &[String], what: &str) {
+    poll(what, Duration::from_secs(45), || async {
+        let mut epochs = Vec::new();
+        for peer in peers {
+            let view = cluster_view(http, peer).await?;
+            let mut addrs: Vec<&str> = view["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["state"] == "up")
+                .filter_map(|n| n["addr"].as_str())
+                .collect();
+            addrs.sort();
+            let mut expected: Vec<&str> = peers.iter().map(String::as_str).collect();
+            expected.sort();
+            let settled = view["rebalance"]["state"] == "idle"
+                && addrs == expected
+                && view["nodes"].as_array()?.len() == peers.len();
+            if !settled {
+                return None;
+            }
+            epochs.push(view["epoch"].as_u64()?);
+        }
+        epochs.windows(2).all(|w| w[0] == w[1]).then_some(())
+    })
+    .await;
+}
+
+/// The id `peer` has in the cluster, as `GET /cluster` on `through` shows it.
+async fn id_of(http: &Http, through: &str, peer: &str) -> u64 {
+    let view = cluster_view(http, through).await.unwrap();
+    let nodes = view["nodes"].as_array().unwrap();
+    let node = nodes.iter().find(|n| n["addr"] == peer);
+    node.unwrap_or_else(|| panic!("{peer} not in {view}"))["id"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn node_processes_join_and_leave_while_acknowledged_writes_survive() {
+    let ports = free_ports(5);
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let options = [
+        "--replicas",
+        "3",
+        "--no-seed",
+        "--heartbeat-ms",
+        "100",
+        "--down-after-ms",
+        "600",
+    ];
+    let first = &addrs[..3];
+    let mut children = Processes(
+        (0..3)
+            .map(|i| spawn_node_with(i, first, &options))
+            .collect(),
+    );
+    let http = Http::new();
+    for peer in first {
+        wait_healthy(&http, peer).await;
+    }
+
+    // One writer, through the nodes in turn: every 8th write a new key, the others rewrite
+    // 32 keys with ever larger values. 503 means not applied; any other failure, unknown.
+    let acked = std::sync::Arc::new(crate::util::Acked::default());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let targets = std::sync::Arc::new(std::sync::Mutex::new(first.to_vec()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = {
+        let (http, acked, count, targets) =
+            (http.clone(), acked.clone(), count.clone(), targets.clone());
+        tokio::spawn(async move {
+            for value in 1u64.. {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                let key = if value % 8 == 0 {
+                    format!("d{value}")
+                } else {
+                    format!("r{}", value % 32)
+                };
+                let url = {
+                    let targets = targets.lock().unwrap();
+                    format!(
+                        "http://{}/kv/{key}",
+                        targets[value as usize % targets.len()]
+                    )
+                };
+                let body = json!({"value": value, "encoding": "integer"}).to_string();
+                let answer = http
+                    .try_call(hyper::Method::PUT, &url, Some(&body), &[])
+                    .await;
+                match answer {
+                    Ok((StatusCode::OK, _)) => {
+                        acked.acknowledged(&key, value);
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => {}
+                    _ => acked.unknown(&key, value),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let more = |n: usize, what: &'static str| {
+        let count = count.clone();
+        let target = count.load(std::sync::atomic::Ordering::Relaxed) + n;
+        poll(what, Duration::from_secs(30), move || {
+            let done = count.load(std::sync::atomic::Ordering::Relaxed) >= target;
+            async move { done.then_some(()) }
+        })
+    };
+    more(50, "writes before the joins").await;
+
+    // Two nodes join at once through nodes 0 and 1: the second waits for the first's change.
+    let members = [addrs[0].clone(), addrs[1].clone()];
+    for addr in &addrs[3..] {
+        children.0.push(spawn_joining(addr, &members, &options));
+    }
+    wait_settled(&http, &addrs, "five members, settled").await;
+    let mut joined: Vec<u64> = Vec::new();
+    for addr in &addrs[3..] {
+        wait_healthy(&http, addr).await;
+        joined.push(id_of(&http, &addrs[0], addr).await);
+    }
+    joined.sort();
+    assert_eq!(joined, [3, 4], "joining nodes take the next ids");
+    targets.lock().unwrap().extend(addrs[3..].iter().cloned());
+    more(50, "writes through five members").await;
+
+    // Node 1 is removed while alive, through `kvserver admin`: it hands its keys over and its
+    // process exits by itself once it knows.
+    targets.lock().unwrap().retain(|a| *a != addrs[1]);
+    let (code, out, err) = admin(&["--node", &addrs[0], "remove", "1"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("node 1 is leaving"), "{out}");
+    let remaining: Vec<String> = [0, 2, 3, 4].iter().map(|&i| addrs[i].clone()).collect();
+    wait_settled(&http, &remaining, "node 1 removed, settled").await;
+    let exited = poll("node 1 to exit", Duration::from_secs(20), || {
+        let status = children.0[1].try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(exited.success(), "a removed node exits with 0: {exited}");
+    let view = cluster_view(&http, &addrs[0]).await.unwrap();
+    assert_eq!(view["removed"], json!([1]), "{view}");
+    more(50, "writes after node 1 left").await;
+
+    // Node 2 is killed, seen down, then removed dead over HTTP with the bearer secret.
+    targets.lock().unwrap().retain(|a| *a != addrs[2]);
+    children.0[2].start_kill().unwrap();
+    children.0[2].wait().await.unwrap();
+    poll("node 2 seen down", Duration::from_secs(20), || async {
+        let view = cluster_view(&http, &addrs[0]).await?;
+        let nodes = view["nodes"].as_array()?;
+        nodes
+            .iter()
+            .any(|n| n["id"] == 2 && n["state"] == "down")
+            .then_some(())
+    })
+    .await;
+    let remove = format!("http://{}/cluster/remove", addrs[3]);
+    let (status, body) = http.post(&remove, r#"{"node": 2}"#).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::UNAUTHORIZED, &json!("unauthenticated")),
+        "{body}"
+    );
+    let bearer = format!("Bearer {SECRET}");
+    let (status, body) = http
+        .call_with(
+            hyper::Method::POST,
+            &remove,
+            Some(r#"{"node": 2}"#),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["node"], &body["state"]),
+        (&json!(2), &json!("leaving"))
+    );
+    let remaining: Vec<String> = [0, 3, 4].iter().map(|&i| addrs[i].clone()).collect();
+    wait_settled(&http, &remaining, "node 2 removed, settled").await;
+    more(50, "writes after node 2 was removed").await;
+
+    // `kvserver admin status`, as JSON and as a table; refusals and unreachable nodes.
+    let (code, out, err) = admin(&["--node", &addrs[4], "--json", "status"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["rebalance"]["state"], "idle", "{status}");
+    let mut listed: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<&str> = remaining.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let mut removed: Vec<u64> = serde_json::from_value(status["removed"].clone()).unwrap();
+    removed.sort();
+    assert_eq!(removed, [1, 2]);
+    let (code, table, err) = admin(&["status", "--node", &addrs[0]]).await;
+    assert_eq!(code, Some(0), "{err}");
+    for addr in &remaining {
+        assert!(
+            table.contains(addr.as_str()),
+            "{addr} missing from\n{table}"
+        );
+    }
+    assert!(table.contains("rebalance: idle"), "{table}");
+    let (code, _, err) = admin(&["--node", &addrs[0], "remove", "9"]).await;
+    assert_eq!(code, Some(1), "a refusal exits 1: {err}");
+    assert!(err.contains("not a member"), "{err}");
+    let (code, _, err) = admin(&["--node", &addrs[2], "status"]).await;
+    assert_eq!(code, Some(2), "an unreachable node exits 2: {err}");
+
+    stop_tx.send(true).unwrap();
+    writer.await.unwrap();
+    // Every acknowledged write is read back through every remaining node.
+    let keys = acked.written();
+    assert!(keys.len() > 40, "{} keys written", keys.len());
+    for peer in &remaining {
+        for key in &keys {
+            let url = format!("http://{peer}/kv/{key}");
+            let (status, got) = http.get(&url).await;
+            let found = match status {
+                StatusCode::OK => got["value"].as_u64(),
+                StatusCode::NOT_FOUND => None,
+                other => panic!("GET {url}: {other} {got}"),
+            };
+            acked.check(key, found).unwrap();
+        }
+    }
+}

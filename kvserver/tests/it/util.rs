@@ -1,6 +1,8 @@
 //! A small HTTP client and polling helpers for the tests.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -144,4 +146,52 @@ pub fn encode_key(key: &str) -> String {
         }
     }
     out
+}
+
+/// A key's history as its writers saw it: the value of the last acknowledged write, and the
+/// values of writes with an unknown outcome since.
+pub type History = (Option<u64>, Vec<u64>);
+
+/// What writers were told, per key. Values written to one key must grow, so a value read back
+/// can be told apart from the ones before it.
+#[derive(Default)]
+pub struct Acked {
+    pub keys: Mutex<HashMap<String, History>>,
+}
+
+impl Acked {
+    /// Records that the write of `value` to `key` was acknowledged.
+    pub fn acknowledged(&self, key: &str, value: u64) {
+        let mut keys = self.keys.lock().unwrap();
+        keys.insert(key.to_owned(), (Some(value), Vec::new()));
+    }
+
+    /// Records that the write of `value` to `key` may or may not have been applied.
+    pub fn unknown(&self, key: &str, value: u64) {
+        let mut keys = self.keys.lock().unwrap();
+        keys.entry(key.to_owned()).or_default().1.push(value);
+    }
+
+    /// Every key written, acknowledged or not.
+    pub fn written(&self) -> Vec<String> {
+        self.keys.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Whether `found` is what a read of `key` may return: the last acknowledged value, or a
+    /// later one whose write had an unknown outcome.
+    pub fn check(&self, key: &str, found: Option<u64>) -> Result<(), String> {
+        let keys = self.keys.lock().unwrap();
+        let Some((acked, unknown)) = keys.get(key) else {
+            return Ok(());
+        };
+        let fine = found == *acked
+            || found.is_some_and(|v| unknown.contains(&v) && acked.is_none_or(|a| v > a));
+        if fine {
+            Ok(())
+        } else {
+            Err(format!(
+                "{key}: read {found:?}, acknowledged {acked:?}, unknown {unknown:?}"
+            ))
+        }
+    }
 }
