@@ -109,7 +109,11 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
             Method::POST => {
                 authorize_admin(node, &req)?;
                 let body: JoinBody = read_json(node, req).await?;
-                if body.addr.trim().is_empty() || !body.addr.contains(':') {
+                let port = body
+                    .addr
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
                     return Err(Error::bad_request(
                         ErrorCode::InvalidRequest,
                         "addr must be the joining node's HOST:PORT as its peers reach it",

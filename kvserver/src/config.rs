@@ -105,8 +105,8 @@ pub struct Config {
     #[serde(skip)]
     pub cluster_secret: Option<Secret>,
     /// Ids of the members keys were placed on before a membership change that is running when
-    /// the node starts (empty: none runs). Membership changes cannot be made yet; tests use
-    /// this to run clusters under the joint quorums of a change.
+    /// the node starts (empty: none runs). For tests that start a cluster in the middle of a
+    /// change; a real change is asked for with `POST /cluster/join` or `/cluster/remove`.
     #[arg(skip)]
     #[serde(skip)]
     pub changing_from: Vec<u32>,

@@ -290,11 +290,12 @@ impl Rebalancer {
             return;
         }
         match change(&self.coordinator, &self.topology, |r| r.finish(epoch)).await {
-            Ok((done, _)) => tracing::info!(
+            Ok((done, true)) => tracing::info!(
                 epoch = done.map.epoch,
                 moved_keys = done.moved_keys,
                 "membership change finished"
             ),
+            Ok((_, false)) => {}
             Err(e) => tracing::info!(error = %e, "finishing the membership change failed"),
         }
     }

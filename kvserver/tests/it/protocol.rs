@@ -603,3 +603,194 @@ async fn duplicated_delayed_and_reordered_messages_keep_histories_linearizable_a
         messy_network(5, seed).await;
     }
 }
+
+impl Sim {
+    /// Waits (in virtual time) until every one of `running` that was not removed is at
+    /// `epoch`, with no change running, and votes.
+    async fn settled(&self, running: &[usize], epoch: u64) {
+        let nodes: Vec<Arc<Node>> = running.iter().map(|&i| self.nodes[i].clone()).collect();
+        until("the membership change finished everywhere", || {
+            nodes
+                .iter()
+                .filter(|n| !n.is_removed())
+                .all(|n| n.map().epoch() == epoch && !n.map().is_changing() && n.is_ready())
+        })
+        .await;
+    }
+}
+
+/// Counters incremented through node 0 before a change, `keys` of them, each to its index + 1.
+async fn counters(sim: &Sim, history: &History, keys: usize) -> Vec<String> {
+    let names: Vec<String> = (0..keys).map(|i| format!("c{i}")).collect();
+    for (i, key) in names.iter().enumerate() {
+        let outcome = incr(history, 0, sim.node(0), key, i as i64 + 1).await;
+        assert_eq!(outcome, Outcome::Ok(Observed::Incr(i as i64 + 1)));
+    }
+    names
+}
+
+/// Reads every counter through each of `through` and checks it holds its index + 1.
+async fn counters_intact(sim: &Sim, history: &History, keys: &[String], through: &[usize]) {
+    for &n in through {
+        for (i, key) in keys.iter().enumerate() {
+            let value = read(history, 50 + n, sim.node(n), key).await;
+            assert_eq!(value, Some(i as i64 + 1), "{key} through node {n}");
+        }
+    }
+    assert_linearizable(history);
+}
+
+#[tokio::test(start_paused = true)]
+async fn of_two_changes_asked_at_once_one_runs_and_the_other_is_refused() {
+    let sim = Sim::start(4, 3, 11).await;
+    // Copies are held back, so the change that applies cannot finish meanwhile.
+    sim.faults.hold(None, None, Some(Kind::SyncShard));
+    let (a, b) = (sim.node(0).clone(), sim.node(1).clone());
+    let first = tokio::spawn(async move { a.remove(NodeId(3), false).await });
+    let second = tokio::spawn(async move { b.remove(NodeId(2), false).await });
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    let refused = match (&first, &second) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e.code(),
+        _ => panic!("exactly one change applies: {first:?} / {second:?}"),
+    };
+    assert_eq!(refused, ErrorCode::ChangeInProgress);
+    let removed = if first.is_ok() { 3 } else { 2 };
+    // The change that applied, asked again, is recognised and changes nothing.
+    let again = sim
+        .node(2)
+        .remove(NodeId(removed as u32), false)
+        .await
+        .unwrap();
+    assert_eq!((again.map.epoch, again.version), (2, 2));
+    sim.faults.release();
+    sim.settled(&[0, 1, 2, 3], 3).await;
+    assert!(sim.node(removed).is_removed());
+    let members: Vec<u32> = sim.node(0).map().nodes().iter().map(|n| n.id.0).collect();
+    assert_eq!(members.len(), 3);
+    assert!(!members.contains(&(removed as u32)));
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_of_an_earlier_epoch_is_refused_and_a_node_left_behind_catches_up() {
+    let sim = Sim::start(4, 3, 12).await;
+    let history = History::new();
+    let keys = counters(&sim, &history, 8).await;
+    // Node 2 hears nothing while the removal of node 3 starts.
+    let all: Vec<NodeId> = (0..4).map(NodeId).collect();
+    sim.faults.isolate(NodeId(2), &all);
+    sim.node(0).remove(NodeId(3), false).await.unwrap();
+    let nodes: Vec<Arc<Node>> = [0, 1].iter().map(|&i| sim.node(i).clone()).collect();
+    until("nodes 0 and 1 moved on to the change", || {
+        nodes.iter().all(|n| n.map().epoch() == 2)
+    })
+    .await;
+    assert_eq!(sim.node(2).map().epoch(), 1);
+
+    // A replica message placed under epoch 1 is refused by a node at epoch 2.
+    let peers = Peers::new(Arc::new(sim.net.clone()));
+    let header = Header {
+        from: NodeId(0),
+        incarnation: sim.node(0).incarnation(),
+        epoch: 1,
+        request_id: 7,
+        hops: 1,
+    };
+    let to = NodeInfo {
+        id: NodeId(1),
+        addr: sim.config.peers[1].clone(),
+    };
+    let prepare = Prepare {
+        key: keys[0].clone(),
+        ballot: kvcore::Ballot::new(1 << 20, NodeId(0)),
+        grow: 0,
+    };
+    let refused = peers.call(&to, &header, &prepare).await.unwrap_err();
+    assert_eq!(refused.remote_code(), Some(ErrorCode::EpochMismatch));
+
+    // Healed, node 2 learns the map, its reads and writes are placed again under it, and the
+    // change, which waited for node 2's copies, finishes.
+    sim.faults.heal();
+    counters_intact(&sim, &history, &keys, &[2]).await;
+    assert!(sim.node(2).map().epoch() >= 2);
+    assert_eq!(
+        incr(&history, 9, sim.node(2), "late", 10).await,
+        Outcome::Ok(Observed::Incr(10))
+    );
+    sim.settled(&[0, 1, 2, 3], 3).await;
+    counters_intact(&sim, &history, &keys, &[0, 1, 2]).await;
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_whose_writer_crashes_at_once_is_found_and_finished_by_the_others() {
+    let mut sim = Sim::start(4, 3, 13).await;
+    let history = History::new();
+    let keys = counters(&sim, &history, 8).await;
+    // Node 0 writes the change and crashes before any other node has heard of it.
+    for to in 1..4 {
+        sim.faults
+            .hold(Some(NodeId(0)), Some(NodeId(to)), Some(Kind::Ping));
+        sim.faults
+            .hold(Some(NodeId(0)), Some(NodeId(to)), Some(Kind::FetchMap));
+    }
+    sim.node(0).remove(NodeId(3), false).await.unwrap();
+    sim.crash(0);
+    sim.faults.release();
+    // The others find the change in the map register (no message told them of it) ...
+    let others: Vec<Arc<Node>> = (1..4).map(|i| sim.node(i).clone()).collect();
+    until("the others found the change", || {
+        others.iter().all(|n| n.map().epoch() == 2)
+    })
+    .await;
+    // ... and see it through once node 0, which must copy the keys it gains, is back.
+    sim.restart(0).await;
+    sim.settled(&[0, 1, 2, 3], 3).await;
+    assert!(sim.node(3).is_removed());
+    counters_intact(&sim, &history, &keys, &[0, 1, 2]).await;
+    sim.stop().await;
+}
+
+/// Removes node 3 while its copies are held back, crashes node `crashed` in the middle of the
+/// move, restarts it, and checks the move finishes with every counter intact.
+async fn crash_during_a_move(crashed: usize, seed: u64) {
+    let mut sim = Sim::start(4, 3, seed).await;
+    let history = History::new();
+    let keys = counters(&sim, &history, 12).await;
+    sim.faults.hold(None, None, Some(Kind::SyncShard));
+    sim.node(0).remove(NodeId(3), false).await.unwrap();
+    let node = sim.node(crashed).clone();
+    until("the crashed node heard of the change", || {
+        node.map().is_changing()
+    })
+    .await;
+    // Writes during the move go through joint quorums.
+    let writer = if crashed == 1 { 2 } else { 1 };
+    for key in &keys[..4] {
+        incr(&history, 1, sim.node(writer), key, 1000).await;
+    }
+    sim.crash(crashed);
+    sim.faults.release();
+    sim.restart(crashed).await;
+    sim.settled(&[0, 1, 2, 3], 3).await;
+    for &n in &[0, 1, 2] {
+        for (i, key) in keys.iter().enumerate() {
+            let extra = if i < 4 { 1000 } else { 0 };
+            let value = read(&history, 60 + n, sim.node(n), key).await;
+            assert_eq!(value, Some(i as i64 + 1 + extra), "{key} through node {n}");
+        }
+    }
+    assert_linearizable(&history);
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_of_a_node_gaining_keys_in_the_middle_of_a_move_loses_nothing() {
+    // With node 3 leaving four nodes at R = 3, every other node gains keys.
+    crash_during_a_move(1, 14).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_of_the_leaving_node_in_the_middle_of_its_move_loses_nothing() {
+    crash_during_a_move(3, 15).await;
+}
