@@ -384,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn after_joins_the_default_partitioner_spreads_keys_within_a_tenth_of_the_mean() {
+        let mut map = ClusterMap::new(1, nodes(&[0, 1, 2]), default_partitioner()).unwrap();
+        for joined in 3..6 {
+            let mut members = map.nodes().to_vec();
+            members.extend(nodes(&[joined]));
+            map = map.begin_change(members).unwrap().finish_change().unwrap();
+            let mut held = vec![0usize; map.len()];
+            let mut owners = Vec::new();
+            for i in 0..60_000 {
+                map.owners_into(format!("user:{i}").as_bytes(), 3, &mut owners);
+                for n in &owners {
+                    held[n.0 as usize] += 1;
+                }
+            }
+            let mean = held.iter().sum::<usize>() as f64 / held.len() as f64;
+            let most = *held.iter().max().unwrap() as f64;
+            assert!(most <= 1.1 * mean, "{} nodes: {held:?}", map.len());
+        }
+    }
+
+    #[test]
     fn a_spec_rebuilds_the_same_map() {
         let map = ClusterMap::new(1, nodes(&[0, 1, 2]), default_partitioner()).unwrap();
         let changing = map.begin_change(nodes(&[1, 2, 5])).unwrap();

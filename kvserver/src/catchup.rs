@@ -131,9 +131,18 @@ impl CatchUp {
     }
 }
 
-/// Shards copied at once from one peer: each lane walks its share of the shards page by page,
-/// so a copy takes as many round trips as the largest lane, not as every shard.
+/// Shards copied at once from one peer by a restarted node, which serves nothing until it has
+/// its copies: each lane walks its share of the shards page by page, so a copy takes as many
+/// round trips as the largest lane, not as every shard.
 const LANES: u32 = 8;
+
+/// Shards copied at once for a membership change, which runs while the node serves clients.
+const MOVING_LANES: u32 = 2;
+
+/// For a membership change, each lane rests this many times as long as its last page took
+/// after each page, so copies leave most of the machine to clients (see
+/// `docs/membership.md` for what that costs and buys).
+const MOVING_REST: u32 = 2;
 
 /// Copies every shard of `peer`'s replicas of the keys this node replicates, or with `moving`
 /// (a change's epoch), of the keys that change moves to this node, every page asked for at that
@@ -147,10 +156,15 @@ pub(crate) async fn copy_shards(
 ) -> Copied {
     let request_id = new_request_id();
     let mut lanes = tokio::task::JoinSet::new();
-    for lane in 0..LANES {
+    let count = if moving.is_some() {
+        MOVING_LANES
+    } else {
+        LANES
+    };
+    for lane in 0..count {
         let (client, store, incarnation) = (client.clone(), store.clone(), incarnation.clone());
         lanes.spawn(async move {
-            let shards = (lane..Store::SHARDS as u32).step_by(LANES as usize);
+            let shards = (lane..Store::SHARDS as u32).step_by(count as usize);
             copy_lane(
                 &client,
                 &store,
@@ -214,6 +228,7 @@ async fn copy_lane(
                 after: after.clone(),
                 moving: moving.is_some(),
             };
+            let asked = Instant::now();
             let call = match moving {
                 Some(epoch) => client.call_at(epoch, peer, request_id, 1, &request).await,
                 None => client.call(peer, request_id, 1, &request).await,
@@ -263,6 +278,9 @@ async fn copy_lane(
                 if let Err(e) = store.restore(state) {
                     tracing::warn!(error = %e, "could not restore a key from node {peer}");
                 }
+            }
+            if moving.is_some() {
+                tokio::time::sleep(asked.elapsed() * MOVING_REST).await;
             }
             match page.next {
                 Some(next) => after = Some(next),

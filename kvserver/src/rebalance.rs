@@ -183,6 +183,9 @@ fn forget_where(store: &Store, mut drop: impl FnMut(&str) -> bool) -> u64 {
     forgotten
 }
 
+/// How often the keys a running change has yet to move are counted (a scan of the store).
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+
 /// A node's part in membership changes, run in the background.
 #[derive(Debug)]
 pub struct Rebalancer {
@@ -212,6 +215,7 @@ impl Rebalancer {
         // The epoch whose copies this node has reported, and the one it last cleaned up after.
         let mut reported = 0;
         let mut cleaned = 0;
+        let mut counted: Option<Instant> = None;
         loop {
             let map = self.topology.map();
             let epoch = map.epoch();
@@ -223,7 +227,12 @@ impl Rebalancer {
             }
             if map.is_changing() && self.readiness.is_ready() {
                 let record = self.topology.record();
-                let remaining = {
+                // Counting takes a scan of the store: at most every few seconds.
+                let count_due = counted.is_none_or(|at: Instant| at.elapsed() >= COUNT_EVERY);
+                let remaining = if !count_due {
+                    self.progress.remaining_keys.load(Ordering::Relaxed)
+                } else {
+                    counted = Some(Instant::now());
                     let (store, map, copying) =
                         (self.store.clone(), map.clone(), record.copying.clone());
                     let r = record.replicas;
@@ -264,6 +273,7 @@ impl Rebalancer {
                     self.metrics.moved_out.fetch_add(dropped, Ordering::Relaxed);
                     tracing::info!(keys = dropped, epoch, "dropped the keys that moved away");
                 }
+                self.topology.mark_clean(epoch);
                 cleaned = epoch;
             }
             // While the cluster is stable, the record is read now and then all the same: a

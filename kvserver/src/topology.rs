@@ -1,5 +1,6 @@
 //! The current cluster map, swapped whole, and where a key lives in it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use kvcore::{ClusterMap, NodeId, NodeInfo, Store};
@@ -25,6 +26,9 @@ pub struct Topology {
     /// The node's store, once attached: stale copies are dropped from it before a change that
     /// moves keys here is adopted.
     store: OnceLock<Arc<Store>>,
+    /// The epoch of a stable map under which the store was found to hold only keys it owns
+    /// (0: none yet), so adopting a change from that map needs no scan for stale copies.
+    clean: AtomicU64,
 }
 
 impl Topology {
@@ -39,6 +43,7 @@ impl Topology {
             changed,
             adopting: Mutex::default(),
             store: OnceLock::new(),
+            clean: AtomicU64::new(0),
         })
     }
 
@@ -99,8 +104,17 @@ impl Topology {
             return Ok(false);
         }
         let map = Arc::new(ClusterMap::from_spec(&record.map)?);
+        // A change moves keys here: copies left from an earlier map must go first, unless the
+        // store is known to hold only keys of the stable map the change starts from. (Keys a
+        // stable map moves away are dropped in the background: they only matter once a later
+        // change moves them back, and that change's adoption drops them if they are still
+        // here.)
+        let old = self.map();
+        let known_clean = !old.is_changing() && self.clean.load(Ordering::Acquire) == old.epoch();
         if let Some(store) = self.store.get() {
-            crate::rebalance::forget_unowned(store, &map, record.replicas, self.me);
+            if map.is_changing() && !known_clean {
+                crate::rebalance::forget_unowned(store, &map, record.replicas, self.me);
+            }
         }
         let epoch = map.epoch();
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
@@ -108,6 +122,12 @@ impl Topology {
         self.changed.send_replace(epoch);
         tracing::info!(node = %self.me, epoch, "adopted a new cluster map");
         Ok(true)
+    }
+
+    /// Records that the store held only keys owned under the stable map of `epoch` once a
+    /// scan under that map finished (see [`adopt`](Self::adopt)).
+    pub fn mark_clean(&self, epoch: u64) {
+        self.clean.store(epoch, Ordering::Release);
     }
 
     /// A receiver told of every map this node adopts.
@@ -135,11 +155,16 @@ impl Topology {
         let mut replicas = Vec::with_capacity(r);
         let mut previous = Vec::new();
         let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
+        // A key whose owners a change leaves as they were is not moving: its quorums are the
+        // same either way.
+        let moving = !previous.is_empty()
+            && (previous.len() != owners
+                || previous.iter().any(|n| !replicas[..owners].contains(n)));
         Placement {
             map: map.clone(),
             replicas,
             owners,
-            previous: (!previous.is_empty()).then_some(previous),
+            previous: moving.then_some(previous),
         }
     }
 
