@@ -216,9 +216,14 @@ impl AntiEntropy {
                     // A round under a fresh ballot reaches every replica.
                     let _ = self.coordinator.settle(&key, new_request_id()).await;
                 }
+            } else if placement.is_quorum(&holders) {
+                // Chosen, and this replica lags: a copy could be refused here (this replica may
+                // have promised more than the chosen ballot), so a round under a fresh ballot
+                // brings every replica to it.
+                let _ = self.coordinator.settle(&key, new_request_id()).await;
             } else {
-                // Not known to be chosen (an interrupted write, or this replica lags): a read
-                // round settles it on a majority; the next pass copies it to the rest.
+                // Not known to be chosen (an interrupted write): a read round settles it on a
+                // majority; the next pass copies it to the rest.
                 let _ = self.coordinator.get(&key, 0, new_request_id()).await;
             }
         }

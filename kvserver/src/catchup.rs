@@ -144,6 +144,9 @@ const MOVING_LANES: u32 = 2;
 /// `docs/membership.md` for what that costs and buys).
 const MOVING_REST: u32 = 2;
 
+/// Pages smaller than this are not rested after.
+const REST_AFTER_BYTES: u64 = 64 << 10;
+
 /// Copies every shard of `peer`'s replicas of the keys this node replicates, or with `moving`
 /// (a change's epoch), of the keys that change moves to this node, every page asked for at that
 /// epoch. The copy counts only if every page came from one incarnation of the peer.
@@ -270,16 +273,21 @@ async fn copy_lane(
                 return Err(Copied::Retry);
             }
             totals.pages += 1;
+            let mut page_bytes = 0;
             store.raise_floor(shard as usize, page.floor);
             for state in page.states {
                 totals.keys += 1;
-                totals.bytes +=
+                let bytes =
                     (state.key.len() + state.register.value.as_ref().map_or(0, |v| v.len())) as u64;
+                totals.bytes += bytes;
+                page_bytes += bytes;
                 if let Err(e) = store.restore(state) {
                     tracing::warn!(error = %e, "could not restore a key from node {peer}");
                 }
             }
-            if moving.is_some() {
+            // Only pages that carried something are worth resting after: a change of a small
+            // or empty store takes one round trip per shard.
+            if moving.is_some() && page_bytes >= REST_AFTER_BYTES {
                 tokio::time::sleep(asked.elapsed() * MOVING_REST).await;
             }
             match page.next {

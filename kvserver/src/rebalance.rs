@@ -330,27 +330,27 @@ impl Rebalancer {
         let mut moved = 0;
         let started = Instant::now();
         loop {
-            for &source in &sources {
-                if copied.contains(&source) {
-                    continue;
-                }
-                let copy = copy_shards(
-                    &self.client,
-                    &self.store,
-                    &self.incarnation,
-                    source,
-                    Some(epoch),
+            // From every source not copied yet at once; a failed one is asked again below.
+            let mut copies = tokio::task::JoinSet::new();
+            for &source in sources.iter().filter(|s| !copied.contains(s)) {
+                let (client, store, incarnation) = (
+                    self.client.clone(),
+                    self.store.clone(),
+                    self.incarnation.clone(),
                 );
-                match copy.await {
-                    Copied::All(totals) => {
-                        copied.push(source);
-                        moved = moved.max(totals.keys);
-                    }
-                    Copied::Retry | Copied::StartOver => {}
+                copies.spawn(async move {
+                    let copy = copy_shards(&client, &store, &incarnation, source, Some(epoch));
+                    (source, copy.await)
+                });
+            }
+            while let Some(done) = copies.join_next().await {
+                if let Ok((source, Copied::All(totals))) = done {
+                    copied.push(source);
+                    moved = moved.max(totals.keys);
                 }
-                if self.topology.epoch() != epoch {
-                    return None;
-                }
+            }
+            if self.topology.epoch() != epoch {
+                return None;
             }
             let missing = sources.len() - copied.len();
             if missing <= may_miss {

@@ -62,7 +62,27 @@ fn classify(e: &Error) -> Outcome {
 /// The nodes clients may talk to: crashed ones are taken out while they are down.
 type Live = Arc<RwLock<Vec<Option<Arc<Node>>>>>;
 
-async fn client(id: usize, seed: u64, ops: usize, live: Live, history: Arc<History>) {
+/// The keys one run's clients use.
+#[derive(Clone, Copy)]
+struct Keys {
+    registers: &'static [&'static str],
+    counters: &'static [&'static str],
+}
+
+const FEW: Keys = Keys {
+    registers: &REGISTERS,
+    counters: &COUNTERS,
+};
+
+/// More keys, for longer runs: each key's history stays short enough to check.
+const MANY: Keys = Keys {
+    registers: &[
+        "reg-a", "reg-b", "reg-c", "reg-d", "reg-e", "reg-f", "reg-g", "reg-h", "reg-i", "reg-j",
+    ],
+    counters: &["counter", "counter-2", "counter-3", "counter-4"],
+};
+
+async fn client(id: usize, seed: u64, ops: usize, keys: Keys, live: Live, history: Arc<History>) {
     let mut rng = Choices::new(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // What this client last read per register, for compare-and-set.
     let mut last_read: std::collections::HashMap<&str, (i64, kvcore::Version)> = Default::default();
@@ -78,7 +98,7 @@ async fn client(id: usize, seed: u64, ops: usize, live: Live, history: Arc<Histo
         // Unique per client and operation.
         let unique = (id * 1_000_000 + n + 1) as i64;
         if rng.chance(0.25) {
-            let key = COUNTERS[rng.below(COUNTERS.len())];
+            let key = keys.counters[rng.below(keys.counters.len())];
             if rng.chance(0.7) {
                 let by = 1 + rng.below(5) as i64;
                 let t = history.start(id, key, Op::Incr(by));
@@ -92,7 +112,7 @@ async fn client(id: usize, seed: u64, ops: usize, live: Live, history: Arc<Histo
             }
             continue;
         }
-        let key = REGISTERS[rng.below(REGISTERS.len())];
+        let key = keys.registers[rng.below(keys.registers.len())];
         match rng.below(10) {
             0..=3 => read(&history, id, &node, key, &mut last_read).await,
             4..=6 => {
@@ -262,7 +282,7 @@ async fn run_seed_with(
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let (live, history) = (live.clone(), history.clone());
-            tokio::spawn(client(id, seed, OPS_PER_CLIENT, live, history))
+            tokio::spawn(client(id, seed, OPS_PER_CLIENT, FEW, live, history))
         })
         .collect();
     for c in clients {
@@ -456,6 +476,22 @@ fn taking_part(cluster: &LocalCluster) -> Vec<usize> {
         .collect()
 }
 
+/// Restarts node `i`. Once the membership has changed it rejoins through a member, which needs
+/// a quorum of the map register: the faults are lifted until it is back, as an operator would
+/// retry.
+async fn restart(cluster: &mut LocalCluster, i: usize, faults: &Faults) {
+    for attempt in 0.. {
+        match cluster.restart_node(i).await {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(attempt < 50, "node {i} did not restart: {e}");
+                faults.clear();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Runs one seed with membership changes; returns (operations recorded, changes made).
 async fn run_membership_seed(seed: u64) -> (usize, usize) {
     let _ = tracing_subscriber::fmt()
@@ -511,10 +547,30 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
                 let all_ready = taking_part(&c)
                     .iter()
                     .all(|&i| c.is_running(i) && c.node(i).is_ready());
-                match rng.below(10) {
+                if std::env::var("KV_CHAOS_TRACE").is_ok() {
+                    let epochs: Vec<(usize, u64, bool, bool)> = (0..c.len())
+                        .filter(|&i| c.is_running(i))
+                        .map(|i| {
+                            (
+                                i,
+                                c.node(i).map().epoch(),
+                                c.node(i).map().is_changing(),
+                                c.node(i).is_ready(),
+                            )
+                        })
+                        .collect();
+                    println!("nemesis: members {members:?} changing {changing} ready {all_ready} {epochs:?}");
+                }
+                let op = rng.below(10);
+                if std::env::var("KV_CHAOS_TRACE").is_ok() {
+                    println!("nemesis op {op}");
+                }
+                match op {
                     0 => faults.set_drop(0.05, 0.05),
                     1 => faults.set_delay(Some((Duration::ZERO, Duration::from_millis(15)))),
-                    2 => {
+                    // Partitions while no change runs, and during one only now and then: a
+                    // change waits out a partition, and the run should see several changes.
+                    2 if !changing || rng.chance(0.2) => {
                         let ids: Vec<NodeId> = members.iter().map(|&i| NodeId(i as u32)).collect();
                         let cut = 1 + rng.below(ids.len() / 2);
                         let (a, b) = ids.split_at(cut);
@@ -551,19 +607,20 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
                         if c.remove_node(i, false).await.is_ok() {
                             changes += 1;
                         } else {
-                            c.restart_node(i).await.unwrap();
+                            restart(&mut c, i, &faults).await;
                             live.write().unwrap()[i] = Some(c.node(i).clone());
                         }
                     }
-                    6 if all_ready => {
-                        // A crash-restart: one replica lost at a time.
+                    // A crash-restart, one replica lost at a time; during a change only now and
+                    // then, so that changes also get to finish.
+                    6 if all_ready && (!changing || rng.chance(0.1)) => {
                         let i = members[rng.below(members.len())];
                         live.write().unwrap()[i] = None;
                         c.stop_node(i).await;
                         drop(c);
                         after_ops(&history, 5 + rng.below(20), &done).await;
                         c = cluster.lock().await;
-                        c.restart_node(i).await.unwrap();
+                        restart(&mut c, i, &faults).await;
                         live.write().unwrap()[i] = Some(c.node(i).clone());
                     }
                     _ => faults.clear(),
@@ -579,7 +636,7 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let (live, history) = (live.clone(), history.clone());
-            tokio::spawn(client(id, seed, 3 * OPS_PER_CLIENT, live, history))
+            tokio::spawn(client(id, seed, 8 * OPS_PER_CLIENT, MANY, live, history))
         })
         .collect();
     for c in clients {
@@ -617,7 +674,7 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
         );
     }
     let members = members(&cluster);
-    for key in REGISTERS.iter().chain(COUNTERS.iter()) {
+    for key in MANY.registers.iter().chain(MANY.counters) {
         for &n in &members {
             let mut attempts = 0;
             loop {
@@ -643,7 +700,7 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
     }
     // Every key's replicas hold the same state (reads repair the ones that lag), and no other
     // member holds any.
-    for key in REGISTERS.iter().chain(COUNTERS.iter()) {
+    for key in MANY.registers.iter().chain(MANY.counters) {
         let replicas = cluster.node(members[0]).owners(key);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
