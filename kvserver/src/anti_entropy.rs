@@ -216,10 +216,12 @@ impl AntiEntropy {
                     // A round under a fresh ballot reaches every replica.
                     let _ = self.coordinator.settle(&key, new_request_id()).await;
                 }
-            } else if placement.is_quorum(&holders) {
-                // Chosen, and this replica lags: a copy could be refused here (this replica may
-                // have promised more than the chosen ballot), so a round under a fresh ballot
-                // brings every replica to it.
+            } else if placement.is_quorum(&holders) && mine.ballot > Ballot::ZERO {
+                // Chosen, and this replica holds an older state: a copy could be refused here
+                // (this replica may have promised more than the chosen ballot), so a round
+                // under a fresh ballot brings every replica to it. (A replica that holds
+                // nothing of the key is left to the read below: it may be the last step of a
+                // collection.)
                 let _ = self.coordinator.settle(&key, new_request_id()).await;
             } else {
                 // Not known to be chosen (an interrupted write): a read round settles it on a
