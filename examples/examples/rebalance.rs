@@ -34,7 +34,7 @@ struct Args {
     /// Clients running during the measurements.
     #[arg(long, default_value_t = 8)]
     traffic: usize,
-    /// Seconds of traffic measured before the join.
+    /// Seconds of traffic measured before the join (after as long again of warm-up).
     #[arg(long, default_value_t = 5)]
     idle_secs: u64,
 }
@@ -154,6 +154,9 @@ async fn main() {
             failures.clone(),
         )));
     }
+    // Warm up first: right after loading, the nodes still run their first anti-entropy passes.
+    tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    latencies.take();
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
     let idle = latencies.take();
 

@@ -183,8 +183,9 @@ fn forget_where(store: &Store, mut drop: impl FnMut(&str) -> bool) -> u64 {
     forgotten
 }
 
-/// How often the keys a running change has yet to move are counted (a scan of the store).
-const COUNT_EVERY: Duration = Duration::from_secs(5);
+/// How often the keys a running change has yet to move are counted (a scan of the store, so
+/// not often: it takes CPU from clients and copies alike).
+const COUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// A node's part in membership changes, run in the background.
 #[derive(Debug)]
@@ -215,7 +216,7 @@ impl Rebalancer {
         // The epoch whose copies this node has reported, and the one it last cleaned up after.
         let mut reported = 0;
         let mut cleaned = 0;
-        let mut counted: Option<Instant> = None;
+        let mut counted: Option<(Instant, u64)> = None;
         loop {
             let map = self.topology.map();
             let epoch = map.epoch();
@@ -228,11 +229,13 @@ impl Rebalancer {
             if map.is_changing() && self.readiness.is_ready() {
                 let record = self.topology.record();
                 // Counting takes a scan of the store: at most every few seconds.
-                let count_due = counted.is_none_or(|at: Instant| at.elapsed() >= COUNT_EVERY);
+                let count_due = counted.is_none_or(|(at, counted_epoch): (Instant, u64)| {
+                    counted_epoch != epoch || at.elapsed() >= COUNT_EVERY
+                });
                 let remaining = if !count_due {
                     self.progress.remaining_keys.load(Ordering::Relaxed)
                 } else {
-                    counted = Some(Instant::now());
+                    counted = Some((Instant::now(), epoch));
                     let (store, map, copying) =
                         (self.store.clone(), map.clone(), record.copying.clone());
                     let r = record.replicas;
@@ -330,27 +333,25 @@ impl Rebalancer {
         let mut moved = 0;
         let started = Instant::now();
         loop {
-            // From every source not copied yet at once; a failed one is asked again below.
-            let mut copies = tokio::task::JoinSet::new();
-            for &source in sources.iter().filter(|s| !copied.contains(s)) {
-                let (client, store, incarnation) = (
-                    self.client.clone(),
-                    self.store.clone(),
-                    self.incarnation.clone(),
+            // One source at a time: a copy takes CPU from the clients on both ends.
+            for &source in &sources {
+                if copied.contains(&source) {
+                    continue;
+                }
+                let copy = copy_shards(
+                    &self.client,
+                    &self.store,
+                    &self.incarnation,
+                    source,
+                    Some(epoch),
                 );
-                copies.spawn(async move {
-                    let copy = copy_shards(&client, &store, &incarnation, source, Some(epoch));
-                    (source, copy.await)
-                });
-            }
-            while let Some(done) = copies.join_next().await {
-                if let Ok((source, Copied::All(totals))) = done {
+                if let Copied::All(totals) = copy.await {
                     copied.push(source);
                     moved = moved.max(totals.keys);
                 }
-            }
-            if self.topology.epoch() != epoch {
-                return None;
+                if self.topology.epoch() != epoch {
+                    return None;
+                }
             }
             let missing = sources.len() - copied.len();
             if missing <= may_miss {
