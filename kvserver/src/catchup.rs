@@ -137,12 +137,12 @@ impl CatchUp {
 const LANES: u32 = 8;
 
 /// Shards copied at once for a membership change, which runs while the node serves clients.
-const MOVING_LANES: u32 = 1;
+const MOVING_LANES: u32 = 2;
 
 /// For a membership change, each lane rests this many times as long as its last page took
 /// after each page, so copies leave most of the machine to clients (see
 /// `docs/membership.md` for what that costs and buys).
-const MOVING_REST: u32 = 4;
+const MOVING_REST: u32 = 2;
 
 /// Pages smaller than this are not rested after.
 const REST_AFTER_BYTES: u64 = 64 << 10;

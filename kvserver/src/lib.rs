@@ -22,6 +22,7 @@
 //! - [`config`]: [`Config`], the one configuration type (command line, [`LocalCluster`], tests).
 //! - [`error`]: [`Error`] and the one mapping of error codes to HTTP statuses.
 //! - [`metrics`]: request counters.
+//! - [`membership`]: the cluster's record of its membership and the changes made to it.
 //! - [`topology`]: the current cluster map and a key's [`Placement`](topology::Placement).
 //! - [`lifecycle`]: every task a node runs, tracked and stopped together.
 //! - [`incarnations`], [`readiness`]: fencing of restarted peers, and catch-up progress.
@@ -34,6 +35,8 @@
 //!   one-round writes for the replicas they did not wait for.
 //! - [`coordinator`]: runs an operation here or forwards it to a replica.
 //! - [`service`]: answers peers' messages.
+//! - [`rebalance`]: a node's part in a membership change (writing the record, copying the keys
+//!   it gains, finishing it, dropping the keys that moved away). See `docs/membership.md`.
 //! - [`catchup`], [`seed`], [`anti_entropy`]: background work; [`drift`] tells anti-entropy
 //!   when a pass is worth running.
 //! - [`node`]: the [`Node`] façade that builds and starts the parts.

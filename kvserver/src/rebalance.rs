@@ -22,7 +22,7 @@ use crate::membership::{Membership, Step};
 use crate::metrics::Metrics;
 use crate::peers::{new_request_id, PeerClient};
 use crate::readiness::Readiness;
-use crate::topology::{replicas_into, Topology, MAP_KEY};
+use crate::topology::{forget_foreign, replicas_into, Topology, MAP_KEY};
 
 /// Reads the record from the map register, linearizably, with the register's version.
 pub async fn read_record(coordinator: &Coordinator) -> Result<(Membership, Version), Error> {
@@ -107,16 +107,6 @@ fn adopt(topology: &Topology, record: Membership) {
     }
 }
 
-/// Drops every key this node holds but does not replicate under `map` (with `r` copies per
-/// key); returns how many. Bounded pages at a time, so other work on the store goes on.
-pub fn forget_foreign(store: &Store, map: &ClusterMap, r: usize, me: NodeId) -> u64 {
-    let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
-    forget_where(store, |key| {
-        replicas_into(map, key, r, &mut replicas, &mut previous);
-        !replicas.contains(&me)
-    })
-}
-
 /// How far the running change has come, as this node sees it.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -146,41 +136,6 @@ pub fn count_moving(store: &Store, map: &ClusterMap, r: usize, copying: &[NodeId
         }
     }
     count
-}
-
-/// Drops every key this node holds that it does not own under `map` (with `r` copies per
-/// key), or while `map` runs a change, under the change's previous member set; returns how
-/// many. What a node does before it installs a new map (see [`Topology::adopt`]).
-pub fn forget_unowned(store: &Store, map: &ClusterMap, r: usize, me: NodeId) -> u64 {
-    let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
-    let changing = map.is_changing();
-    forget_where(store, |key| {
-        let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
-        let base = if changing {
-            &previous[..]
-        } else {
-            &replicas[..owners]
-        };
-        !base.contains(&me)
-    })
-}
-
-fn forget_where(store: &Store, mut drop: impl FnMut(&str) -> bool) -> u64 {
-    let mut forgotten = 0;
-    for shard in 0..Store::SHARDS {
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.ballots_page(shard, after.as_deref(), 1 << 20, &mut drop);
-            for (key, _) in &page.items {
-                forgotten += u64::from(store.forget(key));
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-    }
-    forgotten
 }
 
 /// How often the keys a running change has yet to move are counted (a scan of the store, so

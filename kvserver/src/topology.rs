@@ -113,7 +113,7 @@ impl Topology {
         let known_clean = !old.is_changing() && self.clean.load(Ordering::Acquire) == old.epoch();
         if let Some(store) = self.store.get() {
             if map.is_changing() && !known_clean {
-                crate::rebalance::forget_unowned(store, &map, record.replicas, self.me);
+                forget_unowned(store, &map, record.replicas, self.me);
             }
         }
         let epoch = map.epoch();
@@ -231,6 +231,51 @@ pub fn replicas_into(
         }
     }
     owners
+}
+
+/// Drops every key this node holds but does not replicate under `map` (with `r` copies per
+/// key); returns how many. Bounded pages at a time, so other work on the store goes on.
+pub fn forget_foreign(store: &Store, map: &ClusterMap, r: usize, me: NodeId) -> u64 {
+    let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
+    forget_where(store, |key| {
+        replicas_into(map, key, r, &mut replicas, &mut previous);
+        !replicas.contains(&me)
+    })
+}
+
+/// Drops every key this node holds that it does not own under `map` (with `r` copies per
+/// key), or while `map` runs a change, under the change's previous member set; returns how
+/// many. What a node does before it installs a new map (see [`Topology::adopt`]).
+pub fn forget_unowned(store: &Store, map: &ClusterMap, r: usize, me: NodeId) -> u64 {
+    let (mut replicas, mut previous) = (Vec::with_capacity(r), Vec::new());
+    let changing = map.is_changing();
+    forget_where(store, |key| {
+        let owners = replicas_into(map, key, r, &mut replicas, &mut previous);
+        let base = if changing {
+            &previous[..]
+        } else {
+            &replicas[..owners]
+        };
+        !base.contains(&me)
+    })
+}
+
+fn forget_where(store: &Store, mut drop: impl FnMut(&str) -> bool) -> u64 {
+    let mut forgotten = 0;
+    for shard in 0..Store::SHARDS {
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.ballots_page(shard, after.as_deref(), 1 << 20, &mut drop);
+            for (key, _) in &page.items {
+                forgotten += u64::from(store.forget(key));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    forgotten
 }
 
 /// A key's replicas, primary first, under the map they were computed from.
