@@ -103,37 +103,10 @@ async fn main() {
         .expect("cluster starts");
     let value: Arc<str> = "v".repeat(args.value_size).into();
     let loading = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for w in 0..args.concurrency {
-        let node = cluster.node(w % 3).clone();
-        let (next, value, keys) = (next.clone(), value.clone(), args.keys);
-        writers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= keys {
-                    break;
-                }
-                node.set(
-                    &format!("key:{i:08}"),
-                    Value::string(&*value),
-                    Precondition::None,
-                )
-                .await
-                .expect("write succeeds")
-                .expect("unconditional");
-            }
-        }));
-    }
-    for w in writers {
-        w.await.expect("writer finished");
-    }
+    examples::load_keys(&cluster, args.keys, &value, args.concurrency).await;
     let load_time = loading.elapsed();
-    let copies = |c: &LocalCluster| (0..3).map(|n| c.node(n).store().len()).sum::<usize>();
-    let mut every = tokio::time::interval(Duration::from_millis(10));
-    while copies(&cluster) < 3 * args.keys + 3 {
-        every.tick().await;
-    }
+    // Three copies of every key, and each node's copy of the cluster's own map.
+    examples::wait_for_copies(&cluster, 3 * args.keys + 3).await;
     println!(
         "loaded {} keys ({} B values) in {:.1?}: 3 nodes, R = 3, HTTP between nodes",
         args.keys, args.value_size, load_time
@@ -177,6 +150,7 @@ async fn main() {
     // The old owners drop the keys that moved away in the background.
     let held = |c: &LocalCluster| (0..4).map(|n| c.node(n).store().len()).collect::<Vec<_>>();
     let cleaning = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(10));
     while held(&cluster).iter().sum::<usize>() > 3 * args.keys + 4
         && cleaning.elapsed() < Duration::from_secs(600)
     {

@@ -50,39 +50,10 @@ async fn main() {
         .expect("cluster starts");
     let value = "v".repeat(args.value_size);
     let loading = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for w in 0..args.concurrency {
-        let node = cluster.node(w % 4).clone();
-        let (next, value, keys) = (next.clone(), value.clone(), args.keys);
-        writers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= keys {
-                    break;
-                }
-                node.set(
-                    &format!("key:{i:08}"),
-                    Value::string(value.as_str()),
-                    Precondition::None,
-                )
-                .await
-                .expect("write succeeds")
-                .expect("unconditional");
-            }
-        }));
-    }
-    for w in writers {
-        w.await.expect("writer finished");
-    }
+    examples::load_keys(&cluster, args.keys, &value, args.concurrency).await;
     let load_time = loading.elapsed();
-    // Wait for the last accepts to land everywhere, so every key has its three copies.
-    let copies = |c: &LocalCluster| (0..4).map(|n| c.node(n).store().len()).sum::<usize>();
-    let mut every = tokio::time::interval(Duration::from_millis(10));
     // Three copies of every key, and each node's copy of the cluster's own map.
-    while copies(&cluster) < 3 * args.keys + 4 {
-        every.tick().await;
-    }
+    examples::wait_for_copies(&cluster, 3 * args.keys + 4).await;
     let before = cluster.node(args.node).store().len();
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

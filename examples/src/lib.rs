@@ -1,4 +1,4 @@
-//! Runnable examples of the kv store; the library itself is empty.
+//! Runnable examples of the kv store, and what the measuring ones share.
 //!
 //! Each file in `examples/` is a small program, run in CI, that exits with status 0 when it
 //! behaves as it says:
@@ -9,3 +9,54 @@
 //! - `embed_kvcore`: uses [`kvcore`] alone as an embedded store: typed values, conditional
 //!   writes, the memory budget, and key placement with a cluster map.
 //!   `cargo run -p examples --example embed_kvcore`
+//!
+//! The measuring examples (`load`, `partition_report`, `recovery_time`, `rebalance`) run in
+//! release mode by hand; see the README's "Examples".
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvcore::{Precondition, Value};
+use kvserver::LocalCluster;
+
+/// Writes `key:00000000` .. `key:{keys - 1}`, each holding `value`, through the cluster's nodes in
+/// turn, `concurrency` writes at a time; panics if a write fails.
+pub async fn load_keys(cluster: &LocalCluster, keys: usize, value: &str, concurrency: usize) {
+    let value: Arc<str> = value.into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..concurrency {
+        let node = cluster.node(w % cluster.len()).clone();
+        let (next, value) = (next.clone(), value.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys {
+                    break;
+                }
+                node.set(
+                    &format!("key:{i:08}"),
+                    Value::string(&*value),
+                    Precondition::None,
+                )
+                .await
+                .expect("write succeeds")
+                .expect("unconditional");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer finished");
+    }
+}
+
+/// Waits until the nodes' stores hold `copies` records in all (the last accepts of a load land
+/// after its writes are acknowledged).
+pub async fn wait_for_copies(cluster: &LocalCluster, copies: usize) {
+    let held = |c: &LocalCluster| (0..c.len()).map(|n| c.node(n).store().len()).sum::<usize>();
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    while held(cluster) < copies {
+        every.tick().await;
+    }
+}

@@ -415,30 +415,28 @@ impl Node {
     }
 
     /// The cluster's record of its membership, read linearizably from the cluster's own
-    /// replicated register (and adopted by this node if it is later than its own).
-    pub async fn recorded_membership(&self) -> Result<Membership, Error> {
+    /// replicated register (and adopted by this node if it is later than its own); `None` until
+    /// a node has recorded it (each does once it has caught up).
+    pub async fn recorded_membership(&self) -> Result<Option<Membership>, Error> {
         let read = rebalance::read_record(&self.coordinator);
-        let (record, _) = self
+        let read = self
             .lifecycle
             .unless_stopped(read)
             .await
             .unwrap_or(Err(Error::ShuttingDown))?;
+        let Some((record, _)) = read else {
+            return Ok(None);
+        };
         if let Err(e) = self.topology.adopt(record.clone()) {
             tracing::error!(error = %e, "the recorded cluster map does not build a map");
         }
-        Ok(record)
+        Ok(Some(record))
     }
 
     /// The cluster map as recorded in the cluster's own replicated register, read linearizably;
-    /// `None` until a node has recorded it (each does once it has caught up).
+    /// `None` until a node has recorded it.
     pub async fn recorded_map(&self) -> Result<Option<MapSpec>, Error> {
-        match self.recorded_membership().await {
-            Ok(record) => Ok(Some(record.map)),
-            Err(Error::QuorumUnavailable { message }) if message.contains("not recorded") => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        Ok(self.recorded_membership().await?.map(|record| record.map))
     }
 
     /// Adds a node listening on `addr` to the cluster (it gets the next free id, or its id if

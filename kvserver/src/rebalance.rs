@@ -25,20 +25,30 @@ use crate::readiness::Readiness;
 use crate::topology::{forget_foreign, replicas_into, Topology, MAP_KEY};
 
 /// Reads the record from the map register, linearizably, with the register's version.
-pub async fn read_record(coordinator: &Coordinator) -> Result<(Membership, Version), Error> {
-    let entry = coordinator
-        .get(MAP_KEY, 0, new_request_id())
-        .await?
-        .ok_or_else(|| Error::QuorumUnavailable {
-            message: "the cluster map is not recorded yet".into(),
-        })?;
+/// `None` until a node has recorded it.
+pub async fn read_record(
+    coordinator: &Coordinator,
+) -> Result<Option<(Membership, Version)>, Error> {
+    let Some(entry) = coordinator.get(MAP_KEY, 0, new_request_id()).await? else {
+        return Ok(None);
+    };
     let record = serde_json::from_slice(entry.value.as_bytes()).map_err(|e| {
         Error::Remote(kvnet::RemoteError::new(
             kvcore::ErrorCode::Internal,
             format!("the recorded cluster map does not decode: {e}"),
         ))
     })?;
-    Ok((record, entry.version))
+    Ok(Some((record, entry.version)))
+}
+
+/// [`read_record`], once the record exists: a cluster whose map is not recorded yet is still
+/// starting, and changes nothing.
+async fn recorded(coordinator: &Coordinator) -> Result<(Membership, Version), Error> {
+    read_record(coordinator)
+        .await?
+        .ok_or_else(|| Error::QuorumUnavailable {
+            message: "the cluster map is not recorded yet: the cluster is still starting".into(),
+        })
 }
 
 /// Applies a change to the record: reads it, asks `change` what to write, and writes that if the
@@ -52,7 +62,7 @@ pub async fn change(
 ) -> Result<(Membership, bool), Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (record, version) = read_record(coordinator).await?;
+        let (record, version) = recorded(coordinator).await?;
         // Whatever the change decides, the record read is the cluster's: a change someone
         // started and did not see through goes on from here.
         adopt(topology, record.clone());
@@ -214,7 +224,7 @@ impl Rebalancer {
                 }
                 self.finish_if_copied(epoch).await;
             } else if !map.is_changing() && cleaned == epoch && self.readiness.is_ready() {
-                if let Ok((record, _)) = read_record(&self.coordinator).await {
+                if let Ok(Some((record, _))) = read_record(&self.coordinator).await {
                     adopt(&self.topology, record);
                 }
             } else if !map.is_changing() && cleaned != epoch && self.readiness.is_ready() {
@@ -250,7 +260,7 @@ impl Rebalancer {
 
     /// Finishes the change of `epoch` if the record says every member has copied.
     async fn finish_if_copied(&self, epoch: u64) {
-        let Ok((record, _)) = read_record(&self.coordinator).await else {
+        let Ok(Some((record, _))) = read_record(&self.coordinator).await else {
             return;
         };
         adopt(&self.topology, record.clone());

@@ -1,6 +1,6 @@
 //! The current cluster map, swapped whole, and where a key lives in it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use kvcore::{ClusterMap, NodeId, NodeInfo, Store};
@@ -29,12 +29,15 @@ pub struct Topology {
     /// The epoch of a stable map under which the store was found to hold only keys it owns
     /// (0: none yet), so adopting a change from that map needs no scan for stale copies.
     clean: AtomicU64,
+    /// The record's `replicas`, read on every request without the record's lock.
+    replicas: AtomicUsize,
 }
 
 impl Topology {
     /// The topology of node `me` under the recorded membership `record`.
     pub fn new(me: NodeId, record: Membership) -> Result<Self, kvcore::Error> {
         let map = ClusterMap::from_spec(&record.map)?;
+        let record_replicas = record.replicas;
         let (changed, _) = watch::channel(map.epoch());
         Ok(Topology {
             me,
@@ -44,6 +47,7 @@ impl Topology {
             adopting: Mutex::default(),
             store: OnceLock::new(),
             clean: AtomicU64::new(0),
+            replicas: AtomicUsize::new(record_replicas),
         })
     }
 
@@ -100,6 +104,7 @@ impl Topology {
             return Ok(false);
         }
         if record.map.epoch == current.map.epoch {
+            self.replicas.store(record.replicas, Ordering::Release);
             *self.record.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(record);
             return Ok(false);
         }
@@ -117,6 +122,7 @@ impl Topology {
             }
         }
         let epoch = map.epoch();
+        self.replicas.store(record.replicas, Ordering::Release);
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
         *self.record.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(record);
         self.changed.send_replace(epoch);
@@ -137,7 +143,7 @@ impl Topology {
 
     /// Copies asked for of each key (fewer while the cluster has fewer members).
     pub fn replicas(&self) -> usize {
-        self.record().replicas
+        self.replicas.load(Ordering::Acquire)
     }
 
     /// Copies kept of each key: the replicas asked for, at most one per member.

@@ -214,11 +214,7 @@ async fn run_seed_with(
         .configure(|c| {
             c.replicas = replicas;
             c.changing_from = changing_from;
-            c.forward_timeout_ms = 200;
-            c.op_timeout_ms = 1500;
-            c.heartbeat_ms = 40;
-            c.down_after_ms = 150;
-            c.anti_entropy_ms = 100;
+            quick_timeouts(c);
         })
         .start()
         .await
@@ -302,31 +298,15 @@ async fn run_seed_with(
         cluster.wait_ready(Duration::from_secs(20)).await,
         "seed {seed}: nodes did not recover"
     );
-    for key in REGISTERS.iter().chain(COUNTERS.iter()) {
-        for n in 0..NODES {
-            // The failure detectors may take a heartbeat to see every peer again.
-            let mut attempts = 0;
-            loop {
-                let t = history.start(100 + n, key, Op::Read);
-                match cluster.node(n).get(key).await {
-                    Ok(entry) => {
-                        let value = entry.map(|e| e.value.as_i64().unwrap());
-                        history.finish(t, Outcome::Ok(Observed::Read(value)));
-                        break;
-                    }
-                    Err(e) => {
-                        history.finish(t, Outcome::Fail);
-                        attempts += 1;
-                        assert!(
-                            attempts < 50,
-                            "seed {seed}: final read of {key} through {n}: {e}"
-                        );
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }
-        }
-    }
+    let keys = REGISTERS.iter().chain(COUNTERS.iter()).copied();
+    read_everything(
+        &cluster,
+        &history,
+        keys,
+        &(0..NODES).collect::<Vec<_>>(),
+        seed,
+    )
+    .await;
     cluster.shutdown().await;
     let events = history.events();
     let unknown = events
@@ -341,6 +321,51 @@ async fn run_seed_with(
     match check_all(&events, None) {
         Ok(keys) => (events.len(), keys),
         Err(violation) => panic!("seed {seed}: not linearizable:\n{violation}"),
+    }
+}
+
+/// Short timeouts, so a seed runs through many faults in a few seconds.
+fn quick_timeouts(c: &mut kvserver::Config) {
+    c.forward_timeout_ms = 200;
+    c.op_timeout_ms = 1500;
+    c.heartbeat_ms = 40;
+    c.down_after_ms = 150;
+    c.anti_entropy_ms = 100;
+}
+
+/// Once healed: every key read through each of `nodes`, after every acknowledged write, so an
+/// acknowledged write that was lost, or an increment applied twice, makes the history
+/// non-linearizable. A read that fails (the failure detectors may take a heartbeat to see every
+/// peer again) is tried again, every 20 ms, at most 50 times.
+async fn read_everything(
+    cluster: &LocalCluster,
+    history: &History,
+    keys: impl Iterator<Item = &'static str>,
+    nodes: &[usize],
+    seed: u64,
+) {
+    for key in keys {
+        for &n in nodes {
+            let mut every = tokio::time::interval(Duration::from_millis(20));
+            for attempt in 1.. {
+                every.tick().await;
+                let t = history.start(100 + n, key, Op::Read);
+                match cluster.node(n).get(key).await {
+                    Ok(entry) => {
+                        let value = entry.map(|e| e.value.as_i64().unwrap());
+                        history.finish(t, Outcome::Ok(Observed::Read(value)));
+                        break;
+                    }
+                    Err(e) => {
+                        history.finish(t, Outcome::Fail);
+                        assert!(
+                            attempt < 50,
+                            "seed {seed}: final read of {key} through {n}: {e}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -480,13 +505,14 @@ fn taking_part(cluster: &LocalCluster) -> Vec<usize> {
 /// a quorum of the map register: the faults are lifted until it is back, as an operator would
 /// retry.
 async fn restart(cluster: &mut LocalCluster, i: usize, faults: &Faults) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
     for attempt in 0.. {
+        every.tick().await;
         match cluster.restart_node(i).await {
             Ok(()) => return,
             Err(e) => {
                 assert!(attempt < 50, "node {i} did not restart: {e}");
                 faults.clear();
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -494,10 +520,6 @@ async fn restart(cluster: &mut LocalCluster, i: usize, faults: &Faults) {
 
 /// Runs one seed with membership changes; returns (operations recorded, changes made).
 async fn run_membership_seed(seed: u64) -> (usize, usize) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("KV_LOG").unwrap_or("off".into()))
-        .with_test_writer()
-        .try_init();
     const START: usize = 4;
     let faults = Faults::new(seed);
     let cluster = LocalCluster::builder()
@@ -506,11 +528,7 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
         .faults(faults.clone())
         .configure(|c| {
             c.replicas = 3;
-            c.forward_timeout_ms = 200;
-            c.op_timeout_ms = 1500;
-            c.heartbeat_ms = 40;
-            c.down_after_ms = 150;
-            c.anti_entropy_ms = 100;
+            quick_timeouts(c);
         })
         .start()
         .await
@@ -547,25 +565,7 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
                 let all_ready = taking_part(&c)
                     .iter()
                     .all(|&i| c.is_running(i) && c.node(i).is_ready());
-                if std::env::var("KV_CHAOS_TRACE").is_ok() {
-                    let epochs: Vec<(usize, u64, bool, bool)> = (0..c.len())
-                        .filter(|&i| c.is_running(i))
-                        .map(|i| {
-                            (
-                                i,
-                                c.node(i).map().epoch(),
-                                c.node(i).map().is_changing(),
-                                c.node(i).is_ready(),
-                            )
-                        })
-                        .collect();
-                    println!("nemesis: members {members:?} changing {changing} ready {all_ready} {epochs:?}");
-                }
-                let op = rng.below(10);
-                if std::env::var("KV_CHAOS_TRACE").is_ok() {
-                    println!("nemesis op {op}");
-                }
-                match op {
+                match rng.below(10) {
                     0 => faults.set_drop(0.05, 0.05),
                     1 => faults.set_delay(Some((Duration::ZERO, Duration::from_millis(15)))),
                     // Partitions while no change runs, and during one only now and then: a
@@ -674,36 +674,16 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
         );
     }
     let members = members(&cluster);
-    for key in MANY.registers.iter().chain(MANY.counters) {
-        for &n in &members {
-            let mut attempts = 0;
-            loop {
-                let t = history.start(100 + n, key, Op::Read);
-                match cluster.node(n).get(key).await {
-                    Ok(entry) => {
-                        let value = entry.map(|e| e.value.as_i64().unwrap());
-                        history.finish(t, Outcome::Ok(Observed::Read(value)));
-                        break;
-                    }
-                    Err(e) => {
-                        history.finish(t, Outcome::Fail);
-                        attempts += 1;
-                        assert!(
-                            attempts < 50,
-                            "seed {seed}: final read of {key} through {n}: {e}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }
-    }
+    let keys = MANY.registers.iter().chain(MANY.counters).copied();
+    read_everything(&cluster, &history, keys, &members, seed).await;
     // Every key's replicas hold the same state (reads repair the ones that lag), and no other
     // member holds any.
     for key in MANY.registers.iter().chain(MANY.counters) {
         let replicas = cluster.node(members[0]).owners(key);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut every = tokio::time::interval(Duration::from_millis(20));
         loop {
+            every.tick().await;
             let states: Vec<_> = replicas
                 .iter()
                 .map(|r| cluster.node(r.0 as usize).store().register(key))
@@ -723,7 +703,6 @@ async fn run_membership_seed(seed: u64) -> (usize, usize) {
                 "seed {seed}: {key}: replicas {replicas:?} hold {states:?}; also held by \
                  {elsewhere:?}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     cluster.shutdown().await;

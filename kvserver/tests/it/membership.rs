@@ -23,6 +23,8 @@ async fn writer(
     let http = Http::new();
     let (mut ok, mut failed) = (0, 0);
     let mut value = 0u64;
+    // A write every few milliseconds at most, so the writers leave the nodes room.
+    let mut pace = tokio::time::interval(Duration::from_millis(2));
     while !stop.load(Ordering::Relaxed) {
         value += 1;
         let key = format!("w{w}-{}", value as usize % keys);
@@ -32,26 +34,22 @@ async fn writer(
         };
         let body = format!(r#"{{"value": {value}, "encoding": "integer"}}"#);
         let answer = http.try_call(Method::PUT, &url, Some(&body), &[]).await;
-        {
-            let mut keys = acked.keys.lock().unwrap();
-            let entry = keys.entry(key).or_default();
-            match answer {
-                Ok((StatusCode::OK, _)) => {
-                    ok += 1;
-                    *entry = (Some(value), Vec::new());
-                }
-                // Refused before anything was applied: the key keeps what it had.
-                Ok((status, _)) if status == StatusCode::SERVICE_UNAVAILABLE => failed += 1,
-                Ok((status, body)) if status.is_client_error() => {
-                    panic!("PUT {url} refused: {status} {body}")
-                }
-                _ => {
-                    failed += 1;
-                    entry.1.push(value);
-                }
+        match answer {
+            Ok((StatusCode::OK, _)) => {
+                ok += 1;
+                acked.acknowledged(&key, value);
+            }
+            // Refused before anything was applied: the key keeps what it had.
+            Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => failed += 1,
+            Ok((status, body)) if status.is_client_error() => {
+                panic!("PUT {url} refused: {status} {body}")
+            }
+            _ => {
+                failed += 1;
+                acked.unknown(&key, value);
             }
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        pace.tick().await;
     }
     (ok, failed)
 }
@@ -70,7 +68,7 @@ async fn read_value(http: &Http, url: &str, key: &str) -> Result<Option<u64>, St
 /// Checks every written key through every url, and that each key is held by `r` stores.
 async fn check_everything(cluster: &LocalCluster, acked: &Acked, members: &[usize], r: usize) {
     let http = Http::new();
-    let keys: Vec<String> = acked.keys.lock().unwrap().keys().cloned().collect();
+    let keys = acked.written();
     for &i in members {
         let url = cluster.url(i);
         for key in &keys {
@@ -95,10 +93,6 @@ async fn cluster_json(url: &str) -> Json {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_leave_and_are_removed_dead_while_clients_write() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("kvserver=info")
-        .with_test_writer()
-        .try_init();
     let mut cluster = LocalCluster::builder()
         .nodes(3)
         .configure(|c| {
@@ -118,7 +112,7 @@ async fn nodes_join_leave_and_are_removed_dead_while_clients_write() {
     poll(
         "writes before the join",
         Duration::from_secs(10),
-        || async { (acked.keys.lock().unwrap().len() >= 150).then_some(()) },
+        || async { (acked.written().len() >= 150).then_some(()) },
     )
     .await;
 

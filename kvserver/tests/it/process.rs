@@ -128,6 +128,12 @@ fn spawn_node_with(i: usize, peers: &[String], options: &[&str]) -> Child {
     let all = peers.join(",");
     let mut args = vec!["node", "--id", &id, "--listen", &peers[i], "--peers", &all];
     args.extend_from_slice(options);
+    spawn_kvserver(&args)
+}
+
+/// Runs the `kvserver` binary with `args` and the cluster secret, its output discarded; it is
+/// killed when the handle is dropped.
+fn spawn_kvserver(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kvserver"))
         .args(args)
         .env("KV_CLUSTER_SECRET", SECRET)
@@ -271,14 +277,7 @@ fn spawn_joining(listen: &str, members: &[String], options: &[&str]) -> Child {
     let members = members.join(",");
     let mut args = vec!["node", "--listen", listen, "--join", &members];
     args.extend_from_slice(options);
-    Command::new(env!("CARGO_BIN_EXE_kvserver"))
-        .args(args)
-        .env("KV_CLUSTER_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    spawn_kvserver(&args)
 }
 
 /// Runs `kvserver admin` with the cluster secret; returns its exit code, stdout and stderr.
@@ -382,7 +381,9 @@ async fn node_processes_join_and_leave_while_acknowledged_writes_survive() {
         let (http, acked, count, targets) =
             (http.clone(), acked.clone(), count.clone(), targets.clone());
         tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(5));
             for value in 1u64.. {
+                pace.tick().await;
                 if *stop_rx.borrow() {
                     break;
                 }
@@ -410,7 +411,6 @@ async fn node_processes_join_and_leave_while_acknowledged_writes_survive() {
                     Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => {}
                     _ => acked.unknown(&key, value),
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
