@@ -7,7 +7,8 @@
 //! so one load's freed memory cannot hide the other's growth:
 //! - through the map API, `set`, as a program embedding kvcore does;
 //! - through the acceptor API, `prepare` then `accept` with a fresh ballot per key, as a
-//!   replicated write does.
+//!   replicated write does;
+//! - the same, each value with an expiry time (a TTL).
 //!
 //! For each it prints the growth of the process's resident set (`VmRSS` in `/proc/self/status`)
 //! per key, and [`Store::used_bytes`] per key (what the memory budget counts). Each load then
@@ -74,7 +75,9 @@ fn child(path: &str, keys: u64) {
                     .expect("no budget");
             }
         }
-        "acceptor" => {
+        "acceptor" | "acceptor-ttl" => {
+            // An hour from the start of 2026: a TTL as a replicated write carries it.
+            let expires = (path == "acceptor-ttl").then_some(1_767_229_200_000);
             for i in 0..keys {
                 let key = key(i);
                 // A fresh ballot per write, as a node's proposer draws them.
@@ -87,6 +90,7 @@ fn child(path: &str, keys: u64) {
                     ballot,
                     version: current.version.next(),
                     value: Some(Value::string(value(i))),
+                    expires,
                 };
                 store
                     .accept(&key, register)
@@ -122,6 +126,7 @@ fn child(path: &str, keys: u64) {
                     ballot,
                     version: current.version.next(),
                     value: None,
+                    expires: None,
                 };
                 store
                     .accept(&key, tombstone)
@@ -307,9 +312,11 @@ fn main() {
     );
     let set = measure("set", keys);
     let acceptor = measure("acceptor", keys);
+    let with_ttl = measure("acceptor-ttl", keys);
     for (name, g) in [
         ("kvcore, set", &set),
         ("kvcore, prepare + accept", &acceptor),
+        ("kvcore, prepare + accept, TTL", &with_ttl),
     ] {
         println!(
             "{name:<34} {:>18.1} {:>18.1}",

@@ -87,13 +87,7 @@ impl Map for Dash {
                 e.value = value;
             }
             None => {
-                self.insert(
-                    key.into(),
-                    Entry {
-                        value,
-                        version: Version(1),
-                    },
-                );
+                self.insert(key.into(), Entry::new(value, Version(1)));
             }
         }
     }

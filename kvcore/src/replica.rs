@@ -96,15 +96,28 @@ pub struct Register {
     pub version: Version,
     /// The value, `None` when the key does not exist.
     pub value: Option<Value>,
+    /// When the value expires, in milliseconds since 1970 by the clock of the node that wrote
+    /// it; `None` for a value that does not expire (and always for a tombstone). It travels
+    /// with the value, so every replica holds the same expiry time; replicas never act on it
+    /// themselves: a round that finds the time passed chooses the key's removal.
+    pub expires: Option<u64>,
 }
 
 impl Register {
-    /// The client-visible entry, if the key exists.
+    /// The client-visible entry, if the key exists. An expired value is still returned here:
+    /// whether it counts as gone is for a round to decide ([`Register::is_expired`]).
     pub fn entry(&self) -> Option<Entry> {
         self.value.clone().map(|value| Entry {
             value,
             version: self.version,
+            expires: self.expires,
         })
+    }
+
+    /// Whether the register holds a value whose expiry time is at or before `now_ms`
+    /// (milliseconds since 1970).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires.is_some_and(|at| at <= now_ms)
     }
 
     /// Encoded size of the value (0 for none).

@@ -152,13 +152,23 @@ pub struct Set {
     /// What the write requires of the current state.
     #[serde(with = "precondition")]
     pub precondition: Precondition,
+    /// Milliseconds the value lives for, counted from when the round applies it; `None`: no
+    /// time limit of its own (see `keep_ttl`).
+    pub ttl_ms: Option<u64>,
+    /// Without `ttl_ms`: keep the expiry time the key had (a write normally clears it).
+    pub keep_ttl: bool,
 }
 
 /// The answer to a [`Set`]: the new version, or what the key held when its precondition failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SetReply {
-    /// The write was applied.
-    Written(Version),
+    /// The write was applied: the new version and the value's expiry time, if it has one.
+    Written {
+        /// The new version.
+        version: Version,
+        /// When the value expires (milliseconds since 1970).
+        expires: Option<u64>,
+    },
     /// The precondition did not hold; nothing was written.
     Conflict(Option<Entry>),
 }
@@ -168,11 +178,14 @@ impl Rpc for Set {
     const KIND: Kind = Kind::Set;
 }
 
-/// Deletes a key; the reply is what it held.
+/// Deletes a key; the reply is what it held (`None`: nothing was deleted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delete {
     /// The key.
     pub key: String,
+    /// Delete only if the key is at exactly this version: how a node evicts or expires the
+    /// state it looked at and never a newer write.
+    pub if_version: Option<Version>,
 }
 
 impl Rpc for Delete {
@@ -508,13 +521,20 @@ mod tests {
             key: "k".into(),
             value: Value::binary(vec![0, 255, 7]),
             precondition: Precondition::IfVersion(Version(4)),
+            ttl_ms: None,
+            keep_ttl: false,
         });
         round_trip(Set {
             key: "k".into(),
             value: Value::json(&serde_json::json!({"a": [1, 2]})),
             precondition: Precondition::IfAbsent,
+            ttl_ms: None,
+            keep_ttl: false,
         });
-        round_trip(Delete { key: "k".into() });
+        round_trip(Delete {
+            key: "k".into(),
+            if_version: None,
+        });
         round_trip(Incr {
             key: "k".into(),
             by: -2,
@@ -530,6 +550,7 @@ mod tests {
                 ballot: Ballot::new(3, NodeId(1)),
                 version: Version(2),
                 value: Some(Value::integer(-3)),
+                expires: None,
             },
             promisers: vec![(NodeId(1), 5), (NodeId(2), 6)],
             promise_next: Some(Ballot::new(4, NodeId(1))),
@@ -570,6 +591,8 @@ mod tests {
                 key: "k".into(),
                 value: Value::binary(blob.clone()),
                 precondition: Precondition::None,
+                ttl_ms: None,
+                keep_ttl: false,
             },
         );
         // No base64: the frame is the value plus a few bytes of framing.
@@ -589,6 +612,8 @@ mod tests {
                 key: "k".into(),
                 value: Value::integer(1),
                 precondition: Precondition::None,
+                ttl_ms: None,
+                keep_ttl: false,
             },
         );
         let mut bytes = frame.bytes().to_vec();
@@ -611,6 +636,7 @@ mod tests {
                 Ok(Some(Entry {
                     value: Value::string(r.key),
                     version: Version(h.request_id),
+                    expires: None,
                 }))
             })
         }

@@ -26,10 +26,12 @@ use crate::error::RemoteError;
 use crate::rpc::{Kind, Rpc};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The oldest protocol version this build still accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still accepts. Version 2 added expiry times to
+/// replicated registers and entries, which every message carrying one changed shape for, so
+/// version 1 cannot be read.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// A request is forwarded between nodes at most this many times. Client-facing endpoints always
 /// start at 0, so a client cannot raise the budget; a peer refuses a frame that claims more.
@@ -264,7 +266,16 @@ mod tests {
             Incoming::parse(&future).unwrap_err().code(),
             ErrorCode::UnsupportedProtocol
         );
-        for garbage in [&b""[..], b"\x01", b"\x01\x00\xff\xff\xff"] {
+        // Version 1 registers had no expiry time: read as version 2 they would be misread.
+        let mut old = frame.bytes().to_vec();
+        old[..2].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(
+            Incoming::parse(&old).unwrap_err(),
+            FrameError::UnsupportedVersion { got: 1 }
+        );
+        let mut truncated = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        truncated.extend([0xff, 0xff, 0xff]);
+        for garbage in [&b""[..], b"\x02", &truncated] {
             assert!(matches!(
                 Incoming::parse(garbage),
                 Err(FrameError::Malformed { .. })

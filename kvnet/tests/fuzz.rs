@@ -171,15 +171,26 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
-    (value(), version()).prop_map(|(value, version)| Entry { value, version })
+    (value(), version(), prop::option::of(edge_u64())).prop_map(|(value, version, expires)| Entry {
+        value,
+        version,
+        expires,
+    })
 }
 
 fn register() -> impl Strategy<Value = Register> {
-    (ballot(), version(), prop::option::of(value())).prop_map(|(ballot, version, value)| Register {
-        ballot,
-        version,
-        value,
-    })
+    (
+        ballot(),
+        version(),
+        prop::option::of(value()),
+        prop::option::of(edge_u64()),
+    )
+        .prop_map(|(ballot, version, value, expires)| Register {
+            ballot,
+            version,
+            expires: value.as_ref().and(expires),
+            value,
+        })
 }
 
 fn precondition() -> impl Strategy<Value = Precondition> {
@@ -261,14 +272,24 @@ impl AnyRequest {
 fn request() -> impl Strategy<Value = AnyRequest> {
     prop_oneof![
         key().prop_map(|key| AnyRequest::Get(Get { key })),
-        (key(), value(), precondition()).prop_map(|(key, value, precondition)| {
-            AnyRequest::Set(Set {
-                key,
-                value,
-                precondition,
-            })
-        }),
-        key().prop_map(|key| AnyRequest::Delete(Delete { key })),
+        (
+            key(),
+            value(),
+            precondition(),
+            prop::option::of(edge_u64()),
+            any::<bool>()
+        )
+            .prop_map(|(key, value, precondition, ttl_ms, keep_ttl)| {
+                AnyRequest::Set(Set {
+                    key,
+                    value,
+                    precondition,
+                    ttl_ms,
+                    keep_ttl,
+                })
+            }),
+        (key(), prop::option::of(version()))
+            .prop_map(|(key, if_version)| { AnyRequest::Delete(Delete { key, if_version }) }),
         (
             key(),
             prop_oneof![Just(i64::MIN), Just(i64::MAX), any::<i64>()]
@@ -365,7 +386,8 @@ fn reply() -> impl Strategy<Value = AnyReply> {
     prop_oneof![
         answer(prop::option::of(entry())).prop_map(AnyReply::Get),
         answer(prop_oneof![
-            version().prop_map(SetReply::Written),
+            (version(), prop::option::of(edge_u64()))
+                .prop_map(|(version, expires)| SetReply::Written { version, expires }),
             prop::option::of(entry()).prop_map(SetReply::Conflict),
         ])
         .prop_map(AnyReply::Set),

@@ -16,7 +16,7 @@ use crate::detector::PeerState;
 use crate::error::Error;
 use crate::membership;
 use crate::metrics::bump;
-use crate::node::Node;
+use crate::node::{Node, WriteOptions};
 use crate::tls::PeerCertificate;
 
 /// Largest client request body for values of at most `max_value_bytes`: room for any value the
@@ -73,7 +73,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
                 let key = decode_key(raw)?;
                 let body: IncrBody = read_json(node, req).await?;
                 let entry = node.incr(&key, body.by).await?;
-                return Ok(json_response(StatusCode::OK, &entry_json(&key, &entry)));
+                return Ok(entry_response(node, &key, &entry));
             }
         }
         let key = decode_key(raw)?;
@@ -81,8 +81,9 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
             Method::GET => get(node, &key).await,
             Method::PUT => {
                 let body: PutBody = read_json(node, req).await?;
-                let precondition = precondition(body.if_version, body.if_absent)?;
-                set(node, key, body.value, body.encoding, precondition).await
+                let options =
+                    write_options(body.if_version, body.if_absent, body.ttl_ms, body.keep_ttl)?;
+                set(node, key, body.value, body.encoding, options).await
             }
             Method::DELETE => delete(node, &key).await,
             _ => Err(not_allowed("GET, PUT, DELETE")),
@@ -92,8 +93,9 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
         "/set" => match method {
             Method::POST | Method::PUT => {
                 let body: SetBody = read_json(node, req).await?;
-                let precondition = precondition(body.if_version, body.if_absent)?;
-                set(node, body.key, body.value, body.encoding, precondition).await
+                let options =
+                    write_options(body.if_version, body.if_absent, body.ttl_ms, body.keep_ttl)?;
+                set(node, body.key, body.value, body.encoding, options).await
             }
             _ => Err(not_allowed("POST, PUT")),
         },
@@ -162,7 +164,8 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
     }
 }
 
-/// Body of `POST /set`: the seed's `{"key", "value", "encoding"}`, plus optional preconditions.
+/// Body of `POST /set`: the seed's `{"key", "value", "encoding"}`, plus optional preconditions
+/// and TTL.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetBody {
@@ -174,6 +177,26 @@ struct SetBody {
     if_version: Option<u64>,
     #[serde(default)]
     if_absent: bool,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    keep_ttl: bool,
+}
+
+/// A write's precondition and time to live, from the fields every write body has.
+fn write_options(
+    if_version: Option<u64>,
+    if_absent: bool,
+    ttl_ms: Option<u64>,
+    keep_ttl: bool,
+) -> Result<WriteOptions, Error> {
+    let options = WriteOptions {
+        precondition: precondition(if_version, if_absent)?,
+        ttl_ms,
+        keep_ttl,
+    };
+    options.check()?;
+    Ok(options)
 }
 
 /// Body of `POST /cluster/join`.
@@ -236,6 +259,10 @@ struct PutBody {
     if_version: Option<u64>,
     #[serde(default)]
     if_absent: bool,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    keep_ttl: bool,
 }
 
 fn precondition(if_version: Option<u64>, if_absent: bool) -> Result<Precondition, Error> {
@@ -252,7 +279,7 @@ fn precondition(if_version: Option<u64>, if_absent: bool) -> Result<Precondition
 
 async fn get(node: &Node, key: &str) -> Result<HttpResponse, Error> {
     match node.get(key).await? {
-        Some(entry) => Ok(json_response(StatusCode::OK, &entry_json(key, &entry))),
+        Some(entry) => Ok(entry_response(node, key, &entry)),
         None => Err(Error::NotFound { key: key.into() }),
     }
 }
@@ -262,7 +289,7 @@ async fn set(
     key: String,
     value: Json,
     encoding: Option<String>,
-    precondition: Precondition,
+    options: WriteOptions,
 ) -> Result<HttpResponse, Error> {
     let encoding = match encoding {
         Some(name) => name.parse::<Encoding>()?,
@@ -270,13 +297,11 @@ async fn set(
     };
     kvcore::validate_key(&key)?;
     let value = Value::from_json(encoding, &value)?;
-    match node.set(&key, value.clone(), precondition).await? {
-        Ok(version) => {
-            let entry = Entry { value, version };
-            Ok(json_response(StatusCode::OK, &entry_json(&key, &entry)))
-        }
+    match node.set_with(&key, value, options).await? {
+        Ok(entry) => Ok(entry_response(node, &key, &entry)),
         Err(conflict) => {
-            let (code, message) = match precondition {
+            let now = node.clock().now_ms();
+            let (code, message) = match options.precondition {
                 Precondition::IfAbsent => {
                     (ErrorCode::KeyExists, format!("key {key:?} already exists"))
                 }
@@ -291,7 +316,7 @@ async fn set(
                     },
                 ),
             };
-            let current = conflict.current.as_ref().map(|e| entry_json(&key, e));
+            let current = conflict.current.as_ref().map(|e| entry_json(&key, e, now));
             let body = json!({
                 "error": {"code": code, "message": message},
                 "current": current,
@@ -480,22 +505,33 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
 }
 
 /// The JSON of an entry, serialized straight from the stored value. Fields in alphabetical
-/// order, as they have always been returned.
+/// order, as they have always been returned; `ttl_ms` only while the entry has an expiry time.
 #[derive(serde::Serialize)]
 struct EntryBody<'a> {
     encoding: Encoding,
     key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
     value: kvcore::JsonView<'a>,
     version: Version,
 }
 
-fn entry_json<'a>(key: &'a str, entry: &'a Entry) -> EntryBody<'a> {
+/// The entry's JSON at `now_ms`. An entry being returned is live, so its remaining TTL is
+/// shown as at least 1 ms, even if this node's clock, a little ahead of the one that decided,
+/// has passed it.
+fn entry_json<'a>(key: &'a str, entry: &'a Entry, now_ms: u64) -> EntryBody<'a> {
     EntryBody {
         encoding: entry.value.encoding(),
         key,
+        ttl_ms: entry.ttl_ms(now_ms).map(|ms| ms.max(1)),
         value: entry.value.as_json(),
         version: entry.version,
     }
+}
+
+fn entry_response(node: &Node, key: &str, entry: &Entry) -> HttpResponse {
+    let now = node.clock().now_ms();
+    json_response(StatusCode::OK, &entry_json(key, entry, now))
 }
 
 fn error_response(e: &Error) -> HttpResponse {

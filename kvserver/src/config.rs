@@ -64,6 +64,10 @@ pub struct Config {
     /// milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub anti_entropy_ms: u64,
+    /// How often each node looks at a few shards of its store for keys whose TTL ran out, in
+    /// milliseconds (the whole store is looked at every 64 such ticks).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub expiry_sweep_ms: u64,
     /// Do not write the seed keys `a` and `b` at start-up.
     #[arg(long = "no-seed", action = clap::ArgAction::SetFalse)]
     pub seed_keys: bool,
@@ -138,6 +142,7 @@ impl Default for Config {
             heartbeat_ms: 250,
             down_after_ms: 1000,
             anti_entropy_ms: 2000,
+            expiry_sweep_ms: 100,
             seed_keys: true,
             cached_promises: true,
             header_read_timeout_ms: 10_000,
@@ -212,6 +217,11 @@ impl Config {
     /// Anti-entropy period.
     pub fn anti_entropy_interval(&self) -> Duration {
         Duration::from_millis(self.anti_entropy_ms)
+    }
+
+    /// Period of the background sweep for expired keys.
+    pub fn expiry_sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.expiry_sweep_ms)
     }
 
     /// Time a client has to send request headers.
@@ -337,8 +347,8 @@ impl Config {
         if self.heartbeat_ms == 0 || self.down_after_ms <= self.heartbeat_ms {
             return fail("the failure detector needs down_after > heartbeat > 0".into());
         }
-        if self.anti_entropy_ms == 0 {
-            return fail("the anti-entropy interval must be positive".into());
+        if self.anti_entropy_ms == 0 || self.expiry_sweep_ms == 0 {
+            return fail("the anti-entropy and expiry sweep intervals must be positive".into());
         }
         if self.header_read_timeout_ms == 0
             || self.body_read_timeout_ms == 0

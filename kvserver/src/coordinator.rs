@@ -9,9 +9,10 @@
 use std::sync::Arc;
 
 use kvcore::{Entry, ErrorCode, NodeId};
-use kvnet::rpc::Get;
+use kvnet::rpc::{Delete, Get};
 use kvnet::{CallError, MAX_HOPS};
 
+use crate::clock::Clock;
 use crate::detector::FailureDetector;
 use crate::error::Error;
 use crate::metrics::{bump, Metrics};
@@ -28,6 +29,7 @@ pub struct Coordinator {
     client: Arc<PeerClient>,
     detector: Arc<FailureDetector>,
     metrics: Arc<Metrics>,
+    clock: Arc<Clock>,
 }
 
 impl Coordinator {
@@ -38,6 +40,7 @@ impl Coordinator {
         client: Arc<PeerClient>,
         detector: Arc<FailureDetector>,
         metrics: Arc<Metrics>,
+        clock: Arc<Clock>,
     ) -> Self {
         Coordinator {
             topology,
@@ -45,6 +48,7 @@ impl Coordinator {
             client,
             detector,
             metrics,
+            clock,
         }
     }
 
@@ -53,7 +57,35 @@ impl Coordinator {
     }
 
     /// Reads `key`, linearizably. `hops` is how often the request was already forwarded.
+    ///
+    /// A value that has expired by this node's clock is deleted (on the condition that it is
+    /// still the version read) before the key is reported missing, so no node, whatever its
+    /// clock, reads it afterwards. A value written again meanwhile is read again.
     pub async fn get(&self, key: &str, hops: u8, request_id: u64) -> Result<Option<Entry>, Error> {
+        for _ in 0..3 {
+            let entry = match self.get_anywhere(key, hops, request_id).await? {
+                Some(entry) if entry.expires.is_some_and(|at| at <= self.clock.now_ms()) => entry,
+                live => return Ok(live),
+            };
+            let delete = Delete {
+                key: key.into(),
+                if_version: Some(entry.version),
+            };
+            if self.write(delete, hops, request_id).await?.is_some() {
+                return Ok(None);
+            }
+        }
+        Err(Error::Overloaded {
+            message: format!("key {key:?} kept changing while its expired value was removed"),
+        })
+    }
+
+    async fn get_anywhere(
+        &self,
+        key: &str,
+        hops: u8,
+        request_id: u64,
+    ) -> Result<Option<Entry>, Error> {
         let mut placed = 0;
         loop {
             let placement = self.topology.placement(key);

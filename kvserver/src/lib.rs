@@ -20,6 +20,7 @@
 //! # Layout
 //! The node is a façade over parts with one job each; dependencies point down this list.
 //! - [`config`]: [`Config`], the one configuration type (command line, [`LocalCluster`], tests).
+//! - [`clock`]: the wall clock that TTLs are measured with.
 //! - [`error`]: [`Error`] and the one mapping of error codes to HTTP statuses.
 //! - [`metrics`]: request counters.
 //! - [`membership`]: the cluster's record of its membership and the changes made to it.
@@ -37,7 +38,7 @@
 //! - [`service`]: answers peers' messages.
 //! - [`rebalance`]: a node's part in a membership change (writing the record, copying the keys
 //!   it gains, finishing it, dropping the keys that moved away). See `docs/membership.md`.
-//! - [`catchup`], [`seed`], [`anti_entropy`]: background work; [`drift`] tells anti-entropy
+//! - [`catchup`], [`seed`], [`anti_entropy`], [`expiry`]: background work; [`drift`] tells anti-entropy
 //!   when a pass is worth running.
 //! - [`node`]: the [`Node`] façade that builds and starts the parts.
 //! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]) with its connection limits;
@@ -52,11 +53,13 @@ pub mod anti_entropy;
 pub mod api;
 pub mod backfill;
 pub mod catchup;
+pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod detector;
 pub mod drift;
 pub mod error;
+pub mod expiry;
 pub mod incarnations;
 pub mod lifecycle;
 pub mod local;
@@ -79,6 +82,6 @@ pub use config::{parse_size, Config, ConfigError};
 pub use detector::PeerState;
 pub use error::Error;
 pub use local::{LocalCluster, LocalClusterBuilder, Transport};
-pub use node::{Node, WriteOutcome};
+pub use node::{Node, WriteOptions, WriteOutcome};
 pub use seed::SEED_KEYS;
 pub use server::{run, shutdown_signal};

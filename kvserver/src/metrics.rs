@@ -57,6 +57,8 @@ counters! {
     moved_in,
     /// Keys dropped here after a membership change moved them to other nodes.
     moved_out,
+    /// Expired keys this node's background sweep removed.
+    expired,
     /// Requests answered with a 4xx status.
     client_errors,
     /// Requests answered with a 5xx status.

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kvcore::{
-    partition, validate_key, ClusterMap, Conflict, Entry, Limits, MapSpec, NodeId, NodeInfo,
-    Precondition, Store, StoreConfig, Value, Version,
+    partition, validate_key, ClusterMap, Conflict, Entry, ErrorCode, Limits, MapSpec, NodeId,
+    NodeInfo, Precondition, Store, StoreConfig, Value, Version,
 };
 use kvnet::rpc::{Delete, Incr, Seed, Set, SetReply};
 use kvnet::{FrameHandler, Transport};
@@ -23,11 +23,13 @@ use crate::acceptor::{Acceptor, BallotClock};
 use crate::anti_entropy::AntiEntropy;
 use crate::backfill::{self, Backfiller, Queue};
 use crate::catchup::CatchUp;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::detector::{FailureDetector, PeerState};
 use crate::drift::Drift;
 use crate::error::Error;
+use crate::expiry::Expirer;
 use crate::incarnations::{clock_micros, Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::membership::Membership;
@@ -52,6 +54,37 @@ pub struct RebalanceProgress {
 /// The outcome of a conditional write: the new version, or the [`Conflict`] that refused it.
 pub type WriteOutcome = Result<Version, Conflict>;
 
+/// How a value is written: the condition it needs and how long it lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// What the key's current state must be for the write to apply.
+    pub precondition: Precondition,
+    /// Milliseconds the value lives for (at least 1); `None`: it does not expire, unless
+    /// `keep_ttl` keeps the key's expiry time.
+    pub ttl_ms: Option<u64>,
+    /// Without `ttl_ms`, keep the expiry time the key has (a write clears it otherwise).
+    pub keep_ttl: bool,
+}
+
+impl WriteOptions {
+    /// Refuses options that contradict each other or a TTL of 0.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.ttl_ms == Some(0) {
+            return Err(Error::bad_request(
+                ErrorCode::InvalidRequest,
+                "ttl_ms must be at least 1 (delete the key to remove it now)",
+            ));
+        }
+        if self.ttl_ms.is_some() && self.keep_ttl {
+            return Err(Error::bad_request(
+                ErrorCode::InvalidRequest,
+                "ttl_ms and keep_ttl cannot be combined",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A cluster node. Shared behind an `Arc`; every method takes `&self`.
 pub struct Node {
     config: Config,
@@ -70,6 +103,7 @@ pub struct Node {
     coordinator: Arc<Coordinator>,
     handler: Arc<PeerHandler>,
     lifecycle: Arc<Lifecycle>,
+    clock: Arc<Clock>,
 }
 
 impl fmt::Debug for Node {
@@ -155,6 +189,7 @@ impl Node {
         let incarnations = Arc::new(Incarnations::default());
         let ballots = Arc::new(BallotClock::new(me, store.clone()));
         let drift = Arc::new(Drift::default());
+        let clock = Arc::new(Clock::default());
         let (backfiller, backfill_queue) = Backfiller::new(drift.clone());
         let client = Arc::new(PeerClient::new(
             transport,
@@ -192,6 +227,7 @@ impl Node {
             config.op_timeout(),
             config.cached_promises,
             backfiller,
+            clock.clone(),
         ));
         let coordinator = Arc::new(Coordinator::new(
             topology.clone(),
@@ -199,6 +235,7 @@ impl Node {
             client.clone(),
             detector.clone(),
             metrics.clone(),
+            clock.clone(),
         ));
         let handler = Arc::new(PeerHandler::new(
             incarnation.clone(),
@@ -230,6 +267,7 @@ impl Node {
             coordinator,
             handler,
             lifecycle,
+            clock,
         })
     }
 
@@ -298,6 +336,17 @@ impl Node {
             progress: self.progress.clone(),
         };
         self.lifecycle.spawn(rebalancer.run(retry));
+        let expirer = Expirer {
+            store: self.store.clone(),
+            topology: self.topology.clone(),
+            coordinator: self.coordinator.clone(),
+            detector: self.detector.clone(),
+            readiness: self.readiness.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.lifecycle
+            .spawn(expirer.run(self.config.expiry_sweep_interval()));
     }
 
     /// Stops every task of the node at once, as a crash would: nothing finishes gracefully.
@@ -534,16 +583,41 @@ impl Node {
         value: Value,
         precondition: Precondition,
     ) -> Result<WriteOutcome, Error> {
+        let options = WriteOptions {
+            precondition,
+            ..WriteOptions::default()
+        };
+        Ok(self
+            .set_with(key, value, options)
+            .await?
+            .map(|entry| entry.version))
+    }
+
+    /// Writes `key` as `options` say, returning the entry written (with its expiry time) or the
+    /// [`Conflict`] that refused it.
+    pub async fn set_with(
+        &self,
+        key: &str,
+        value: Value,
+        options: WriteOptions,
+    ) -> Result<Result<Entry, Conflict>, Error> {
         bump(&self.metrics.writes);
         validate_client_key(key)?;
+        options.check()?;
         self.store.config().limits.check_value(&value)?;
         let set = Set {
             key: key.into(),
-            value,
-            precondition,
+            value: value.clone(),
+            precondition: options.precondition,
+            ttl_ms: options.ttl_ms,
+            keep_ttl: options.keep_ttl,
         };
         match self.write(set).await? {
-            SetReply::Written(version) => Ok(Ok(version)),
+            SetReply::Written { version, expires } => Ok(Ok(Entry {
+                value,
+                version,
+                expires,
+            })),
             SetReply::Conflict(current) => Ok(Err(Conflict { current })),
         }
     }
@@ -552,7 +626,16 @@ impl Node {
     pub async fn delete(&self, key: &str) -> Result<Option<Entry>, Error> {
         bump(&self.metrics.writes);
         validate_client_key(key)?;
-        self.write(Delete { key: key.into() }).await
+        let delete = Delete {
+            key: key.into(),
+            if_version: None,
+        };
+        self.write(delete).await
+    }
+
+    /// The clock this node reads expiry times against. Tests shift it to skew nodes' clocks.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Adds `by` to the integer under `key` (a missing key counts as 0), returning the new entry.

@@ -2,8 +2,13 @@
 //!
 //! Each operation is a peer message ([`Get`], [`Set`], [`Delete`], [`Incr`], [`Seed`]) so that a
 //! coordinator can forward it to a replica as it is, and its reply type is what the client gets.
-//! Running one is the same for all: find the current register, [`apply`](Operation::apply) the
-//! operation, accept the result.
+//! Running one is the same for all: find the current register, [`apply_at`] the operation,
+//! accept the result.
+//!
+//! Expiry is part of that step: a register whose expiry time has passed (by the clock of the
+//! node running the round) counts as deleted one version later, and the round chooses that
+//! deletion even when the operation itself changes nothing. So a key is removed only by a
+//! replicated round, and once one has removed it no node reads it again, whatever its clock.
 
 use kvcore::{Entry, ErrorCode, Limits, Precondition, Register, Value};
 use kvnet::rpc::{Delete, Get, Incr, Seed, Set, SetReply};
@@ -20,9 +25,14 @@ pub trait Operation: Rpc + Clone {
     fn key(&self) -> &str;
 
     /// The register after applying the operation to `current` (`None`: unchanged), and the
-    /// client's answer. An operation that does not apply (a failed condition, a non-integer to
-    /// increment) leaves the state as it is.
-    fn apply(&self, current: &Register) -> (Option<Register>, Result<Self::Reply, Error>);
+    /// client's answer, at `now_ms` (milliseconds since 1970, for expiry times). An operation
+    /// that does not apply (a failed condition, a non-integer to increment) leaves the state as
+    /// it is. `current` is never expired: [`apply_at`] removes an expired value first.
+    fn apply(
+        &self,
+        current: &Register,
+        now_ms: u64,
+    ) -> (Option<Register>, Result<Self::Reply, Error>);
 
     /// Value bytes the operation may add on a replica, checked against its budget in phase 1.
     fn grow(&self) -> u32 {
@@ -41,11 +51,28 @@ pub trait Operation: Rpc + Clone {
     }
 }
 
-/// The register after `current` with this value (or none), one version later.
-fn next(current: &Register, value: Option<Value>) -> Register {
+/// Applies `op` to the key's state `current` at `now_ms`. An expired value is deleted first (one
+/// version later), and that deletion is the new state even if `op` changes nothing, so the
+/// round that observes the expiry is the one that makes every replica agree on it.
+pub fn apply_at<O: Operation>(
+    op: &O,
+    current: &Register,
+    now_ms: u64,
+) -> (Option<Register>, Result<O::Reply, Error>) {
+    if !current.is_expired(now_ms) {
+        return op.apply(current, now_ms);
+    }
+    let expired = next(current, None, None);
+    let (changed, reply) = op.apply(&expired, now_ms);
+    (Some(changed.unwrap_or(expired)), reply)
+}
+
+/// The register after `current` with this value (or none) and expiry time, one version later.
+fn next(current: &Register, value: Option<Value>, expires: Option<u64>) -> Register {
     Register {
         ballot: current.ballot,
         version: current.version.next(),
+        expires: value.as_ref().and(expires),
         value,
     }
 }
@@ -57,7 +84,11 @@ impl Operation for Get {
         &self.key
     }
 
-    fn apply(&self, current: &Register) -> (Option<Register>, Result<Option<Entry>, Error>) {
+    fn apply(
+        &self,
+        current: &Register,
+        _: u64,
+    ) -> (Option<Register>, Result<Option<Entry>, Error>) {
         (None, Ok(current.entry()))
     }
 }
@@ -69,15 +100,26 @@ impl Operation for Set {
         &self.key
     }
 
-    fn apply(&self, current: &Register) -> (Option<Register>, Result<SetReply, Error>) {
+    fn apply(
+        &self,
+        current: &Register,
+        now_ms: u64,
+    ) -> (Option<Register>, Result<SetReply, Error>) {
         let entry = current.entry();
-        if self.precondition.holds(entry.as_ref()) {
-            let register = next(current, Some(self.value.clone()));
-            let version = register.version;
-            (Some(register), Ok(SetReply::Written(version)))
-        } else {
-            (None, Ok(SetReply::Conflict(entry)))
+        if !self.precondition.holds(entry.as_ref()) {
+            return (None, Ok(SetReply::Conflict(entry)));
         }
+        let expires = match self.ttl_ms {
+            Some(ttl) => Some(now_ms.saturating_add(ttl)),
+            None if self.keep_ttl => current.expires,
+            None => None,
+        };
+        let register = next(current, Some(self.value.clone()), expires);
+        let reply = SetReply::Written {
+            version: register.version,
+            expires: register.expires,
+        };
+        (Some(register), Ok(reply))
     }
 
     fn grow(&self) -> u32 {
@@ -104,10 +146,16 @@ impl Operation for Delete {
         true
     }
 
-    fn apply(&self, current: &Register) -> (Option<Register>, Result<Option<Entry>, Error>) {
+    fn apply(
+        &self,
+        current: &Register,
+        _: u64,
+    ) -> (Option<Register>, Result<Option<Entry>, Error>) {
         match current.entry() {
-            Some(entry) => (Some(next(current, None)), Ok(Some(entry))),
-            None => (None, Ok(None)),
+            Some(entry) if self.if_version.is_none_or(|v| v == entry.version) => {
+                (Some(next(current, None, None)), Ok(Some(entry)))
+            }
+            _ => (None, Ok(None)),
         }
     }
 }
@@ -119,7 +167,8 @@ impl Operation for Incr {
         &self.key
     }
 
-    fn apply(&self, current: &Register) -> (Option<Register>, Result<Entry, Error>) {
+    /// The key keeps its expiry time: a counter with a TTL counts within its window.
+    fn apply(&self, current: &Register, _: u64) -> (Option<Register>, Result<Entry, Error>) {
         let base = match current.entry() {
             None => 0,
             Some(e) => match e.value.as_i64() {
@@ -140,7 +189,7 @@ impl Operation for Incr {
             let message = format!("{base} + {} overflows a signed 64-bit integer", self.by);
             return (None, Err(Error::bad_request(ErrorCode::Overflow, message)));
         };
-        let register = next(current, Some(Value::integer(sum)));
+        let register = next(current, Some(Value::integer(sum)), current.expires);
         let entry = register.entry().expect("just set");
         (Some(register), Ok(entry))
     }
@@ -171,11 +220,14 @@ impl Operation for Seed {
     /// tombstone (seed keys are never collected), so it stays deleted.
     ///
     /// [`Ballot::ZERO`]: kvcore::Ballot::ZERO
-    fn apply(&self, current: &Register) -> (Option<Register>, Result<SetReply, Error>) {
+    fn apply(&self, current: &Register, _: u64) -> (Option<Register>, Result<SetReply, Error>) {
         if current.ballot == kvcore::Ballot::ZERO {
-            let register = next(current, Some(self.value.clone()));
-            let version = register.version;
-            (Some(register), Ok(SetReply::Written(version)))
+            let register = next(current, Some(self.value.clone()), None);
+            let reply = SetReply::Written {
+                version: register.version,
+                expires: None,
+            };
+            (Some(register), Ok(reply))
         } else {
             (None, Ok(SetReply::Conflict(current.entry())))
         }
@@ -199,41 +251,145 @@ mod tests {
     use super::*;
     use kvcore::{Ballot, NodeId, Precondition, Version};
 
+    const NOW: u64 = 1_700_000_000_000;
+
     fn reg(version: u64, value: Option<Value>) -> Register {
         Register {
             ballot: Ballot::new(1, NodeId(0)),
             version: Version(version),
             value,
+            expires: None,
+        }
+    }
+
+    fn set(precondition: Precondition) -> Set {
+        Set {
+            key: "k".into(),
+            value: Value::integer(5),
+            precondition,
+            ttl_ms: None,
+            keep_ttl: false,
+        }
+    }
+
+    fn written(version: u64, expires: Option<u64>) -> SetReply {
+        SetReply::Written {
+            version: Version(version),
+            expires,
         }
     }
 
     #[test]
     fn writes_advance_the_version_and_failed_conditions_change_nothing() {
-        let set = |precondition| Set {
-            key: "k".into(),
-            value: Value::integer(5),
-            precondition,
-        };
-        let (next, reply) = set(Precondition::IfAbsent).apply(&reg(3, None));
+        let (next, reply) = set(Precondition::IfAbsent).apply(&reg(3, None), NOW);
         assert_eq!(next.unwrap().version, Version(4));
-        assert_eq!(reply.unwrap(), SetReply::Written(Version(4)));
+        assert_eq!(reply.unwrap(), written(4, None));
         let existing = reg(4, Some(Value::integer(1)));
-        let (next, reply) = set(Precondition::IfAbsent).apply(&existing);
+        let (next, reply) = set(Precondition::IfAbsent).apply(&existing, NOW);
         assert!(next.is_none());
         assert!(matches!(reply.unwrap(), SetReply::Conflict(Some(_))));
-        let (next, _) = set(Precondition::IfVersion(Version(4))).apply(&existing);
+        let (next, _) = set(Precondition::IfVersion(Version(4))).apply(&existing, NOW);
         assert_eq!(next.unwrap().value.unwrap().as_i64(), Some(5));
     }
 
     #[test]
     fn deletes_leave_a_tombstone_and_missing_keys_alone() {
-        let del = Delete { key: "k".into() };
-        let (next, old) = del.apply(&reg(2, Some(Value::integer(1))));
+        let del = Delete {
+            key: "k".into(),
+            if_version: None,
+        };
+        let (next, old) = del.apply(&reg(2, Some(Value::integer(1))), NOW);
         let next = next.unwrap();
         assert_eq!((next.version, next.value), (Version(3), None));
         assert_eq!(old.unwrap().unwrap().version, Version(2));
-        let (next, old) = del.apply(&reg(3, None));
+        let (next, old) = del.apply(&reg(3, None), NOW);
         assert!(next.is_none() && old.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_conditional_delete_removes_only_the_version_it_names() {
+        let del = |v| Delete {
+            key: "k".into(),
+            if_version: Some(Version(v)),
+        };
+        let current = reg(7, Some(Value::integer(1)));
+        let (next, old) = del(6).apply(&current, NOW);
+        assert!(next.is_none() && old.unwrap().is_none());
+        let (next, old) = del(7).apply(&current, NOW);
+        assert_eq!(next.unwrap().version, Version(8));
+        assert_eq!(old.unwrap().unwrap().version, Version(7));
+    }
+
+    #[test]
+    fn a_ttl_sets_the_expiry_and_a_plain_write_clears_it_unless_kept() {
+        let with_ttl = Set {
+            ttl_ms: Some(1_000),
+            ..set(Precondition::None)
+        };
+        let (next, reply) = with_ttl.apply(&reg(1, None), NOW);
+        let next = next.unwrap();
+        assert_eq!(next.expires, Some(NOW + 1_000));
+        assert_eq!(reply.unwrap(), written(2, Some(NOW + 1_000)));
+
+        let (cleared, _) = set(Precondition::None).apply(&next, NOW + 10);
+        assert_eq!(cleared.unwrap().expires, None);
+        let keep = Set {
+            keep_ttl: true,
+            ..set(Precondition::None)
+        };
+        let (kept, reply) = keep.apply(&next, NOW + 10);
+        assert_eq!(kept.unwrap().expires, Some(NOW + 1_000));
+        assert_eq!(reply.unwrap(), written(3, Some(NOW + 1_000)));
+        // Nothing to keep on a missing key.
+        let (fresh, _) = keep.apply(&reg(1, None), NOW);
+        assert_eq!(fresh.unwrap().expires, None);
+    }
+
+    #[test]
+    fn an_increment_keeps_the_expiry() {
+        let mut counter = reg(1, Some(Value::integer(1)));
+        counter.expires = Some(NOW + 500);
+        let incr = Incr {
+            key: "k".into(),
+            by: 2,
+        };
+        let (next, entry) = incr.apply(&counter, NOW);
+        assert_eq!(next.unwrap().expires, Some(NOW + 500));
+        assert_eq!(entry.unwrap().expires, Some(NOW + 500));
+    }
+
+    #[test]
+    fn an_expired_value_is_deleted_by_any_round_that_finds_it() {
+        let mut current = reg(4, Some(Value::integer(9)));
+        current.expires = Some(NOW);
+        let get = Get { key: "k".into() };
+        // Not yet: one millisecond before, the value is there and nothing changes.
+        let (next, entry) = apply_at(&get, &current, NOW - 1);
+        assert!(next.is_none());
+        assert_eq!(entry.unwrap().unwrap().version, Version(4));
+        // At its expiry time a read finds nothing and chooses the deletion.
+        let (next, entry) = apply_at(&get, &current, NOW);
+        assert_eq!(entry.unwrap(), None);
+        let next = next.unwrap();
+        assert_eq!(
+            (next.version, next.value, next.expires),
+            (Version(5), None, None)
+        );
+        // A write that needs the key absent now succeeds, after the deletion's version.
+        let (next, reply) = apply_at(&set(Precondition::IfAbsent), &current, NOW);
+        assert_eq!(next.unwrap().version, Version(6));
+        assert_eq!(reply.unwrap(), written(6, None));
+        // A condition on the expired version fails, and the deletion is still chosen.
+        let (next, reply) = apply_at(&set(Precondition::IfVersion(Version(4))), &current, NOW);
+        assert_eq!(next.unwrap().value, None);
+        assert_eq!(reply.unwrap(), SetReply::Conflict(None));
+        // An increment starts again from 0.
+        let incr = Incr {
+            key: "k".into(),
+            by: 1,
+        };
+        let (_, entry) = apply_at(&incr, &current, NOW + 1);
+        assert_eq!(entry.unwrap().value.as_i64(), Some(1));
     }
 
     #[test]
@@ -242,14 +398,14 @@ mod tests {
             key: "a".into(),
             value: Value::string("alpha"),
         };
-        let (next, reply) = seed.apply(&Register::default());
+        let (next, reply) = seed.apply(&Register::default(), NOW);
         assert_eq!(next.unwrap().version, Version(1));
-        assert_eq!(reply.unwrap(), SetReply::Written(Version(1)));
+        assert_eq!(reply.unwrap(), written(1, None));
         // A tombstone: the key was written and deleted.
-        let (next, reply) = seed.apply(&reg(2, None));
+        let (next, reply) = seed.apply(&reg(2, None), NOW);
         assert!(next.is_none());
         assert_eq!(reply.unwrap(), SetReply::Conflict(None));
-        let (next, _) = seed.apply(&reg(1, Some(Value::string("mine"))));
+        let (next, _) = seed.apply(&reg(1, Some(Value::string("mine"))), NOW);
         assert!(next.is_none());
     }
 
@@ -259,12 +415,12 @@ mod tests {
             key: "k".into(),
             by,
         };
-        let (_, e) = incr(2).apply(&reg(0, None));
+        let (_, e) = incr(2).apply(&reg(0, None), NOW);
         assert_eq!(e.unwrap().value.as_i64(), Some(2));
-        let (next, e) = incr(1).apply(&reg(1, Some(Value::string("x"))));
+        let (next, e) = incr(1).apply(&reg(1, Some(Value::string("x"))), NOW);
         assert!(next.is_none());
         assert_eq!(e.unwrap_err().code(), ErrorCode::NotAnInteger);
-        let (_, e) = incr(1).apply(&reg(1, Some(Value::integer(i64::MAX))));
+        let (_, e) = incr(1).apply(&reg(1, Some(Value::integer(i64::MAX))), NOW);
         assert_eq!(e.unwrap_err().code(), ErrorCode::Overflow);
     }
 }

@@ -28,11 +28,12 @@ use tokio::time::Instant;
 
 use crate::acceptor::BallotClock;
 use crate::backfill::Backfiller;
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::incarnations::{plausible, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
-use crate::operation::{is_seed_key, Operation};
+use crate::operation::{apply_at, is_seed_key, Operation};
 use crate::peers::PeerClient;
 use crate::quorum::{Answer, Gather, Quorum};
 use crate::topology::Placement;
@@ -55,6 +56,8 @@ pub struct Proposer {
     promises: Option<PromiseCache>,
     /// Copies for the replicas a one-round write did not wait for.
     backfill: Backfiller,
+    /// What expiry times are compared with.
+    clock: Arc<Clock>,
 }
 
 /// A majority's promise of this node's next ballot on a key, given with the accept of its last
@@ -277,6 +280,7 @@ impl Proposer {
         op_timeout: Duration,
         cached_promises: bool,
         backfill: Backfiller,
+        clock: Arc<Clock>,
     ) -> Self {
         Proposer {
             me,
@@ -291,6 +295,7 @@ impl Proposer {
             queues: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             promises: cached_promises.then(PromiseCache::default),
             backfill,
+            clock,
         }
     }
 
@@ -325,9 +330,13 @@ impl Proposer {
     /// and accept, straight on the local store, with no messages.
     fn apply_locally<O: Operation>(&self, op: &O) -> Result<O::Reply, Error> {
         let key = op.key();
+        let now = self.clock.now_ms();
         if !O::WRITES {
-            let (_, reply) = op.apply(&self.store.register(key));
-            return reply;
+            let current = self.store.register(key);
+            if !current.is_expired(now) {
+                return op.apply(&current, now).1;
+            }
+            // A read that finds the value expired removes it, as a round would.
         }
         if is_seed_key(key) {
             return self.apply_locally_keeping_tombstone(op);
@@ -339,7 +348,7 @@ impl Proposer {
             let ballot = self.ballots.above(highest);
             match self
                 .store
-                .propose_alone(key, ballot, |current| op.apply(current))?
+                .propose_alone(key, ballot, |current| apply_at(op, current, now))?
             {
                 Ok(reply) => return reply,
                 // Another local proposal got in between; take a higher ballot.
@@ -362,7 +371,7 @@ impl Proposer {
                     continue;
                 }
             };
-            let (next, reply) = op.apply(&current);
+            let (next, reply) = apply_at(op, &current, self.clock.now_ms());
             let Some(mut next) = next else {
                 return reply;
             };
@@ -385,7 +394,11 @@ impl Proposer {
         request_id: u64,
     ) -> Result<Option<Option<Entry>>, Error> {
         let chosen = self.chosen_register(placement, key, request_id).await?;
-        Ok(chosen.map(|register| register.entry()))
+        // An expired value is removed by a full round before anyone is told it is gone.
+        let now = self.clock.now_ms();
+        Ok(chosen
+            .filter(|register| !register.is_expired(now))
+            .map(|register| register.entry()))
     }
 
     /// The register a majority of the replicas agree on (the same ballot), asked without
@@ -540,7 +553,7 @@ impl Proposer {
             // prepare would leave a promise behind on every replica, even for a key that does
             // not exist).
             if let Ok(Some(current)) = self.chosen_register(placement, key, request_id).await {
-                if let (None, reply) = op.apply(&current) {
+                if let (None, reply) = apply_at(op, &current, self.clock.now_ms()) {
                     return reply;
                 }
             }
@@ -621,7 +634,7 @@ impl Proposer {
                 .max_by_key(|r| (r.ballot, r.version))
                 .cloned()
                 .expect("a quorum is never empty");
-            let (next, reply) = op.apply(&current);
+            let (next, reply) = apply_at(op, &current, self.clock.now_ms());
             if next.is_none() && current.ballot == Ballot::ZERO {
                 // Nothing was ever accepted on this majority, so nothing is chosen: the key has
                 // never been written (or was collected), and that is the current state. Nothing
@@ -686,7 +699,7 @@ impl Proposer {
             return Fast::NotApplied;
         }
         let quorum = placement.quorum();
-        let (next, reply) = op.apply(&current);
+        let (next, reply) = apply_at(op, &current, self.clock.now_ms());
         let mut register = next.unwrap_or(current);
         register.ballot = cached.next;
         let promise_next = self.ballots.above(cached.next);

@@ -75,9 +75,11 @@ pub async fn change(
             key: MAP_KEY.into(),
             value: Value::binary(json),
             precondition: Precondition::IfVersion(version),
+            ttl_ms: None,
+            keep_ttl: false,
         };
         match coordinator.write(set, 0, new_request_id()).await {
-            Ok(SetReply::Written(_)) => {
+            Ok(SetReply::Written { .. }) => {
                 adopt(topology, next.clone());
                 return Ok((next, true));
             }

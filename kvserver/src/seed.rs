@@ -30,7 +30,7 @@ pub async fn seed(coordinator: Arc<Coordinator>, retry: Duration) {
             key: key.into(),
             value: Value::string(value),
         };
-        if let SetReply::Written(version) = write_once(&coordinator, op, retry).await {
+        if let SetReply::Written { version, .. } = write_once(&coordinator, op, retry).await {
             tracing::info!(key, %version, "seed key written");
         }
     }

@@ -409,9 +409,15 @@ pub fn check_ballot(ballot: Ballot) -> Result<(), RemoteError> {
     Ok(())
 }
 
-/// Checks a register a peer sent: ballot and version in range.
+/// Checks a register a peer sent: ballot and version in range, an expiry time only with a
+/// value.
 pub fn check_register(register: &Register) -> Result<(), RemoteError> {
     check_ballot(register.ballot)?;
+    if register.value.is_none() && register.expires.is_some() {
+        return Err(invalid(
+            "a register without a value has no expiry time".into(),
+        ));
+    }
     if register.version.0 > MAX_PEER_VERSION {
         return Err(invalid(format!(
             "version {} is out of range (at most {MAX_PEER_VERSION})",

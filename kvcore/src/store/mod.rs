@@ -103,6 +103,25 @@ pub struct Entry {
     pub value: Value,
     /// Its version.
     pub version: Version,
+    /// When it expires, in milliseconds since 1970; `None` if it does not.
+    pub expires: Option<u64>,
+}
+
+impl Entry {
+    /// An entry that does not expire.
+    pub fn new(value: Value, version: Version) -> Entry {
+        Entry {
+            value,
+            version,
+            expires: None,
+        }
+    }
+
+    /// Milliseconds left before the entry expires at `now_ms` (0 once it has), or `None` if it
+    /// does not expire.
+    pub fn ttl_ms(&self, now_ms: u64) -> Option<u64> {
+        self.expires.map(|at| at.saturating_sub(now_ms))
+    }
 }
 
 /// What a write requires of the key's current state.
@@ -447,7 +466,7 @@ impl Store {
             version: register.version,
             ballot: register.ballot,
             promised: next.max(register.ballot),
-            expires: None,
+            expires: register.expires,
         };
         self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), true)?;
         Ok(Ok(()))
@@ -501,7 +520,7 @@ impl Store {
             version: next.version,
             ballot,
             promised: ballot,
-            expires: None,
+            expires: next.expires,
         };
         self.apply(&mut shard, h, key, at, &meta, next.value.as_ref(), true)?;
         Ok(Ok(answer))
@@ -522,7 +541,7 @@ impl Store {
             version: register.version,
             ballot: register.ballot,
             promised: meta.promised.max(register.ballot),
-            expires: None,
+            expires: register.expires,
         };
         self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), true)?;
         Ok(true)
@@ -547,7 +566,7 @@ impl Store {
                 version: state.register.version,
                 ballot: state.register.ballot,
                 promised: state.register.ballot,
-                expires: None,
+                expires: state.register.expires,
             };
             (next, state.register)
         } else if nothing_accepted(&state.register)
@@ -700,6 +719,23 @@ impl Store {
             |r| page_bytes(r.key().len(), 0),
             |r| (r.key_str().to_owned(), r.meta().ballot),
         )
+    }
+
+    /// Up to `max` keys of shard `shard` whose value expired at or before `now_ms`, with the
+    /// version that holds it: what a background sweep removes (through a replicated round; the
+    /// store never drops a value because of its expiry time). Reads the whole shard under its
+    /// read lock, so a sweep goes one shard at a time.
+    pub fn expired(&self, shard: usize, now_ms: u64, max: usize) -> Vec<(String, Version)> {
+        let Some(shard) = self.shards.get(shard) else {
+            return Vec::new();
+        };
+        let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+        shard
+            .records()
+            .filter(|r| r.has_value() && r.expires().is_some_and(|at| at <= now_ms))
+            .take(max)
+            .map(|r| (r.key_str().to_owned(), r.version()))
+            .collect()
     }
 
     /// Number of shards, for [`shard_of`](Store::shard_of), [`scan_page`](Store::scan_page) and

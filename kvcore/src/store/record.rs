@@ -16,8 +16,8 @@
 //! 1 + the [`Encoding`]'s index otherwise. The promised ballot is stored only when it differs
 //! from the accepted one: after an accept they are equal, so a key pays for a promise only while
 //! a proposal on it is in flight. The optional fields come after the value so that adding or
-//! dropping a promise leaves the key and value where they are. The expiry field is room for
-//! per-key TTLs; nothing sets it yet.
+//! dropping a promise leaves the key and value where they are. The expiry time is the
+//! replicated [`Register::expires`]: a key without a TTL does not pay for it.
 
 use super::read_buffer::copy_out;
 use crate::key::MAX_KEY_BYTES;
@@ -46,7 +46,7 @@ pub(super) struct Meta {
     /// Highest ballot promised. Stored only when it differs from `ballot`; reads as `ballot`
     /// otherwise.
     pub promised: Ballot,
-    /// When the key expires; reserved for TTLs.
+    /// When the value expires (milliseconds since 1970), if it does.
     pub expires: Option<u64>,
 }
 
@@ -205,6 +205,17 @@ impl<'a> Record<'a> {
             .map(|(encoding, bytes)| Value::from_stored(encoding, copy_out(bytes)))
     }
 
+    /// When the value expires, if it does.
+    #[inline]
+    pub fn expires(&self) -> Option<u64> {
+        let bits = self.bits();
+        if bits & EXPIRES == 0 {
+            return None;
+        }
+        let promised = 8 * usize::from(bits & PROMISED != 0);
+        Some(self.u64_at(HEADER + self.key_len() + self.value_len() + promised))
+    }
+
     /// Everything but the key and value.
     pub fn meta(&self) -> Meta {
         let bits = self.bits();
@@ -231,6 +242,7 @@ impl<'a> Record<'a> {
             ballot: Ballot::from_bits(self.u64_at(14)),
             version: self.version(),
             value: self.copied_value(),
+            expires: self.meta().expires,
         }
     }
 
@@ -240,6 +252,7 @@ impl<'a> Record<'a> {
         Some(Entry {
             value: self.copied_value()?,
             version: self.version(),
+            expires: self.expires(),
         })
     }
 }

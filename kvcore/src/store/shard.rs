@@ -142,6 +142,7 @@ impl Shard {
                 ballot: Ballot::ZERO,
                 version: self.floor.version,
                 value: None,
+                expires: None,
             },
         }
     }

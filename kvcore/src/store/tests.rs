@@ -21,6 +21,7 @@ fn reg(b: Ballot, version: u64, v: Option<i64>) -> Register {
         ballot: b,
         version: Version(version),
         value: v.map(Value::integer),
+        expires: None,
     }
 }
 
@@ -283,6 +284,7 @@ fn a_round_by_the_only_replica_takes_one_step() {
                 ballot: Ballot::ZERO,
                 version: current.version.next(),
                 value: Some(Value::integer(n)),
+                expires: None,
             };
             (Some(next), n)
         }
@@ -349,6 +351,7 @@ fn restore_is_never_refused_for_the_budget() {
         ballot: ballot(1, 1),
         version: Version(1),
         value: Some(Value::string("x".repeat(1000))),
+        expires: None,
     };
     assert!(s.restore(state("key", ballot(1, 1), big.clone())).unwrap());
     assert_eq!(s.register("key"), big);
@@ -390,6 +393,7 @@ fn the_longest_keys_and_largest_values_round_trip() {
         ballot: ballot(3, 4),
         version: Version(2),
         value: Some(value.clone()),
+        expires: Some(1_700_000_000_000),
     };
     s.accept(&key, r.clone()).unwrap().unwrap();
     assert_eq!(s.register(&key), r);
@@ -403,7 +407,8 @@ fn the_longest_keys_and_largest_values_round_trip() {
             key.clone(),
             Entry {
                 value,
-                version: Version(2)
+                version: Version(2),
+                expires: Some(1_700_000_000_000),
             }
         )]
     );
@@ -655,13 +660,18 @@ fn any_ballot() -> impl Strategy<Value = Ballot> {
 }
 
 fn any_register() -> impl Strategy<Value = Register> {
-    (any_ballot(), 0..20u64, proptest::option::of(any_value())).prop_map(|(ballot, v, value)| {
-        Register {
+    (
+        any_ballot(),
+        0..20u64,
+        proptest::option::of(any_value()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(ballot, v, value, expires)| Register {
             ballot,
             version: Version(v),
+            expires: value.as_ref().and(expires),
             value,
-        }
-    })
+        })
 }
 
 fn any_op() -> impl Strategy<Value = Op> {
@@ -713,6 +723,7 @@ proptest! {
                     } else {
                         r.version = r.version.next();
                         r.value = Some(value);
+                        r.expires = None;
                         prop_assert_eq!(got, Ok(Ok(r.version)));
                         m.keys.insert(key, (promised, r));
                     }
@@ -795,7 +806,7 @@ proptest! {
                 Op::ProposeAlone(k, b, value) => {
                     let key = key_name(k);
                     let (promised, current) = m.get(&key);
-                    let next = Register { ballot: Ballot::ZERO, version: current.version.next(), value };
+                    let next = Register { ballot: Ballot::ZERO, version: current.version.next(), value, expires: None };
                     let got = s.propose_alone(&key, b, |r| {
                         assert_eq!(r, &current);
                         (Some(next.clone()), r.version)

@@ -56,12 +56,14 @@ fn a_tombstone_keeps_the_ballot_and_travels_with_the_replica_state() {
         ballot: ballot(4, 2),
         version: Version(1),
         value: Some(Value::string("x")),
+        expires: None,
     };
     store.accept("gone", accepted).unwrap().unwrap();
     let tombstone = Register {
         ballot: ballot(5, 2),
         version: Version(2),
         value: None,
+        expires: None,
     };
     store.accept("gone", tombstone).unwrap().unwrap();
     let [state] = &states(&store)[..] else {
@@ -83,6 +85,7 @@ fn a_collected_key_travels_as_its_shards_floor() {
         ballot: ballot(5, 2),
         version: Version(4),
         value: None,
+        expires: None,
     };
     store.accept("gone", tombstone).unwrap().unwrap();
     assert!(store.collect("gone", ballot(5, 2)).unwrap());
@@ -128,6 +131,7 @@ fn the_acceptor_path_stores_what_a_replicated_write_accepts() {
         ballot: b1,
         version: Version(1),
         value: Some(Value::string("v".repeat(32))),
+        expires: None,
     };
     store.accept(key, first.clone()).unwrap().unwrap();
     assert_eq!(store.register(key), first);
@@ -158,6 +162,7 @@ fn a_whole_store_copies_into_an_empty_one_through_scan_and_restore() {
                     ballot: ballot(i, 3),
                     version: Version(i),
                     value: Some(Value::string("x".repeat(i as usize % 300))),
+                    expires: None,
                 };
                 source.accept(&key, register).unwrap().unwrap();
                 if i % 4 == 1 {
@@ -174,6 +179,7 @@ fn a_whole_store_copies_into_an_empty_one_through_scan_and_restore() {
                     ballot: b,
                     version: Version(1),
                     value: Some(Value::binary(i.to_le_bytes().to_vec())),
+                    expires: None,
                 };
                 source.accept(&key, register).unwrap().unwrap();
             }
@@ -277,7 +283,7 @@ proptest! {
         prop_assert_eq!(store.used_bytes(), footprint(&key, &value));
         let b = ballot(5, 1);
         store.prepare(&key, b, len).unwrap().unwrap();
-        let register = Register { ballot: b, version: Version(2), value: Some(value.clone()) };
+        let register = Register { ballot: b, version: Version(2), value: Some(value.clone()), expires: None, };
         store.accept(&key, register.clone()).unwrap().unwrap();
         prop_assert_eq!(store.register(&key), register);
         prop_assert_eq!(store.delete(&key).map(|e| e.value), Some(value));

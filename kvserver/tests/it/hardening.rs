@@ -407,6 +407,7 @@ async fn out_of_range_fields_of_peer_messages_are_refused_and_change_nothing() {
             ballot: own(7),
             version: Version(u64::MAX),
             value: Some(Value::integer(1)),
+            expires: None,
         },
         promisers: vec![(NodeId(1), peer.incarnation())],
         promise_next: None,

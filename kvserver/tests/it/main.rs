@@ -12,4 +12,5 @@ mod process;
 mod protocol;
 mod replication;
 mod security;
+mod ttl;
 mod util;

@@ -253,6 +253,7 @@ async fn a_promise_from_an_earlier_life_is_not_counted() {
             ballot: kvcore::Ballot::new(1_000, NodeId(replicas[0] as u32)),
             version: Version(1),
             value: Some(Value::integer(7)),
+            expires: None,
         },
         promisers: vec![(NodeId(a as u32), incarnation_of_a)],
         promise_next: None,

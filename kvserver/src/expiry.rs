@@ -1,0 +1,103 @@
+//! Active expiry: keys whose time ran out are removed in the background, not only when read.
+//!
+//! A node walks its store a few shards per tick, finds values whose expiry time passed by its
+//! clock, and for each key it sweeps runs a full round on it, which chooses the deletion (see
+//! [`apply_at`](crate::operation::apply_at)) unless a write replaced the value meanwhile. The
+//! tombstone is then collected like any other. A key is swept by its primary, or, while the
+//! primary is down, by the first of its replicas that is up, so one round removes it instead
+//! of one per replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvcore::Store;
+
+use crate::clock::Clock;
+use crate::coordinator::Coordinator;
+use crate::detector::FailureDetector;
+use crate::metrics::{bump, Metrics};
+use crate::peers::new_request_id;
+use crate::readiness::Readiness;
+use crate::topology::{is_reserved, Topology};
+
+/// Shards looked at per tick: with a tick every 100 ms, the whole store every 6.4 s.
+const SHARDS_PER_TICK: usize = 4;
+
+/// Keys removed per tick at most, so a mass expiry is spread out rather than run at once.
+const MAX_PER_TICK: usize = 256;
+
+/// The background sweep of expired keys.
+#[derive(Debug)]
+pub struct Expirer {
+    /// The node's store.
+    pub store: Arc<Store>,
+    /// Who replicates what.
+    pub topology: Arc<Topology>,
+    /// Runs the rounds that remove keys.
+    pub coordinator: Arc<Coordinator>,
+    /// Which replicas are up.
+    pub detector: Arc<FailureDetector>,
+    /// Whether this node has caught up.
+    pub readiness: Arc<Readiness>,
+    /// What expiry times are compared with.
+    pub clock: Arc<Clock>,
+    /// Counts removals.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Expirer {
+    /// Sweeps `SHARDS_PER_TICK` shards every `interval`, until the node stops.
+    pub async fn run(self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_shard = 0;
+        loop {
+            tick.tick().await;
+            if !self.readiness.is_ready() {
+                continue;
+            }
+            let mut budget = MAX_PER_TICK;
+            for _ in 0..SHARDS_PER_TICK {
+                budget -= self.sweep(next_shard, budget).await;
+                next_shard = (next_shard + 1) % Store::SHARDS;
+                if budget == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Removes up to `max` expired keys of `shard` that this node sweeps; returns how many it
+    /// tried.
+    async fn sweep(&self, shard: usize, max: usize) -> usize {
+        let now = self.clock.now_ms();
+        let expired = self.store.expired(shard, now, max);
+        let mut tried = 0;
+        for (key, _) in expired {
+            if is_reserved(&key) || !self.sweeps(&key) {
+                continue;
+            }
+            tried += 1;
+            // A read round removes the value if it is still the expired one; a failure leaves
+            // it for the next pass (or for the next read, which removes it the same way).
+            match self.coordinator.settle(&key, new_request_id()).await {
+                Ok(None) => bump(&self.metrics.expired),
+                Ok(Some(_)) => {} // written again meanwhile
+                Err(e) => tracing::debug!(key, error = %e, "expired key not removed yet"),
+            }
+        }
+        tried
+    }
+
+    /// Whether this node is the one to remove `key`: its primary, or, while the primary is
+    /// down, the first replica that is up.
+    fn sweeps(&self, key: &str) -> bool {
+        let placement = self.topology.placement(key);
+        let me = self.topology.me();
+        placement
+            .replicas
+            .iter()
+            .find(|&&r| r == me || !self.detector.is_down(r))
+            .is_some_and(|&r| r == me)
+    }
+}
