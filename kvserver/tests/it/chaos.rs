@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kvcore::{NodeId, Precondition, Value};
 use kvnet::Faults;
-use kvserver::{Error, LocalCluster, Node, Transport};
+use kvserver::{Error, LocalCluster, Node, Transport, WriteOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -116,11 +116,19 @@ async fn client(id: usize, seed: u64, ops: usize, keys: Keys, live: Live, histor
         match rng.below(10) {
             0..=3 => read(&history, id, &node, key, &mut last_read).await,
             4..=6 => {
+                // One write in three lives for a few milliseconds, so keys expire mid-history.
+                let ttl = rng
+                    .chance(0.33)
+                    .then(|| Duration::from_millis(5 + rng.below(100) as u64));
+                let options = WriteOptions {
+                    ttl_ms: ttl.map(|t| t.as_millis() as u64),
+                    ..WriteOptions::default()
+                };
                 let t = history.start(id, key, Op::Write(unique));
-                let outcome = match node
-                    .set(key, Value::integer(unique), Precondition::None)
-                    .await
-                {
+                if let Some(ttl) = ttl {
+                    history.expiry(&t, key, ttl);
+                }
+                let outcome = match node.set_with(key, Value::integer(unique), options).await {
                     Ok(Ok(_)) => Outcome::Ok(Observed::Done),
                     Ok(Err(_)) => unreachable!("unconditional"),
                     Err(e) => classify(&e),

@@ -232,6 +232,24 @@ impl History {
         }
     }
 
+    /// Records that the value `write` sets expires `ttl` after the write was invoked: the
+    /// store deletes it at some time after that (the first round to find it expired), or never
+    /// if it was replaced first. That is an [`Outcome::Unknown`] delete invoked then, by a
+    /// client of its own. It may thus be linearized after a later write too, which makes the
+    /// check lenient there; it still catches an expired value coming back.
+    pub fn expiry(&self, write: &Ticket, key: &str, ttl: std::time::Duration) {
+        let mut events = self.lock();
+        let invoke = events[write.index].invoke + ttl.as_nanos() as u64;
+        events.push(Event {
+            client: usize::MAX,
+            key: key.to_owned(),
+            op: Op::Delete,
+            invoke,
+            complete: u64::MAX,
+            outcome: Outcome::Unknown,
+        });
+    }
+
     /// Records how the operation ended; call it after the answer arrived.
     pub fn finish(&self, ticket: Ticket, outcome: Outcome) {
         let complete = self.now();
@@ -857,6 +875,24 @@ mod tests {
             read(2, Some(1), 40, 50),
         ];
         assert!(linearizable(&touching));
+    }
+
+    #[test]
+    fn a_value_may_expire_after_its_ttl_but_never_before_nor_come_back() {
+        // Written at 0..10 with a TTL of 100: an unknown delete invoked at 100, as
+        // `History::expiry` records it.
+        let expiry = unknown(usize::MAX, Op::Delete, 100);
+        let gone_after = [write(0, 1, 0, 10), expiry.clone(), read(1, None, 150, 160)];
+        assert!(linearizable(&gone_after));
+        let gone_before = [write(0, 1, 0, 10), expiry.clone(), read(1, None, 50, 60)];
+        assert!(!linearizable(&gone_before));
+        let back = [
+            write(0, 1, 0, 10),
+            expiry,
+            read(1, None, 150, 160),
+            read(2, Some(1), 170, 180),
+        ];
+        assert!(!linearizable(&back));
     }
 
     #[test]
