@@ -103,6 +103,15 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
             Method::GET => Ok(health(node)),
             _ => Err(not_allowed("GET")),
         },
+        "/livez" => match method {
+            // Alive: the node serves requests. Unlike /health it never waits for catch-up, so a
+            // liveness probe does not kill a node that is copying its keys.
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                &json!({"status": "alive", "node": node.id()}),
+            )),
+            _ => Err(not_allowed("GET")),
+        },
         "/cluster" => match method {
             Method::GET => Ok(cluster(node)),
             _ => Err(not_allowed("GET")),

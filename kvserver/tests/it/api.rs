@@ -503,3 +503,28 @@ async fn health_cluster_and_stats_describe_the_node() {
     assert_eq!(keys, 4);
     cluster.shutdown().await;
 }
+
+/// Liveness never waits for catch-up: a restarted node that cannot finish copying (a peer it
+/// shares keys with is down) is alive but not ready.
+#[tokio::test]
+async fn a_recovering_node_is_alive_but_not_ready() {
+    let mut cluster = LocalCluster::builder()
+        .nodes(3)
+        .configure(|c| c.replicas = 3)
+        .start()
+        .await
+        .unwrap();
+    let http = Http::new();
+    cluster.stop_node(2).await;
+    cluster.restart_node(1).await.unwrap();
+    let (status, health) = http.get(&format!("{}/health", cluster.url(1))).await;
+    assert_eq!(
+        (status, &health["status"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("recovering"))
+    );
+    let (status, live) = http.get(&format!("{}/livez", cluster.url(1))).await;
+    assert_eq!((status, &live["status"]), (StatusCode::OK, &json!("alive")));
+    let (status, _) = http.post(&format!("{}/livez", cluster.url(1)), "{}").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    cluster.shutdown().await;
+}
