@@ -7,8 +7,11 @@
 //!     --get-ratio 0.9 --keys 100000 --value-size 32 --zipf 0.99 --preload
 //! ```
 //!
-//! `--concurrency` workers each keep one HTTP/1.1 connection per target alive and send their
-//! requests to the targets in turn, as a client that knows every node would. Without `--rate`
+//! Requests go through `kvserver::Client`, one per worker and target (so each worker keeps one
+//! HTTP/1.1 connection per target alive; `--pooled` shares one client per target between the
+//! workers instead), without its retries: every request is counted once, against the target it
+//! was sent to. `--concurrency` workers send their requests to the targets in turn, as a client
+//! that knows every node would. Without `--rate`
 //! the load is closed-loop (a worker sends its next request when the last one is answered); with
 //! `--rate N` requests are scheduled at N per second overall and latency is measured from the
 //! scheduled time, so a server that falls behind is charged for the queue it causes.
@@ -27,20 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use kvcore::Value;
+use kvserver::{Client, ClientError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Generates load against kv nodes and reports throughput, latency and balance.
@@ -82,8 +78,8 @@ struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
-    /// Send through one hyper-util pooled client shared by all workers, instead of one
-    /// connection per worker and target.
+    /// Send through one client per target shared by all workers (one connection pool per
+    /// target), instead of a client per worker and target.
     #[arg(long)]
     pooled: bool,
     /// Threads of the load generator's runtime.
@@ -170,7 +166,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 struct Target {
     /// `host:port`.
     addr: String,
-    host: HeaderValue,
 }
 
 fn parse_target(url: &str) -> Result<Target, String> {
@@ -184,8 +179,7 @@ fn parse_target(url: &str) -> Result<Target, String> {
             "target {url:?} should look like http://127.0.0.1:5100"
         ));
     }
-    let host = HeaderValue::from_str(&addr).map_err(|e| format!("target {url:?}: {e}"))?;
-    Ok(Target { addr, host })
+    Ok(Target { addr })
 }
 
 fn key(i: u64) -> String {
@@ -195,14 +189,6 @@ fn key(i: u64) -> String {
 fn value(i: u64, size: usize) -> String {
     let digits = format!("{i:0>size$}");
     digits[digits.len() - size..].to_string()
-}
-
-fn set_body(i: u64, size: usize) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"key":"{}","value":"{}","encoding":"string"}}"#,
-        key(i),
-        value(i, size)
-    ))
 }
 
 /// Zipf-distributed ranks in `0..n` with exponent `theta` in (0, 1), in constant time per
@@ -261,46 +247,6 @@ impl Keys {
     }
 }
 
-/// How a worker reaches the targets.
-enum Transport {
-    /// One kept-alive connection per target, opened on first use and again after a failure.
-    Direct(Vec<Option<SendRequest<Full<Bytes>>>>),
-    /// A pooled client shared by all workers.
-    Pooled(Client<HttpConnector, Full<Bytes>>),
-}
-
-/// Why a request got no HTTP answer.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    Connect,
-    Io,
-    Timeout,
-}
-
-impl Failure {
-    fn as_str(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Io => "io",
-            Failure::Timeout => "timeout",
-        }
-    }
-}
-
-async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, Failure> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|_| Failure::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Failure::Connect)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 /// A request to send, built per operation.
 enum Op {
     Get(u64),
@@ -308,95 +254,62 @@ enum Op {
 }
 
 struct Worker {
-    targets: Arc<[Target]>,
-    transport: Transport,
+    /// A client of each target, by index, that sends each request once.
+    clients: Vec<Client>,
     value_size: usize,
     timeout: Duration,
 }
 
-impl Worker {
-    fn request(&self, target: &Target, op: &Op, absolute: bool) -> Request<Full<Bytes>> {
-        let (method, path, body) = match op {
-            Op::Get(i) => ("GET", format!("/get/{}", key(*i)), Bytes::new()),
-            Op::Set(i) => ("POST", "/set".to_string(), set_body(*i, self.value_size)),
-        };
-        let uri = if absolute {
-            format!("http://{}{path}", target.addr)
-        } else {
-            path
-        };
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(uri.parse::<Uri>().expect("keys are URI-safe"))
-            .header(HOST, target.host.clone());
-        if matches!(op, Op::Set(_)) {
-            builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        builder.body(Full::new(body)).expect("a valid request")
-    }
+/// A client of `target` that sends each request once (no retries, no failover), keeping up
+/// to `idle` connections open.
+fn client(target: &Target, timeout: Duration, idle: usize) -> Result<Client, String> {
+    Client::builder([target.addr.as_str()])
+        .max_attempts(1)
+        .timeout(timeout)
+        .max_idle_per_node(idle)
+        .build()
+        .map_err(|e| format!("target {}: {e}", target.addr))
+}
 
-    /// Sends `op` to target `t` and reads the whole answer.
-    async fn send(&mut self, t: usize, op: &Op) -> Result<StatusCode, Failure> {
-        let timeout = self.timeout;
-        let targets = self.targets.clone();
-        let target = &targets[t];
-        match &self.transport {
-            Transport::Pooled(client) => {
-                let request = self.request(target, op, true);
-                let exchange = async {
-                    let response = client.request(request).await.map_err(|e| {
-                        if e.is_connect() {
-                            Failure::Connect
-                        } else {
-                            Failure::Io
-                        }
-                    })?;
-                    let status = response.status();
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|_| Failure::Io)?;
-                    Ok(status)
-                };
-                tokio::time::timeout(timeout, exchange)
-                    .await
-                    .unwrap_or(Err(Failure::Timeout))
-            }
-            Transport::Direct(_) => {
-                let request = self.request(target, op, false);
-                let Transport::Direct(conns) = &mut self.transport else {
-                    unreachable!()
-                };
-                let slot = &mut conns[t];
-                let exchange = async {
-                    if !matches!(slot, Some(s) if !s.is_closed()) {
-                        *slot = Some(connect(&target.addr).await?);
-                    }
-                    let sender = slot.as_mut().expect("just connected");
-                    sender.ready().await.map_err(|_| Failure::Io)?;
-                    let response = sender
-                        .send_request(request)
-                        .await
-                        .map_err(|_| Failure::Io)?;
-                    let status = response.status();
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|_| Failure::Io)?;
-                    Ok(status)
-                };
-                let result = tokio::time::timeout(timeout, exchange)
-                    .await
-                    .unwrap_or(Err(Failure::Timeout));
-                if result.is_err() {
-                    // The connection may be mid-response: start afresh next time.
-                    *slot = None;
-                }
-                result
-            }
+/// How a failed request is counted: the status the node answered with, or what went wrong.
+fn failure(e: &ClientError) -> String {
+    match e {
+        ClientError::Api { status, .. } | ClientError::BadAnswer { status, .. } => {
+            status.to_string()
         }
+        ClientError::OutcomeUnknown { code: Some(_), .. } => "504".into(),
+        // A write sent without an answer.
+        ClientError::OutcomeUnknown { code: None, .. } => "io".into(),
+        // No connection, or a read without an answer.
+        ClientError::Unreachable { .. } => "unreachable".into(),
+        ClientError::Config { .. } => "config".into(),
+    }
+}
+
+impl Worker {
+    /// Sends `op` to target `t` and reads the whole answer; `Err` names the failure.
+    async fn send(&self, t: usize, op: &Op) -> Result<(), String> {
+        let client = &self.clients[t];
+        let exchange = async {
+            match op {
+                Op::Get(i) => match client.get(&key(*i)).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("404".to_owned()),
+                    Err(e) => Err(failure(&e)),
+                },
+                Op::Set(i) => {
+                    let value = Value::string(value(*i, self.value_size));
+                    client
+                        .set(&key(*i), value)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| failure(&e))
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err("timeout".to_owned()))
     }
 }
 
@@ -418,11 +331,10 @@ impl Tally {
         }
     }
 
-    fn count(&mut self, result: Result<StatusCode, Failure>) {
+    fn count(&mut self, result: Result<(), String>) {
         match result {
-            Ok(status) if status.is_success() => self.ok += 1,
-            Ok(status) => *self.errors.entry(status.as_u16().to_string()).or_default() += 1,
-            Err(f) => *self.errors.entry(f.as_str().to_string()).or_default() += 1,
+            Ok(()) => self.ok += 1,
+            Err(failure) => *self.errors.entry(failure).or_default() += 1,
         }
     }
 
@@ -455,8 +367,8 @@ struct Plan {
     slot: AtomicU64,
 }
 
-async fn run_worker(mut worker: Worker, plan: Arc<Plan>, w: usize, seed: u64) -> Tally {
-    let n = worker.targets.len();
+async fn run_worker(worker: Worker, plan: Arc<Plan>, w: usize, seed: u64) -> Tally {
+    let n = worker.clients.len();
     let mut tally = Tally::new(n);
     let mut rng = SmallRng::seed_from_u64(seed ^ (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut next_target = w % n;
@@ -500,8 +412,8 @@ async fn run_worker(mut worker: Worker, plan: Arc<Plan>, w: usize, seed: u64) ->
 }
 
 /// Writes keys `w`, `w + workers`, `w + 2 * workers`, ... through the targets in turn.
-async fn preload_worker(mut worker: Worker, keys: u64, w: usize, workers: usize) -> Tally {
-    let n = worker.targets.len();
+async fn preload_worker(worker: Worker, keys: u64, w: usize, workers: usize) -> Tally {
+    let n = worker.clients.len();
     let mut tally = Tally::new(n);
     let mut i = w as u64;
     let mut t = w % n;
@@ -514,24 +426,33 @@ async fn preload_worker(mut worker: Worker, keys: u64, w: usize, workers: usize)
     tally
 }
 
-fn workers(args: &Args, targets: &Arc<[Target]>) -> Vec<Worker> {
-    let pooled = args.pooled.then(|| {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(args.concurrency)
-            .build(connector)
-    });
+fn workers(args: &Args, targets: &[Target]) -> Result<Vec<Worker>, String> {
+    // The client's own deadline is the request's plus a margin, so that a slow request is
+    // counted as this generator's `timeout`.
+    let timeout = args.request_timeout + Duration::from_secs(1);
+    let shared = if args.pooled {
+        let clients = targets
+            .iter()
+            .map(|t| client(t, timeout, args.concurrency))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(clients)
+    } else {
+        None
+    };
     (0..args.concurrency)
-        .map(|_| Worker {
-            targets: targets.clone(),
-            transport: match &pooled {
-                Some(client) => Transport::Pooled(client.clone()),
-                None => Transport::Direct((0..targets.len()).map(|_| None).collect()),
-            },
-            value_size: args.value_size,
-            timeout: args.request_timeout,
+        .map(|_| {
+            let clients = match &shared {
+                Some(clients) => clients.clone(),
+                None => targets
+                    .iter()
+                    .map(|t| client(t, timeout, 1))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            Ok(Worker {
+                clients,
+                value_size: args.value_size,
+                timeout: args.request_timeout,
+            })
         })
         .collect()
 }
@@ -545,22 +466,11 @@ struct NodeStats {
 }
 
 async fn node_stats(target: &Target) -> Option<NodeStats> {
-    let mut sender = connect(&target.addr).await.ok()?;
-    let request = Request::get("/stats")
-        .header(HOST, target.host.clone())
-        .body(Full::new(Bytes::new()))
-        .ok()?;
-    let exchange = async {
-        let response = sender.send_request(request).await.ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        serde_json::from_slice::<Json>(&body).ok()
-    };
-    let stats = tokio::time::timeout(Duration::from_secs(30), exchange)
+    let stats = client(target, Duration::from_secs(30), 1)
+        .ok()?
+        .stats()
         .await
-        .ok()??;
+        .ok()?;
     let requests = stats.get("requests")?;
     let counter = |name: &str| requests.get(name).and_then(Json::as_u64).unwrap_or(0);
     Some(NodeStats {
@@ -605,7 +515,7 @@ async fn run(args: Args) -> Result<(), String> {
     let preload = if args.preload {
         let began = Instant::now();
         let n = args.concurrency;
-        let handles: Vec<_> = workers(&args, &targets)
+        let handles: Vec<_> = workers(&args, &targets)?
             .into_iter()
             .enumerate()
             .map(|(w, worker)| tokio::spawn(preload_worker(worker, args.keys, w, n)))
@@ -637,7 +547,7 @@ async fn run(args: Args) -> Result<(), String> {
         "value_size": args.value_size,
         "distribution": distribution,
         "rate": args.rate,
-        "client": if args.pooled { "pooled" } else { "connection per worker and target" },
+        "client": if args.pooled { "pooled" } else { "client per worker and target" },
         "threads": args.threads,
         "preload": preload,
     });
@@ -658,7 +568,7 @@ async fn run(args: Args) -> Result<(), String> {
             rate: args.rate,
             slot: AtomicU64::new(0),
         });
-        let handles: Vec<_> = workers(&args, &targets)
+        let handles: Vec<_> = workers(&args, &targets)?
             .into_iter()
             .enumerate()
             .map(|(w, worker)| tokio::spawn(run_worker(worker, plan.clone(), w, args.seed)))

@@ -3,7 +3,8 @@
 //! what clients see meanwhile.
 //!
 //! Starts a 3-node cluster (R = 3, HTTP between the nodes), writes `--keys` keys, runs
-//! `--traffic` clients (half reading, half writing existing keys through every node) for
+//! `--traffic` clients (`kvserver::Client`s over HTTP, half reading, half writing existing keys
+//! through every node) for
 //! `--idle-secs` to measure their latency at rest, then joins a fourth node while they go on
 //! and measures their latency again until the change has finished everywhere.
 //!
@@ -16,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kvcore::{Precondition, Value};
-use kvserver::{LocalCluster, Node};
+use kvcore::Value;
+use kvserver::{Client, LocalCluster};
 
 /// Time and cost of a join.
 #[derive(Parser, Debug)]
@@ -60,10 +61,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn client(
-    node: Arc<Node>,
+    client: Client,
     id: usize,
     keys: usize,
-    value: Arc<str>,
+    value: Value,
     stop: Arc<AtomicBool>,
     latencies: Arc<Latencies>,
     failures: Arc<std::sync::atomic::AtomicU64>,
@@ -74,12 +75,9 @@ async fn client(
         let key = format!("key:{i:08}");
         let started = Instant::now();
         let ok = if id.is_multiple_of(2) {
-            node.get(&key).await.map(|_| ())
+            client.get(&key).await.map(|_| ())
         } else {
-            let written = node
-                .set(&key, Value::string(&*value), Precondition::None)
-                .await;
-            written.map(|_| ())
+            client.set(&key, value.clone()).await.map(|_| ())
         };
         let micros = started.elapsed().as_micros() as u64;
         match ok {
@@ -101,9 +99,10 @@ async fn main() {
         .start()
         .await
         .expect("cluster starts");
-    let value: Arc<str> = "v".repeat(args.value_size).into();
+    let value = "v".repeat(args.value_size);
     let loading = Instant::now();
     examples::load_keys(&cluster, args.keys, &value, args.concurrency).await;
+    let value = Value::string(value);
     let load_time = loading.elapsed();
     // Three copies of every key, and each node's copy of the cluster's own map.
     examples::wait_for_copies(&cluster, 3 * args.keys + 3).await;
@@ -115,10 +114,11 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Latencies::default());
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let node_clients = examples::node_clients(&cluster);
     let mut clients = Vec::new();
     for id in 0..args.traffic {
         clients.push(tokio::spawn(client(
-            cluster.node(id % 3).clone(),
+            node_clients[id % 3].clone(),
             id,
             args.keys,
             value.clone(),
@@ -145,6 +145,8 @@ async fn main() {
     for c in clients {
         c.await.expect("client finished");
     }
+    // Idle pooled connections would otherwise hold the nodes' graceful shutdown open.
+    drop(node_clients);
 
     let record = cluster.node(0).membership();
     // The old owners drop the keys that moved away in the background.

@@ -3,8 +3,8 @@
 //! Starts a 4-node cluster (R = 3, HTTP between the nodes), writes `--keys` keys through the
 //! nodes, restarts one node (it comes back empty) and reports how long it stays `recovering`
 //! while its peers' copies are merged, how many keys and bytes it then holds, and the catch-up
-//! rate. Meanwhile `--traffic` writers keep writing through the other nodes, and their count of
-//! acknowledged and failed writes is reported too.
+//! rate. Meanwhile `--traffic` writers (`kvserver::Client`s over HTTP) keep writing through the
+//! other nodes, and their count of acknowledged and failed writes is reported too.
 //!
 //! ```console
 //! cargo run --release -p examples --example recovery_time -- --keys 100000
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kvcore::{Precondition, Value};
-use kvserver::LocalCluster;
+use kvcore::Value;
+use kvserver::{Client, LocalCluster};
 
 /// Time to recover a restarted node.
 #[derive(Parser, Debug)]
@@ -60,23 +60,22 @@ async fn main() {
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut traffic = Vec::new();
-    let others: Vec<usize> = (0..4).filter(|&n| n != args.node).collect();
+    let clients: Vec<Client> = examples::node_clients(&cluster)
+        .into_iter()
+        .enumerate()
+        .filter(|(n, _)| *n != args.node)
+        .map(|(_, client)| client)
+        .collect();
     for w in 0..args.traffic {
-        let node = cluster.node(others[w % others.len()]).clone();
+        let client = clients[w % clients.len()].clone();
         let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
-        let value = value.clone();
+        let value = Value::string(value.as_str());
         traffic.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("live:{w}:{i}");
-                let written = node
-                    .set(&key, Value::string(value.as_str()), Precondition::None)
-                    .await;
-                let counter = if matches!(written, Ok(Ok(_))) {
-                    &acked
-                } else {
-                    &failed
-                };
+                let written = client.set(&key, value.clone()).await;
+                let counter = if written.is_ok() { &acked } else { &failed };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 i += 1;
             }
@@ -98,6 +97,8 @@ async fn main() {
     for t in traffic {
         t.await.expect("traffic writer finished");
     }
+    // Idle pooled connections would otherwise hold the nodes' graceful shutdown open.
+    drop(clients);
     let after = cluster.node(args.node).store().len();
     let bytes = cluster.node(args.node).store().used_bytes();
 

@@ -4,7 +4,7 @@
 //! behaves as it says:
 //!
 //! - `in_process_cluster`: starts a 4-node [`kvserver::LocalCluster`] on free ports, talks to it
-//!   over real HTTP, and shows which node owns each key.
+//!   over real HTTP with a [`kvserver::Client`], and shows which node owns each key.
 //!   `cargo run -p examples --example in_process_cluster`
 //! - `embed_kvcore`: uses [`kvcore`] alone as an embedded store: typed values, conditional
 //!   writes, the memory budget, and key placement with a cluster map.
@@ -17,17 +17,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvcore::{Precondition, Value};
-use kvserver::LocalCluster;
+use kvcore::Value;
+use kvserver::{Client, LocalCluster};
 
-/// Writes `key:00000000` .. `key:{keys - 1}`, each holding `value`, through the cluster's nodes in
-/// turn, `concurrency` writes at a time; panics if a write fails.
+/// A client of each of the cluster's nodes, by id: what the examples' client traffic goes
+/// through, so that it chooses its node.
+pub fn node_clients(cluster: &LocalCluster) -> Vec<Client> {
+    (0..cluster.len())
+        .map(|i| Client::new([cluster.addr(i)]).expect("a node's address is host:port"))
+        .collect()
+}
+
+/// Writes `key:00000000` .. `key:{keys - 1}`, each holding `value`, over HTTP through the
+/// cluster's nodes in turn, `concurrency` writes at a time; panics if a write fails.
 pub async fn load_keys(cluster: &LocalCluster, keys: usize, value: &str, concurrency: usize) {
-    let value: Arc<str> = value.into();
+    let value = Value::string(value);
+    let clients = node_clients(cluster);
     let next = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..concurrency {
-        let node = cluster.node(w % cluster.len()).clone();
+        let client = clients[w % clients.len()].clone();
         let (next, value) = (next.clone(), value.clone());
         writers.push(tokio::spawn(async move {
             loop {
@@ -35,14 +44,10 @@ pub async fn load_keys(cluster: &LocalCluster, keys: usize, value: &str, concurr
                 if i >= keys {
                     break;
                 }
-                node.set(
-                    &format!("key:{i:08}"),
-                    Value::string(&*value),
-                    Precondition::None,
-                )
-                .await
-                .expect("write succeeds")
-                .expect("unconditional");
+                client
+                    .set(&format!("key:{i:08}"), value.clone())
+                    .await
+                    .expect("write succeeds");
             }
         }));
     }

@@ -406,6 +406,45 @@ impl Value {
     }
 }
 
+/// The common encodings from plain Rust values, so a client writes `"onto".into()` or
+/// `42.into()`. Floats have no such conversion: NaN and infinities are not values
+/// ([`Value::float`] says so with an `Option`).
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::string(s)
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::string(s)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::integer(i)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::boolean(b)
+    }
+}
+
+impl From<Bytes> for Value {
+    fn from(b: Bytes) -> Self {
+        Value::binary(b)
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(b: Vec<u8>) -> Self {
+        Value::binary(b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +504,22 @@ mod tests {
                 "{enc} {j}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn plain_rust_values_convert_to_their_encoding() {
+        assert_eq!(Value::from("onto"), Value::string("onto"));
+        assert_eq!(
+            Value::from(String::from("onto")).encoding(),
+            Encoding::String
+        );
+        assert_eq!(Value::from(-7i64).as_i64(), Some(-7));
+        assert_eq!(Value::from(true).to_json(), json!(true));
+        assert_eq!(Value::from(vec![0xde, 0xad]).to_json(), json!("3q0="));
+        assert_eq!(
+            Value::from(Bytes::from_static(b"x")).encoding(),
+            Encoding::Binary
+        );
     }
 
     #[test]

@@ -1,89 +1,31 @@
 //! A client of a node's administrative endpoints: `POST /cluster/join`, `POST /cluster/remove`
 //! and `GET /cluster`. What `kvserver node --join` and `kvserver admin` use.
 //!
-//! Plain HTTP only: a node serving TLS cannot be asked through it yet.
-//!
-//! The transport's failures ([`AdminError::Unreachable`]) stay apart from the node's answers
-//! ([`AdminError::Refused`]): a caller retries the first, and only some of the second.
+//! Plain HTTP only: a node serving TLS cannot be asked through it yet. It sends through the
+//! same pooled transport as [`Client`](crate::Client) and fails with the same
+//! [`ClientError`]: the transport's failures ([`ClientError::Unreachable`], and
+//! [`ClientError::OutcomeUnknown`] for a join or removal that got no answer) stay apart from
+//! the node's answers ([`ClientError::Api`]). Unlike [`Client`](crate::Client) it asks one
+//! node and does not retry: joins and removals are safe to repeat (the record already saying
+//! what a change asks is a success), so the caller decides when and where to ask again.
 
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use kvcore::{ErrorCode, NodeId};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use hyper::Method;
+use kvcore::NodeId;
 use kvnet::Secret;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::client::{ClientError, Failure, Http};
 use crate::membership::Membership;
-
-/// Largest answer read: a membership record lists every node, far below this.
-const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// How long one call may take by default. A join or removal waits for the cluster to record
 /// the change, which a node retries for up to 30 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// Why an administrative call did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    /// No answer: the node could not be connected to, the connection failed, or the call
-    /// timed out. A join or removal may still have been applied.
-    #[error("cannot reach {node}: {reason}")]
-    Unreachable {
-        /// The node asked.
-        node: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The node answered with an error.
-    #[error("{message} ({code}, HTTP {status})")]
-    Refused {
-        /// The HTTP status.
-        status: u16,
-        /// The error's stable code.
-        code: ErrorCode,
-        /// The node's explanation, for people.
-        message: String,
-    },
-    /// The node answered something that is not what the endpoint returns: not a kv node, or
-    /// one of another version.
-    #[error("{node} answered HTTP {status} with an unexpected body: {reason}")]
-    BadAnswer {
-        /// The node asked.
-        node: String,
-        /// The HTTP status.
-        status: u16,
-        /// What was wrong with the body.
-        reason: String,
-    },
-}
-
-impl AdminError {
-    /// Whether asking again (the same node later, or another one) may succeed: no answer, a
-    /// node that is unavailable for now (503) or a change whose outcome it could not learn
-    /// (504). Joins and removals are safe to repeat: the record already saying what a change
-    /// asks is a success.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            AdminError::Unreachable { .. } => true,
-            AdminError::Refused { status, .. } => *status == 503 || *status == 504,
-            AdminError::BadAnswer { .. } => false,
-        }
-    }
-
-    /// The node's error code, if it answered with one.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            AdminError::Refused { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
 
 /// What `POST /cluster/join` answers.
 #[derive(Debug, Clone, Deserialize)]
@@ -263,7 +205,7 @@ fn ids(ids: &[NodeId]) -> String {
 /// A client of one node's administrative endpoints, over plain HTTP.
 #[derive(Clone)]
 pub struct AdminClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Http,
     node: String,
     token: Option<String>,
     timeout: Duration,
@@ -279,6 +221,13 @@ impl fmt::Debug for AdminClient {
     }
 }
 
+/// Whether a call changes the cluster, which decides what a missing answer means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Change,
+}
+
 impl AdminClient {
     /// A client of the node at `node` (`host:port`). With a cluster secret, requests carry
     /// `Authorization: Bearer` and its first secret, the one every node accepts while the
@@ -291,10 +240,8 @@ impl AdminClient {
                 .find(|l| !l.is_empty())
                 .map(str::to_owned)
         });
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         AdminClient {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: Http::new(Duration::from_secs(2), 1),
             node: node.into(),
             token,
             timeout: DEFAULT_TIMEOUT,
@@ -313,105 +260,90 @@ impl AdminClient {
     }
 
     /// Asks the node to add a node listening on `addr` (`host:port`, as its peers reach it).
-    pub async fn join(&self, addr: &str) -> Result<Joined, AdminError> {
+    pub async fn join(&self, addr: &str) -> Result<Joined, ClientError> {
         let body = serde_json::json!({ "addr": addr });
-        self.call(Method::POST, "/cluster/join", Some(body)).await
+        self.call(Kind::Change, Method::POST, "/cluster/join", Some(body))
+            .await
     }
 
     /// Asks the node to remove node `id`; `force` removes it even if some keys could lose
     /// acknowledged writes.
-    pub async fn remove(&self, id: NodeId, force: bool) -> Result<Removed, AdminError> {
+    pub async fn remove(&self, id: NodeId, force: bool) -> Result<Removed, ClientError> {
         let body = serde_json::json!({ "node": id, "force": force });
-        self.call(Method::POST, "/cluster/remove", Some(body)).await
+        self.call(Kind::Change, Method::POST, "/cluster/remove", Some(body))
+            .await
     }
 
     /// The membership as the node sees it, as it answered.
-    pub async fn status_json(&self) -> Result<Json, AdminError> {
-        self.call(Method::GET, "/cluster", None).await
+    pub async fn status_json(&self) -> Result<Json, ClientError> {
+        self.call(Kind::Read, Method::GET, "/cluster", None).await
     }
 
     /// The membership as the node sees it.
-    pub async fn status(&self) -> Result<ClusterStatus, AdminError> {
-        self.call(Method::GET, "/cluster", None).await
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        self.call(Kind::Read, Method::GET, "/cluster", None).await
     }
 
     async fn call<T: for<'de> Deserialize<'de>>(
         &self,
+        kind: Kind,
         method: Method,
         path: &str,
         body: Option<Json>,
-    ) -> Result<T, AdminError> {
-        let unreachable = |reason: String| AdminError::Unreachable {
-            node: self.node.clone(),
-            reason,
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.node));
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
+    ) -> Result<T, ClientError> {
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         if let Some(token) = &self.token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::config("the cluster secret is not a valid header"))?;
+            headers.push((AUTHORIZATION, value));
         }
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| unreachable(format!("not a valid request: {e}")))?;
-        let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| unreachable(error_chain(&e)))?;
-            let status = resp.status().as_u16();
-            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok::<_, AdminError>((status, body))
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let sent = self
+            .http
+            .exchange(&self.node, method, path, body, &headers, self.timeout)
+            .await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(Failure::NoAnswer(reason)) if kind == Kind::Change => {
+                return Err(ClientError::OutcomeUnknown {
+                    node: self.node.clone(),
+                    code: None,
+                    reason,
+                })
+            }
+            Err(Failure::NotSent(reason) | Failure::NoAnswer(reason)) => {
+                return Err(ClientError::Unreachable {
+                    node: self.node.clone(),
+                    attempts: 1,
+                    reason,
+                })
+            }
         };
-        let (status, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
-        let bad = |reason: String| AdminError::BadAnswer {
+        let status = answer.status;
+        let bad = |reason: String| ClientError::BadAnswer {
             node: self.node.clone(),
             status,
             reason,
         };
         if !(200..300).contains(&status) {
-            #[derive(Deserialize)]
-            struct ErrorBody {
-                error: ErrorDetail,
+            let detail = answer
+                .error_detail()
+                .ok_or_else(|| bad(answer.body_text()))?;
+            if status == 504 && kind == Kind::Change {
+                return Err(ClientError::OutcomeUnknown {
+                    node: self.node.clone(),
+                    code: Some(detail.code),
+                    reason: detail.message,
+                });
             }
-            #[derive(Deserialize)]
-            struct ErrorDetail {
-                code: ErrorCode,
-                message: String,
-            }
-            let detail: ErrorBody = serde_json::from_slice(&body)
-                .map_err(|_| bad(String::from_utf8_lossy(&body).trim().to_owned()))?;
-            return Err(AdminError::Refused {
+            return Err(ClientError::Api {
                 status,
-                code: detail.error.code,
-                message: detail.error.message,
+                code: detail.code,
+                message: detail.message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
+        serde_json::from_slice(&answer.body).map_err(|e| bad(e.to_string()))
     }
-}
-
-/// An error with its sources: hyper-util's "client error (Connect)" alone does not say that
-/// the connection was refused.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let _ = write!(text, ": {s}");
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -453,28 +385,6 @@ mod tests {
         assert!(running.table().ends_with(
             "rebalance: running (forced), copying to 0, 12; 40 keys moved, 25 remaining\n"
         ));
-    }
-
-    #[test]
-    fn only_missing_answers_and_unavailable_nodes_are_worth_asking_again() {
-        let refused = |status, code| AdminError::Refused {
-            status,
-            code,
-            message: String::new(),
-        };
-        let unreachable = AdminError::Unreachable {
-            node: "n:1".into(),
-            reason: "refused".into(),
-        };
-        assert!(unreachable.is_transient());
-        assert!(refused(503, ErrorCode::QuorumUnavailable).is_transient());
-        assert!(refused(504, ErrorCode::OutcomeUnknown).is_transient());
-        assert!(!refused(401, ErrorCode::Unauthenticated).is_transient());
-        assert!(!refused(409, ErrorCode::ChangeInProgress).is_transient());
-        assert_eq!(
-            refused(404, ErrorCode::NotFound).code(),
-            Some(ErrorCode::NotFound)
-        );
     }
 
     #[test]

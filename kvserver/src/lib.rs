@@ -44,8 +44,11 @@
 //! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]) with its connection limits;
 //!   [`tls`]: HTTPS for clients and peers.
 //! - [`local`]: [`LocalCluster`], in-process clusters.
-//! - [`admin`]: [`AdminClient`](admin::AdminClient), a client of a node's membership endpoints
-//!   (`kvserver node --join`, `kvserver admin`).
+//! - [`client`]: [`Client`], a typed client of the API with pooled connections and failover
+//!   between nodes; [`admin`]: [`AdminClient`](admin::AdminClient), a client of a node's
+//!   membership endpoints (`kvserver node --join`, `kvserver admin`), over the same transport.
+//! - [`cli`]: the key commands of the `kvserver` binary (`get`, `set`, `delete`, `incr`,
+//!   `keys`), on [`Client`].
 
 pub mod acceptor;
 pub mod admin;
@@ -53,6 +56,8 @@ pub mod anti_entropy;
 pub mod api;
 pub mod backfill;
 pub mod catchup;
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
@@ -78,6 +83,7 @@ pub mod service;
 pub mod tls;
 pub mod topology;
 
+pub use client::{Client, ClientBuilder, ClientError, SetOptions};
 pub use config::{parse_size, Config, ConfigError};
 pub use detector::PeerState;
 pub use error::Error;

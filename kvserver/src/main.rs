@@ -1,7 +1,8 @@
 //! The `kvserver` binary: parses the command line, binds, and runs nodes until Ctrl-C/SIGTERM
 //! (or, for a node, until it is removed from the cluster); `kvserver admin` asks a running node
-//! for membership changes. The only place that reads the environment (`KV_CLUSTER_SECRET`,
-//! `KV_NODE`, `RUST_LOG`).
+//! for membership changes; `kvserver get`, `set`, `delete`, `incr` and `keys` are the key
+//! commands of [`kvserver::cli`]. The only place that reads the environment
+//! (`KV_CLUSTER_SECRET`, `KV_NODE`, `RUST_LOG`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,18 +13,17 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use kvcore::NodeId;
 use kvnet::{HttpTransport, Secret};
-use kvserver::admin::{AdminClient, AdminError, Joined, Removal};
-use kvserver::{Config, LocalCluster, Node, SEED_KEYS};
+use kvserver::admin::{AdminClient, Joined, Removal};
+use kvserver::cli::{KeyCommand, DEFAULT_NODE};
+use kvserver::{ClientError, Config, LocalCluster, Node, SEED_KEYS};
 use tokio::net::TcpListener;
 
 /// The environment variable that may hold the cluster secret instead of --cluster-secret-file.
 const SECRET_VARIABLE: &str = "KV_CLUSTER_SECRET";
 
-/// The environment variable that may name the node `kvserver admin` asks instead of --node.
+/// The environment variable that may name the node `kvserver admin` and the key commands ask
+/// instead of --node.
 const NODE_VARIABLE: &str = "KV_NODE";
-
-/// The node `kvserver admin` asks when neither --node nor KV_NODE names one.
-const DEFAULT_ADMIN_NODE: &str = "127.0.0.1:5100";
 
 /// How long `kvserver node --join` keeps asking the members to add it.
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
@@ -51,6 +51,8 @@ enum Command {
     Node(NodeArgs),
     /// Ask a running node about the cluster's membership, or to change it.
     Admin(AdminArgs),
+    #[command(flatten)]
+    Key(KeyCommand),
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +193,10 @@ async fn main() -> ExitCode {
         Command::Admin(args) => {
             let node = std::env::var(NODE_VARIABLE).ok();
             return admin(args, node, secret).await;
+        }
+        Command::Key(command) => {
+            let node = std::env::var(NODE_VARIABLE).ok();
+            return kvserver::cli::run(command, node).await;
         }
     };
     match result {
@@ -464,7 +470,7 @@ async fn join_cluster(
 
 /// Whether a join refused with `e` may succeed if asked again: transient failures, and a
 /// change already running (joins wait for it rather than fail).
-fn worth_retrying_join(e: &AdminError) -> bool {
+fn worth_retrying_join(e: &ClientError) -> bool {
     e.is_transient() || e.code() == Some(kvcore::ErrorCode::ChangeInProgress)
 }
 
@@ -565,10 +571,14 @@ async fn admin(args: AdminArgs, node_env: Option<String>, secret: Option<String>
         Err(e) => {
             eprintln!("kvserver admin: {e}");
             match e {
-                AdminError::Refused { .. } => ExitCode::from(exit::REFUSED),
-                AdminError::Unreachable { .. } | AdminError::BadAnswer { .. } => {
-                    ExitCode::from(exit::UNREACHABLE)
+                // The node answered: with a refusal, or with a change it could not confirm.
+                ClientError::Api { .. } | ClientError::OutcomeUnknown { code: Some(_), .. } => {
+                    ExitCode::from(exit::REFUSED)
                 }
+                ClientError::OutcomeUnknown { code: None, .. }
+                | ClientError::Unreachable { .. }
+                | ClientError::BadAnswer { .. }
+                | ClientError::Config { .. } => ExitCode::from(exit::UNREACHABLE),
             }
         }
     }
@@ -577,7 +587,7 @@ async fn admin(args: AdminArgs, node_env: Option<String>, secret: Option<String>
 /// The node `kvserver admin` asks: --node, else the environment's, else the default.
 fn admin_node(flag: Option<String>, from_env: Option<String>) -> String {
     flag.or(from_env.filter(|n| !n.trim().is_empty()))
-        .unwrap_or_else(|| DEFAULT_ADMIN_NODE.to_owned())
+        .unwrap_or_else(|| DEFAULT_NODE.to_owned())
 }
 
 #[cfg(test)]
@@ -679,7 +689,7 @@ mod tests {
 
     #[test]
     fn a_join_waits_out_a_running_change_but_not_a_refusal() {
-        let refused = |status, code| AdminError::Refused {
+        let refused = |status, code| ClientError::Api {
             status,
             code,
             message: String::new(),
@@ -721,8 +731,75 @@ mod tests {
         let some = |s: &str| Some(s.to_owned());
         assert_eq!(admin_node(some("a:1"), some("b:1")), "a:1");
         assert_eq!(admin_node(None, some("b:1")), "b:1");
-        assert_eq!(admin_node(None, some(" ")), DEFAULT_ADMIN_NODE);
-        assert_eq!(admin_node(None, None), DEFAULT_ADMIN_NODE);
+        assert_eq!(admin_node(None, some(" ")), DEFAULT_NODE);
+        assert_eq!(admin_node(None, None), DEFAULT_NODE);
+    }
+
+    #[test]
+    fn key_commands_parse_beside_the_server_commands() {
+        use kvserver::cli::{IncrArgs, SetArgs};
+        let key = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Key(key) => key,
+            other => panic!("not a key command: {other:?}"),
+        };
+        let set = key(&[
+            "set",
+            "k",
+            "-5",
+            "-e",
+            "integer",
+            "--ttl",
+            "1m",
+            "--if-version",
+            "3",
+            "--node",
+            "a:1,b:2",
+            "--json",
+        ]);
+        let KeyCommand::Set(SetArgs {
+            value,
+            encoding,
+            ttl,
+            if_version,
+            connection,
+            ..
+        }) = set
+        else {
+            panic!("not set: {set:?}");
+        };
+        assert_eq!(
+            (value.as_str(), encoding, ttl, if_version),
+            (
+                "-5",
+                kvcore::Encoding::Integer,
+                Some(Duration::from_secs(60)),
+                Some(3)
+            )
+        );
+        assert_eq!(
+            (connection.node, connection.json),
+            (vec!["a:1".into(), "b:2".into()], true)
+        );
+        let incr = key(&["incr", "hits", "--by", "-3"]);
+        assert!(
+            matches!(incr, KeyCommand::Incr(IncrArgs { by: -3, .. })),
+            "{incr:?}"
+        );
+        assert!(matches!(key(&["get", "node"]), KeyCommand::Get(_)));
+        let refused = |args: &[&str]| parse(args).map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(
+            refused(&["set", "k", "v", "--if-version", "1", "--if-absent"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            refused(&["set", "k", "v", "--ttl", "1s", "--keep-ttl"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            refused(&["set", "k", "v", "--ttl", "soon"]),
+            Err(ErrorKind::ValueValidation)
+        );
+        assert_eq!(refused(&["get"]), Err(ErrorKind::MissingRequiredArgument));
     }
 
     #[test]
