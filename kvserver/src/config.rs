@@ -35,38 +35,73 @@ pub struct Config {
     #[arg(skip)]
     pub peers: Vec<String>,
     /// Memory budget of each node's store, e.g. 64MiB, 1GiB or plain bytes. Unlimited if unset.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", env = "KV_MAX_MEMORY")]
     pub max_memory: Option<u64>,
     /// Largest accepted value, e.g. 1MiB.
-    #[arg(long = "max-value-size", value_parser = parse_size, value_name = "SIZE", default_value = "1MiB")]
+    #[arg(long = "max-value-size", value_parser = parse_size, value_name = "SIZE", default_value = "1MiB", env = "KV_MAX_VALUE_SIZE")]
     pub max_value_bytes: u64,
     /// Copies of each key, capped at the number of nodes. 1 is pure sharding; with 3 every
     /// operation stays linearizable while one of a key's replicas is down.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, env = "KV_REPLICAS")]
     pub replicas: usize,
     /// How keys are placed on nodes: slots (the default), rendezvous, ring or maglev. Every node
     /// must use the same.
-    #[arg(long, value_name = "NAME", default_value = "slots")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "slots",
+        env = "KV_PARTITIONER"
+    )]
     pub partitioner: String,
     /// Deadline for a request forwarded to another node, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2000,
+        env = "KV_FORWARD_TIMEOUT_MS"
+    )]
     pub forward_timeout_ms: u64,
     /// Deadline for a whole client operation, retries included, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 5000,
+        env = "KV_OP_TIMEOUT_MS"
+    )]
     pub op_timeout_ms: u64,
     /// How often peers are pinged, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 250)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 250,
+        env = "KV_HEARTBEAT_MS"
+    )]
     pub heartbeat_ms: u64,
     /// A peer silent for this long is considered down, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        env = "KV_DOWN_AFTER_MS"
+    )]
     pub down_after_ms: u64,
     /// How often each node checks that the keys it is primary for have all their copies, in
     /// milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2000,
+        env = "KV_ANTI_ENTROPY_MS"
+    )]
     pub anti_entropy_ms: u64,
     /// How often each node looks at a few shards of its store for keys whose TTL ran out, in
     /// milliseconds (the whole store is looked at every 64 such ticks).
-    #[arg(long, value_name = "MS", default_value_t = 100)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 100,
+        env = "KV_EXPIRY_SWEEP_MS"
+    )]
     pub expiry_sweep_ms: u64,
     /// Do not write the seed keys `a` and `b` at start-up.
     #[arg(long = "no-seed", action = clap::ArgAction::SetFalse)]
@@ -78,28 +113,53 @@ pub struct Config {
     /// How long a client may take to send request headers, in milliseconds. hyper runs this
     /// timer whenever a connection waits for a request, so it also closes kept-alive
     /// connections idle for longer.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        env = "KV_HEADER_READ_TIMEOUT_MS"
+    )]
     pub header_read_timeout_ms: u64,
     /// How long a client may take to send a request body once its headers are in, in
     /// milliseconds; a slower body is answered 408 and the connection closed.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        env = "KV_BODY_READ_TIMEOUT_MS"
+    )]
     pub body_read_timeout_ms: u64,
     /// A kept-alive connection with no request for this long is closed, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 5000,
+        env = "KV_IDLE_TIMEOUT_MS"
+    )]
     pub idle_timeout_ms: u64,
     /// Most client and peer connections open at once; one more is answered 503 and closed at
     /// once.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4096,
+        env = "KV_MAX_CONNECTIONS"
+    )]
     pub max_connections: usize,
     /// How long a graceful shutdown waits for requests in flight, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 5000,
+        env = "KV_SHUTDOWN_GRACE_MS"
+    )]
     pub shutdown_grace_ms: u64,
     /// File holding the cluster secret that peers authenticate each other's messages with (at
     /// least 16 bytes of text, e.g. from `openssl rand -hex 32`). The binary also takes it from
     /// the KV_CLUSTER_SECRET environment variable. Without one, `kvserver node` starts only on a
     /// loopback address, and `kvserver cluster` makes a random one. While the secret is being
     /// changed, the file holds two, one per line: the first tags, both are accepted.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KV_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
     /// The cluster secret itself: read from `cluster_secret_file` by
     /// [`load_cluster_secret`](Config::load_cluster_secret), from the environment by the
@@ -116,14 +176,14 @@ pub struct Config {
     pub changing_from: Vec<u32>,
     /// This node's certificate chain (PEM). With --tls-key and --tls-ca, the node serves HTTPS
     /// on its port (client API and peers alike) and reaches its peers over HTTPS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KV_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KV_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// The CA certificate(s) (PEM) that every node's certificate is signed by: peers are
     /// verified against these, as servers and as clients of the peer endpoint.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KV_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 }
 

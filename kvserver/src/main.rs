@@ -51,6 +51,13 @@ enum Command {
     Node(NodeArgs),
     /// Ask a running node about the cluster's membership, or to change it.
     Admin(AdminArgs),
+    /// Exit 0 if the node is up and caught up (`/health` ok), 1 if it answers but is not
+    /// (recovering, seeding, removed), 2 if it cannot be reached: a container health check.
+    Health {
+        /// The node to ask, as HOST:PORT. Also from KV_NODE [default: 127.0.0.1:5100].
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
     #[command(flatten)]
     Key(KeyCommand),
 }
@@ -71,15 +78,20 @@ struct ClusterArgs {
 }
 
 /// A node starts either as a member of a cluster of fixed members (--id and --peers), or by
-/// joining a running cluster (--join): exactly one of the two.
+/// joining a running cluster (--join): exactly one of the two. An --id past the end of --peers
+/// joins through them (how a StatefulSet scaled past its first members starts its new pods).
+///
+/// Every option can also come from the environment variable named in its help (`KV_LISTEN`,
+/// `KV_PEERS`, ...), as containers are configured; a flag on the command line wins.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("membership").required(true).args(["peers", "join"])))]
 struct NodeArgs {
-    /// This node's id: its position in --peers, from 0.
-    #[arg(long, requires = "peers")]
+    /// This node's id: its position in --peers, from 0. An id past the end of --peers joins
+    /// the cluster through them, at the --advertise address.
+    #[arg(long, requires = "peers", env = "KV_ID")]
     id: Option<u32>,
     /// Address to listen on, e.g. 0.0.0.0:5100.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "KV_LISTEN")]
     listen: SocketAddr,
     /// Every node's address as peers reach it, in id order, this node included. Starts a
     /// cluster of these fixed members (each started with the same list); with --id.
@@ -87,7 +99,8 @@ struct NodeArgs {
         long,
         value_name = "ADDR0,ADDR1,...",
         value_delimiter = ',',
-        requires = "id"
+        requires = "id",
+        env = "KV_PEERS"
     )]
     peers: Vec<String>,
     /// Join a running cluster instead: ask these members, in turn, to add this node (plain
@@ -97,12 +110,14 @@ struct NodeArgs {
         long,
         value_name = "ADDR[,ADDR...]",
         value_delimiter = ',',
-        conflicts_with_all = ["id", "peers"]
+        conflicts_with_all = ["id", "peers"],
+        env = "KV_JOIN"
     )]
     join: Vec<String>,
-    /// With --join: the address peers and clients reach this node at, if not --listen (a
-    /// host name works, e.g. db-4.internal:5100).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["id", "peers"])]
+    /// The address peers and clients reach this node at, if not --listen (a host name works,
+    /// e.g. db-4.internal:5100). Needed to join; with --id inside --peers it must be this
+    /// node's entry there.
+    #[arg(long, value_name = "HOST:PORT", env = "KV_ADVERTISE")]
     advertise: Option<String>,
     #[command(flatten)]
     config: Config,
@@ -122,17 +137,36 @@ enum Start {
 }
 
 impl NodeArgs {
-    fn start(&self) -> Start {
+    fn start(&self) -> Result<Start, String> {
         match self.id {
-            Some(id) if self.join.is_empty() => Start::Static {
-                id,
-                peers: self.peers.clone(),
+            Some(id) if self.join.is_empty() && (id as usize) < self.peers.len() => {
+                let own = &self.peers[id as usize];
+                match &self.advertise {
+                    Some(advertised) if advertised != own => Err(format!(
+                        "--advertise {advertised} is not this node's entry in --peers ({own})"
+                    )),
+                    _ => Ok(Start::Static {
+                        id,
+                        peers: self.peers.clone(),
+                    }),
+                }
+            }
+            // Past the first members: join through them, as the address it advertises.
+            Some(id) if self.join.is_empty() => match &self.advertise {
+                Some(_) => Ok(Start::Join {
+                    members: self.peers.clone(),
+                    advertise: self.advertise.clone(),
+                }),
+                None => Err(format!(
+                    "--id {id} is past the end of --peers ({} nodes), so the node joins through                      them; give the address they reach it at with --advertise",
+                    self.peers.len()
+                )),
             },
             // clap makes --join the only other way.
-            _ => Start::Join {
+            _ => Ok(Start::Join {
                 members: self.join.clone(),
                 advertise: self.advertise.clone(),
-            },
+            }),
         }
     }
 }
@@ -164,6 +198,18 @@ enum AdminAction {
         /// The new node's HOST:PORT.
         addr: String,
     },
+    /// Remove the node asked (--node) from the cluster: it hands its keys over, then exits.
+    /// Waits until it is removed (or gone). A Kubernetes preStop hook for scaling in.
+    Leave {
+        /// Only a node that joined the cluster leaves: with KV_ID set below the number of
+        /// addresses in KV_PEERS (one of the first members, as a StatefulSet's environment
+        /// says), do nothing, so a restart does not move a first member's keys away and back.
+        #[arg(long)]
+        joined_only: bool,
+        /// How long to wait for the removal, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 110)]
+        wait: u64,
+    },
     /// Remove node ID from the cluster: alive, it hands its keys over and then exits; down,
     /// its keys are copied from the other replicas.
     Remove {
@@ -193,6 +239,10 @@ async fn main() -> ExitCode {
         Command::Admin(args) => {
             let node = std::env::var(NODE_VARIABLE).ok();
             return admin(args, node, secret).await;
+        }
+        Command::Health { node } => {
+            let from_env = std::env::var(NODE_VARIABLE).ok();
+            return health(admin_node(node, from_env)).await;
         }
         Command::Key(command) => {
             let node = std::env::var(NODE_VARIABLE).ok();
@@ -283,7 +333,7 @@ async fn cluster(
 }
 
 async fn node(args: NodeArgs, secret: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
-    let start = args.start();
+    let start = args.start()?;
     let mut config = args.config;
     load_secret(&mut config, secret)?;
     let listen = args.listen;
@@ -515,6 +565,27 @@ mod exit {
     pub const UNREACHABLE: u8 = 2;
 }
 
+/// `kvserver health`: the node's `/health`, as an exit status.
+async fn health(addr: String) -> ExitCode {
+    let answer = match kvserver::Client::builder([addr.as_str()])
+        .max_attempts(1)
+        .build()
+    {
+        Ok(client) => client.health().await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(health) => {
+            println!("node {} is {}", health.node, health.status);
+            ExitCode::from(u8::from(health.status != "ok"))
+        }
+        Err(e) => {
+            eprintln!("kvserver health: {e}");
+            ExitCode::from(exit::UNREACHABLE)
+        }
+    }
+}
+
 async fn admin(args: AdminArgs, node_env: Option<String>, secret: Option<String>) -> ExitCode {
     let node = admin_node(args.node, node_env);
     let mut config = Config {
@@ -525,7 +596,7 @@ async fn admin(args: AdminArgs, node_env: Option<String>, secret: Option<String>
         eprintln!("kvserver admin: {e}");
         return ExitCode::from(exit::UNREACHABLE);
     }
-    let client = AdminClient::new(node, config.cluster_secret.as_ref());
+    let client = AdminClient::new(node.clone(), config.cluster_secret.as_ref());
     let json = args.json;
     let printed = match args.action {
         AdminAction::Status if json => client.status_json().await.map(|j| j.to_string()),
@@ -545,6 +616,18 @@ async fn admin(args: AdminArgs, node_env: Option<String>, secret: Option<String>
                 format!("{addr} is already node {} (epoch {})", j.node, j.epoch)
             }
         }),
+        AdminAction::Leave { joined_only, wait } => {
+            if joined_only
+                && is_first_member(
+                    std::env::var("KV_ID").ok().as_deref(),
+                    std::env::var("KV_PEERS").ok().as_deref(),
+                )
+            {
+                println!("one of the cluster's first members (KV_ID, KV_PEERS): not leaving");
+                return ExitCode::SUCCESS;
+            }
+            leave(&client, &node, Duration::from_secs(wait)).await
+        }
         AdminAction::Remove { id, force } => client.remove(NodeId(id), force).await.map(|r| {
             let state = match r.state {
                 Removal::Leaving => "leaving",
@@ -584,6 +667,47 @@ async fn admin(args: AdminArgs, node_env: Option<String>, secret: Option<String>
     }
 }
 
+/// Whether a node's environment makes it one of the cluster's first members: `KV_ID` names a
+/// position inside `KV_PEERS`.
+fn is_first_member(id: Option<&str>, peers: Option<&str>) -> bool {
+    let (Some(id), Some(peers)) = (id, peers) else {
+        return false;
+    };
+    let members = peers.split(',').filter(|p| !p.trim().is_empty()).count();
+    id.trim().parse::<usize>().is_ok_and(|id| id < members)
+}
+
+/// Removes the node at `addr` from the cluster and waits until it says it is removed (or has
+/// exited), at most `wait`.
+async fn leave(client: &AdminClient, addr: &str, wait: Duration) -> Result<String, ClientError> {
+    let node = kvserver::Client::new([addr])?;
+    let id = node.health().await?.node;
+    let removal = client.remove(id, false).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut every = tokio::time::interval(REMOVAL_POLL);
+    loop {
+        every.tick().await;
+        match node.health().await {
+            Ok(health) if health.status == "removed" => break,
+            // Gone: it exits once removed.
+            Err(ClientError::Unreachable { .. }) => break,
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(ClientError::OutcomeUnknown {
+                    node: addr.to_owned(),
+                    code: None,
+                    reason: format!(
+                        "node {id} is still handing its keys over after {wait:?} (epoch {}); \
+                         `kvserver admin status` shows how far it got",
+                        removal.epoch
+                    ),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(format!("node {id} left the cluster"))
+}
+
 /// The node `kvserver admin` asks: --node, else the environment's, else the default.
 fn admin_node(flag: Option<String>, from_env: Option<String>) -> String {
     flag.or(from_env.filter(|n| !n.trim().is_empty()))
@@ -601,7 +725,7 @@ mod tests {
 
     fn node_start(args: &[&str]) -> Start {
         match parse(args).unwrap().command {
-            Command::Node(node) => node.start(),
+            Command::Node(node) => node.start().unwrap(),
             other => panic!("not a node: {other:?}"),
         }
     }
@@ -665,11 +789,50 @@ mod tests {
             with(&["--id", "0", "--peers", "a:1", "--join", "b:1"]),
             Err(ErrorKind::ArgumentConflict)
         );
-        assert_eq!(
-            with(&["--id", "0", "--peers", "a:1", "--advertise", "a:1"]),
-            Err(ErrorKind::ArgumentConflict)
-        );
         assert_eq!(with(&["--join", "b:1"]), Ok(()));
+    }
+
+    #[test]
+    fn a_first_member_is_one_whose_id_is_inside_its_peers() {
+        let peers = Some("kv-0.kv:5100,kv-1.kv:5100,kv-2.kv:5100");
+        assert!(is_first_member(Some("2"), peers));
+        assert!(!is_first_member(Some("3"), peers));
+        assert!(!is_first_member(None, peers));
+        assert!(!is_first_member(Some("0"), None));
+        assert!(!is_first_member(Some("x"), peers));
+    }
+
+    #[test]
+    fn an_id_past_the_first_members_joins_through_them_at_its_advertised_address() {
+        let start = |extra: &[&str]| {
+            let mut args = vec![
+                "node",
+                "--listen",
+                "0.0.0.0:5100",
+                "--peers",
+                "kv-0:5100,kv-1:5100",
+            ];
+            args.extend_from_slice(extra);
+            match parse(&args).unwrap().command {
+                Command::Node(node) => node.start(),
+                other => panic!("not a node: {other:?}"),
+            }
+        };
+        assert_eq!(
+            start(&["--id", "3", "--advertise", "kv-3:5100"]),
+            Ok(Start::Join {
+                members: vec!["kv-0:5100".into(), "kv-1:5100".into()],
+                advertise: Some("kv-3:5100".into())
+            })
+        );
+        assert!(start(&["--id", "3"]).unwrap_err().contains("--advertise"));
+        // A first member may name its own address, and only that.
+        assert!(matches!(
+            start(&["--id", "1", "--advertise", "kv-1:5100"]),
+            Ok(Start::Static { id: 1, .. })
+        ));
+        let wrong = start(&["--id", "1", "--advertise", "kv-0:5100"]).unwrap_err();
+        assert!(wrong.contains("not this node's entry"), "{wrong}");
     }
 
     #[test]

@@ -440,12 +440,34 @@ async fn node_processes_join_and_leave_while_acknowledged_writes_survive() {
     targets.lock().unwrap().extend(addrs[3..].iter().cloned());
     more(50, "writes through five members").await;
 
-    // Node 1 is removed while alive, through `kvserver admin`: it hands its keys over and its
-    // process exits by itself once it knows.
+    // `kvserver health` is a container health check: 0 for a node that is ok.
+    let health = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+        .args(["health", "--node", &addrs[1]])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(health.status.code(), Some(0), "{health:?}");
+    // A preStop hook with --joined-only leaves a first member (by its environment) alone.
+    let first = Command::new(env!("CARGO_BIN_EXE_kvserver"))
+        .args(["admin", "leave", "--joined-only", "--node", &addrs[1]])
+        .env("KV_CLUSTER_SECRET", SECRET)
+        .env("KV_ID", "1")
+        .env(
+            "KV_PEERS",
+            format!("{},{},{}", addrs[0], addrs[1], addrs[2]),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("not leaving"));
+
+    // Node 1 leaves while alive, through `kvserver admin leave` asked of it: it hands its keys
+    // over, its process exits by itself once it knows, and the command waits for that.
     targets.lock().unwrap().retain(|a| *a != addrs[1]);
-    let (code, out, err) = admin(&["--node", &addrs[0], "remove", "1"]).await;
+    let (code, out, err) = admin(&["leave", "--node", &addrs[1]]).await;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("node 1 is leaving"), "{out}");
+    assert!(out.contains("node 1 left the cluster"), "{out}");
     let remaining: Vec<String> = [0, 2, 3, 4].iter().map(|&i| addrs[i].clone()).collect();
     wait_settled(&http, &remaining, "node 1 removed, settled").await;
     let exited = poll("node 1 to exit", Duration::from_secs(20), || {
