@@ -10,8 +10,10 @@
 //!   writes, the memory budget, and key placement with a cluster map.
 //!   `cargo run -p examples --example embed_kvcore`
 //!
-//! The measuring examples (`load`, `partition_report`, `recovery_time`, `rebalance`) run in
-//! release mode by hand; see the README's "Examples".
+//! The measuring examples (`load`, `partition_report`, `recovery_time`, `rebalance`, `batch`)
+//! run in release mode by hand; see the README's "Examples". `batch` compares `/mget` and
+//! `/mset` with single-key requests and measures scans:
+//! `cargo run --release -p examples --example batch`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -151,6 +151,8 @@ error_codes! {
     KeyExists = "key_exists",
     /// The request body is over the limit.
     BodyTooLarge = "body_too_large",
+    /// A batch request names more keys than one batch may hold.
+    BatchTooLarge = "batch_too_large",
     /// The request body did not arrive within the body read timeout.
     RequestTimeout = "request_timeout",
     /// A peer request without a valid MAC under the cluster secret; nothing was changed.

@@ -7,13 +7,17 @@
 //!
 //! Two families of messages exist:
 //! - **operations** a coordinator forwards to one of a key's replicas: [`Get`], [`Set`],
-//!   [`Delete`], [`Incr`], [`Seed`];
+//!   [`Delete`], [`Incr`], [`Seed`]; and in batches, to the node that coordinates them:
+//!   [`MultiGet`], [`MultiSet`];
+//! - **scans**: [`ScanKeys`], a page of the live keys a node replicates, in an order every node
+//!   shares;
 //! - **acceptor messages** of the replication protocol (CASPaxos): [`Prepare`], [`Accept`],
 //!   [`Read`], [`Repair`], [`Backfill`], [`Collect`], and the bulk [`SyncShard`] and
 //!   [`DigestShard`] pages for catch-up and anti-entropy; plus [`Ping`] for the failure detector.
 //!
 //! No reply's size depends on how much data a node holds: bulk replies come in pages of about
-//! [`PAGE_BYTES`], each resumed after the last key of the one before.
+//! [`PAGE_BYTES`], each resumed after the last key of the one before; batches and scans carry at
+//! most [`MAX_BATCH_ITEMS`] items.
 
 use bytes::Bytes;
 use kvcore::{Ballot, Entry, Floor, NodeId, Precondition, Register, ReplicaState, Value, Version};
@@ -47,7 +51,10 @@ macro_rules! kinds {
             /// nothing); forwarded writes are not: a `Set`, `Delete` or `Incr` delivered twice is
             /// applied twice. Transports over TCP never deliver a request twice.
             pub fn is_idempotent(self) -> bool {
-                !matches!(self, Kind::Set | Kind::Delete | Kind::Incr | Kind::Seed)
+                !matches!(
+                    self,
+                    Kind::Set | Kind::Delete | Kind::Incr | Kind::Seed | Kind::MultiSet
+                )
             }
 
             /// The kind with this tag.
@@ -109,6 +116,12 @@ kinds! {
     Collect = 14,
     /// [`FetchMap`].
     FetchMap = 15,
+    /// [`MultiGet`].
+    MultiGet = 16,
+    /// [`MultiSet`].
+    MultiSet = 17,
+    /// [`ScanKeys`].
+    ScanKeys = 18,
 }
 
 /// Handles one kind of request.
@@ -461,6 +474,75 @@ impl Rpc for FetchMap {
     const KIND: Kind = Kind::FetchMap;
 }
 
+/// The most items a batch message ([`MultiGet`], [`MultiSet`]) carries and the most keys a
+/// [`ScanKeys`] asks for; a receiver refuses more.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// Reads several keys, each as a forwarded [`Get`] would be, on the node that coordinates them.
+///
+/// The reply answers the keys in order, each with its entry (`None`: the key does not exist) or
+/// its own error. It may answer only the first keys, as many as fit in about [`PAGE_BYTES`] of
+/// keys and values (at least one), so its size does not depend on the values: the sender asks
+/// again for the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiGet {
+    /// The keys, at most [`MAX_BATCH_ITEMS`].
+    pub keys: Vec<String>,
+}
+
+impl Rpc for MultiGet {
+    type Reply = Vec<Result<Option<Entry>, RemoteError>>;
+    const KIND: Kind = Kind::MultiGet;
+}
+
+/// Writes several keys, each as a forwarded [`Set`] would be, on the node that coordinates them
+/// (their primary). The reply answers every item, in order.
+///
+/// The writes must be unconditional: a failed condition's answer carries the key's current
+/// value, which would make the reply's size depend on the data. A conditional write goes alone,
+/// as a [`Set`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiSet {
+    /// The writes, at most [`MAX_BATCH_ITEMS`], each with [`Precondition::None`].
+    pub items: Vec<Set>,
+}
+
+impl Rpc for MultiSet {
+    type Reply = Vec<Result<SetReply, RemoteError>>;
+    const KIND: Kind = Kind::MultiSet;
+}
+
+/// Asks a node for the next keys it replicates (under the sender's map) that hold a live value,
+/// in scan order: by store shard ([`kvcore::Store::shard_of`]), then by key bytes. Scan order is
+/// the same on every node and under every map, so a cluster-wide scan merges the pages of all
+/// nodes and resumes anywhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanKeys {
+    /// Only keys that start with this.
+    pub prefix: String,
+    /// Resume after this shard and key; `None` from the start.
+    pub after: Option<(u32, String)>,
+    /// The most keys to return, 1 to [`MAX_BATCH_ITEMS`].
+    pub limit: u32,
+    /// The sender's clock (milliseconds since 1970): values that expire at or before it are not
+    /// live. One clock for every node asked, so they judge expiry alike.
+    pub now_ms: u64,
+}
+
+/// The answer to a [`ScanKeys`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysPage {
+    /// The keys with their shards, in scan order.
+    pub keys: Vec<(u32, String)>,
+    /// Whether the node has more keys after the last one.
+    pub more: bool,
+}
+
+impl Rpc for ScanKeys {
+    type Reply = KeysPage;
+    const KIND: Kind = Kind::ScanKeys;
+}
+
 /// Serde form of [`Precondition`].
 mod precondition {
     use kvcore::{Precondition, Version};
@@ -580,6 +662,24 @@ mod tests {
                 register: Register::default(),
             }],
         });
+        round_trip(MultiGet {
+            keys: vec!["a".into(), "b".into()],
+        });
+        round_trip(MultiSet {
+            items: vec![Set {
+                key: "k".into(),
+                value: Value::binary(vec![1, 2]),
+                precondition: Precondition::None,
+                ttl_ms: Some(5),
+                keep_ttl: false,
+            }],
+        });
+        round_trip(ScanKeys {
+            prefix: "user:".into(),
+            after: Some((17, "user:9".into())),
+            limit: 100,
+            now_ms: 1_700_000_000_000,
+        });
     }
 
     #[test]
@@ -669,7 +769,10 @@ mod tests {
         Backfill,
         Seed,
         Collect,
-        FetchMap
+        FetchMap,
+        MultiGet,
+        MultiSet,
+        ScanKeys
     );
 
     #[tokio::test]

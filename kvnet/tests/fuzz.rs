@@ -23,8 +23,8 @@ use kvcore::{
 };
 use kvnet::rpc::{
     dispatch, Accept, AcceptReply, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap,
-    Get, Incr, Ping, Pong, Prepare, PrepareReply, Read, Repair, Seed, Set, SetReply, SyncPage,
-    SyncShard,
+    Get, Incr, KeysPage, MultiGet, MultiSet, Ping, Pong, Prepare, PrepareReply, Read, Repair,
+    ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard,
 };
 use kvnet::wire::{decode_reply, encode_reply, Incoming};
 use kvnet::{
@@ -234,6 +234,9 @@ enum AnyRequest {
     Seed(Seed),
     Collect(Collect),
     FetchMap(FetchMap),
+    MultiGet(MultiGet),
+    MultiSet(MultiSet),
+    ScanKeys(ScanKeys),
 }
 
 /// Calls `$f::<R>($args)` with the request inside an [`AnyRequest`].
@@ -255,6 +258,9 @@ macro_rules! with_request {
             AnyRequest::Seed(r) => $f($($args,)* r),
             AnyRequest::Collect(r) => $f($($args,)* r),
             AnyRequest::FetchMap(r) => $f($($args,)* r),
+            AnyRequest::MultiGet(r) => $f($($args,)* r),
+            AnyRequest::MultiSet(r) => $f($($args,)* r),
+            AnyRequest::ScanKeys(r) => $f($($args,)* r),
         }
     };
 }
@@ -269,25 +275,27 @@ impl AnyRequest {
     }
 }
 
+fn set() -> impl Strategy<Value = Set> {
+    (
+        key(),
+        value(),
+        precondition(),
+        prop::option::of(edge_u64()),
+        any::<bool>(),
+    )
+        .prop_map(|(key, value, precondition, ttl_ms, keep_ttl)| Set {
+            key,
+            value,
+            precondition,
+            ttl_ms,
+            keep_ttl,
+        })
+}
+
 fn request() -> impl Strategy<Value = AnyRequest> {
     prop_oneof![
         key().prop_map(|key| AnyRequest::Get(Get { key })),
-        (
-            key(),
-            value(),
-            precondition(),
-            prop::option::of(edge_u64()),
-            any::<bool>()
-        )
-            .prop_map(|(key, value, precondition, ttl_ms, keep_ttl)| {
-                AnyRequest::Set(Set {
-                    key,
-                    value,
-                    precondition,
-                    ttl_ms,
-                    keep_ttl,
-                })
-            }),
+        set().prop_map(AnyRequest::Set),
         (key(), prop::option::of(version()))
             .prop_map(|(key, if_version)| { AnyRequest::Delete(Delete { key, if_version }) }),
         (
@@ -329,6 +337,23 @@ fn request() -> impl Strategy<Value = AnyRequest> {
         (key(), value()).prop_map(|(key, value)| AnyRequest::Seed(Seed { key, value })),
         prop::collection::vec((key(), ballot()), 0..4)
             .prop_map(|keys| AnyRequest::Collect(Collect { keys })),
+        prop::collection::vec(key(), 0..5).prop_map(|keys| AnyRequest::MultiGet(MultiGet { keys })),
+        prop::collection::vec(set(), 0..4)
+            .prop_map(|items| AnyRequest::MultiSet(MultiSet { items })),
+        (
+            key(),
+            prop::option::of((edge_u32(), key())),
+            edge_u32(),
+            edge_u64()
+        )
+            .prop_map(|(prefix, after, limit, now_ms)| {
+                AnyRequest::ScanKeys(ScanKeys {
+                    prefix,
+                    after,
+                    limit,
+                    now_ms,
+                })
+            }),
     ]
 }
 
@@ -346,6 +371,9 @@ enum AnyReply {
     SyncShard(Result<SyncPage, RemoteError>),
     DigestShard(Result<DigestPage, RemoteError>),
     Ping(Result<Pong, RemoteError>),
+    MultiGet(Result<Vec<Result<Option<Entry>, RemoteError>>, RemoteError>),
+    MultiSet(Result<Vec<Result<SetReply, RemoteError>>, RemoteError>),
+    ScanKeys(Result<KeysPage, RemoteError>),
 }
 
 macro_rules! with_reply {
@@ -362,6 +390,9 @@ macro_rules! with_reply {
             AnyReply::SyncShard(r) => $f($($args,)* r),
             AnyReply::DigestShard(r) => $f($($args,)* r),
             AnyReply::Ping(r) => $f($($args,)* r),
+            AnyReply::MultiGet(r) => $f($($args,)* r),
+            AnyReply::MultiSet(r) => $f($($args,)* r),
+            AnyReply::ScanKeys(r) => $f($($args,)* r),
         }
     };
 }
@@ -375,6 +406,14 @@ fn answer<T: Debug + Clone + 'static>(
     ]
 }
 
+fn set_reply() -> impl Strategy<Value = SetReply> {
+    prop_oneof![
+        (version(), prop::option::of(edge_u64()))
+            .prop_map(|(version, expires)| SetReply::Written { version, expires }),
+        prop::option::of(entry()).prop_map(SetReply::Conflict),
+    ]
+}
+
 fn reply() -> impl Strategy<Value = AnyReply> {
     let page = || prop::option::of(key());
     let floor = (ballot(), version()).prop_map(|(promised, version)| Floor { promised, version });
@@ -385,12 +424,7 @@ fn reply() -> impl Strategy<Value = AnyReply> {
     });
     prop_oneof![
         answer(prop::option::of(entry())).prop_map(AnyReply::Get),
-        answer(prop_oneof![
-            (version(), prop::option::of(edge_u64()))
-                .prop_map(|(version, expires)| SetReply::Written { version, expires }),
-            prop::option::of(entry()).prop_map(SetReply::Conflict),
-        ])
-        .prop_map(AnyReply::Set),
+        answer(set_reply()).prop_map(AnyReply::Set),
         answer(entry()).prop_map(AnyReply::Incr),
         answer(prop_oneof![
             (edge_u64(), register()).prop_map(|(incarnation, register)| {
@@ -450,6 +484,20 @@ fn reply() -> impl Strategy<Value = AnyReply> {
                 })
         )
         .prop_map(AnyReply::Ping),
+        answer(prop::collection::vec(
+            answer(prop::option::of(entry())),
+            0..4
+        ))
+        .prop_map(AnyReply::MultiGet),
+        answer(prop::collection::vec(answer(set_reply()), 0..4)).prop_map(AnyReply::MultiSet),
+        answer(
+            (
+                prop::collection::vec((edge_u32(), key()), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(keys, more)| KeysPage { keys, more })
+        )
+        .prop_map(AnyReply::ScanKeys),
     ]
 }
 
@@ -690,7 +738,7 @@ fn check_reply<T: Serialize + DeserializeOwned + PartialEq + Debug>(
 type ReplyCheck = fn(&[u8]) -> Result<bool, TestCaseError>;
 
 /// Every reply type, as each request kind's [`Rpc::Reply`] names it.
-const REPLY_CHECKS: [ReplyCheck; 15] = [
+const REPLY_CHECKS: [ReplyCheck; 18] = [
     check_reply::<<Get as Rpc>::Reply>,
     check_reply::<<Set as Rpc>::Reply>,
     check_reply::<<Delete as Rpc>::Reply>,
@@ -706,6 +754,9 @@ const REPLY_CHECKS: [ReplyCheck; 15] = [
     check_reply::<<Seed as Rpc>::Reply>,
     check_reply::<<Collect as Rpc>::Reply>,
     check_reply::<<FetchMap as Rpc>::Reply>,
+    check_reply::<<MultiGet as Rpc>::Reply>,
+    check_reply::<<MultiSet as Rpc>::Reply>,
+    check_reply::<<ScanKeys as Rpc>::Reply>,
 ];
 
 /// Counts of outcomes, so a property that only ever saw one outcome fails instead of passing
@@ -773,7 +824,7 @@ fn damaged_frames_of_every_kind_are_refused_as_client_errors_or_round_trip() {
     tally
         .into_inner()
         .unwrap()
-        .assert_saw_both("damaged request frames", cases, 15);
+        .assert_saw_both("damaged request frames", cases, 18);
 }
 
 #[test]

@@ -7,16 +7,18 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use kvcore::{Encoding, Entry, ErrorCode, Precondition, Value, Version};
+use kvcore::{Conflict, Encoding, Entry, ErrorCode, Precondition, Value, Version};
 use kvnet::RPC_PATH;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
+use crate::batch::{self, MAX_BATCH};
 use crate::detector::PeerState;
 use crate::error::Error;
 use crate::membership;
 use crate::metrics::bump;
-use crate::node::{Node, WriteOptions};
+use crate::node::{BatchWrite, BatchWriteResult, Node, WriteOptions};
+use crate::scan::{Cursor, ScanPage, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 use crate::tls::PeerCertificate;
 
 /// Largest client request body for values of at most `max_value_bytes`: room for any value the
@@ -30,8 +32,28 @@ pub fn client_body_limit(max_value_bytes: usize) -> usize {
         .saturating_add(64 << 10)
 }
 
+/// How many single writes of the largest value a batch body has room for.
+pub const BATCH_BODY_VALUES: usize = 8;
+
+/// Largest body of a batch request (`/mget`, `/mset`) for values of at most `max_value_bytes`:
+/// room for [`BATCH_BODY_VALUES`] single writes of the largest value (about 48 MiB at the
+/// default 1 MiB), and at least for [`MAX_BATCH`] keys of the longest length, however escaped.
+/// A full batch of small values fits; a batch of large values is split by the client.
+pub fn batch_body_limit(max_value_bytes: usize) -> usize {
+    let keys = MAX_BATCH
+        .saturating_mul(6 * kvcore::key::MAX_KEY_BYTES + 64)
+        .saturating_add(64 << 10);
+    client_body_limit(max_value_bytes)
+        .saturating_mul(BATCH_BODY_VALUES)
+        .max(keys)
+}
+
 fn body_limit(node: &Node) -> usize {
     client_body_limit(node.config().max_value_bytes())
+}
+
+fn batch_limit(node: &Node) -> usize {
+    batch_body_limit(node.config().max_value_bytes())
 }
 
 /// The response type of every handler.
@@ -98,6 +120,18 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
                 set(node, body.key, body.value, body.encoding, options).await
             }
             _ => Err(not_allowed("POST, PUT")),
+        },
+        "/mget" => match method {
+            Method::POST => mget(node, req).await,
+            _ => Err(not_allowed("POST")),
+        },
+        "/mset" => match method {
+            Method::POST => mset(node, req).await,
+            _ => Err(not_allowed("POST")),
+        },
+        "/keys" => match method {
+            Method::GET => keys(node, req.uri().query().unwrap_or("")).await,
+            _ => Err(not_allowed("GET")),
         },
         "/health" => match method {
             Method::GET => Ok(health(node)),
@@ -310,21 +344,7 @@ async fn set(
         Ok(entry) => Ok(entry_response(node, &key, &entry)),
         Err(conflict) => {
             let now = node.clock().now_ms();
-            let (code, message) = match options.precondition {
-                Precondition::IfAbsent => {
-                    (ErrorCode::KeyExists, format!("key {key:?} already exists"))
-                }
-                _ => (
-                    ErrorCode::VersionMismatch,
-                    match &conflict.current {
-                        Some(e) => format!(
-                            "key {key:?} is at version {}, not the expected one",
-                            e.version
-                        ),
-                        None => format!("key {key:?} does not exist"),
-                    },
-                ),
-            };
+            let (code, message) = conflict_error(&key, options.precondition, &conflict);
             let current = conflict.current.as_ref().map(|e| entry_json(&key, e, now));
             let body = json!({
                 "error": {"code": code, "message": message},
@@ -333,6 +353,273 @@ async fn set(
             Ok(json_response(StatusCode::CONFLICT, &body))
         }
     }
+}
+
+/// The code and message of a write that `precondition` refused.
+fn conflict_error(
+    key: &str,
+    precondition: Precondition,
+    conflict: &Conflict,
+) -> (ErrorCode, String) {
+    match precondition {
+        Precondition::IfAbsent => (ErrorCode::KeyExists, format!("key {key:?} already exists")),
+        _ => (
+            ErrorCode::VersionMismatch,
+            match &conflict.current {
+                Some(e) => format!(
+                    "key {key:?} is at version {}, not the expected one",
+                    e.version
+                ),
+                None => format!("key {key:?} does not exist"),
+            },
+        ),
+    }
+}
+
+/// Body of `POST /mget`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MgetBody {
+    /// Strings; anything else is answered with an error in its place.
+    keys: Vec<Json>,
+}
+
+/// Body of `POST /mset`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MsetBody {
+    /// Objects shaped as [`MsetEntry`]; anything else is answered with an error in its place.
+    entries: Vec<Json>,
+}
+
+/// One write of `POST /mset`: the fields of `POST /set`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MsetEntry {
+    key: String,
+    value: Json,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    if_absent: bool,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    keep_ttl: bool,
+}
+
+/// One answer of a batch: an entry, `null` for a missing key, or the item's error.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum BatchItem<'a> {
+    Entry(EntryBody<'a>),
+    Missing,
+    Failed(FailedItem<'a>),
+}
+
+/// A batch item that failed: its key as the request had it, and the error; for a write that
+/// its condition refused, also the key's current entry (`null` if it has none).
+#[derive(serde::Serialize)]
+struct FailedItem<'a> {
+    key: &'a Json,
+    error: ErrorBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<Option<EntryBody<'a>>>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody {
+    code: ErrorCode,
+    message: String,
+}
+
+impl<'a> BatchItem<'a> {
+    fn failed(key: &'a Json, e: &Error) -> Self {
+        BatchItem::Failed(FailedItem {
+            key,
+            error: ErrorBody {
+                code: e.code(),
+                message: e.to_string(),
+            },
+            current: None,
+        })
+    }
+}
+
+/// `POST /mget`: reads every key of the batch; see [`Node::mget`].
+async fn mget(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
+    let body: MgetBody = read_json_within(node, req, batch_limit(node)).await?;
+    batch::check_size(body.keys.len())?;
+    let not_a_string = Error::Core(kvcore::Error::InvalidKey {
+        reason: "keys are JSON strings".into(),
+    });
+    let keys: Vec<String> = body
+        .keys
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let mut read = match keys.is_empty() {
+        true => Vec::new(),
+        false => node.mget(&keys).await?,
+    }
+    .into_iter();
+    let now = node.clock().now_ms();
+    let answers: Vec<Option<Result<Option<Entry>, Error>>> = body
+        .keys
+        .iter()
+        .map(|k| k.as_str().and_then(|_| read.next()))
+        .collect();
+    let entries: Vec<BatchItem<'_>> = body
+        .keys
+        .iter()
+        .zip(&answers)
+        .map(|(key, answer)| match (key.as_str(), answer) {
+            (Some(k), Some(Ok(Some(entry)))) => BatchItem::Entry(entry_json(k, entry, now)),
+            (Some(_), Some(Ok(None))) => BatchItem::Missing,
+            (Some(_), Some(Err(e))) => BatchItem::failed(key, e),
+            _ => BatchItem::failed(key, &not_a_string),
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "entries": entries }),
+    ))
+}
+
+/// Reads one `/mset` entry into a write, or the error that item is answered with.
+fn batch_write(entry: &Json) -> Result<BatchWrite, Error> {
+    let entry = MsetEntry::deserialize(entry).map_err(|e| {
+        Error::bad_request(
+            ErrorCode::InvalidRequest,
+            format!("invalid batch entry: {e}"),
+        )
+    })?;
+    let encoding = match entry.encoding {
+        Some(name) => name.parse::<Encoding>()?,
+        None => Encoding::default(),
+    };
+    let options = write_options(
+        entry.if_version,
+        entry.if_absent,
+        entry.ttl_ms,
+        entry.keep_ttl,
+    )?;
+    let value = Value::from_json(encoding, &entry.value)?;
+    Ok(BatchWrite {
+        key: entry.key,
+        value,
+        options,
+    })
+}
+
+/// `POST /mset`: writes every entry of the batch; see [`Node::mset`].
+async fn mset(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
+    let body: MsetBody = read_json_within(node, req, batch_limit(node)).await?;
+    batch::check_size(body.entries.len())?;
+    let parsed: Vec<Result<BatchWrite, Error>> = body.entries.iter().map(batch_write).collect();
+    let writes: Vec<BatchWrite> = parsed.iter().flatten().cloned().collect();
+    let written: Vec<BatchWriteResult> = match writes.is_empty() {
+        true => Vec::new(),
+        false => node.mset(writes).await?,
+    };
+    let mut written = written.iter();
+    let now = node.clock().now_ms();
+    let null = Json::Null;
+    let results: Vec<BatchItem<'_>> = body
+        .entries
+        .iter()
+        .zip(&parsed)
+        .map(|(entry, parsed)| {
+            let key = entry.get("key").unwrap_or(&null);
+            let write = match parsed {
+                Ok(write) => write,
+                Err(e) => return BatchItem::failed(key, e),
+            };
+            match written.next() {
+                Some(Ok(Ok(entry))) => BatchItem::Entry(entry_json(&write.key, entry, now)),
+                Some(Ok(Err(conflict))) => {
+                    let (code, message) =
+                        conflict_error(&write.key, write.options.precondition, conflict);
+                    let current = conflict.current.as_ref();
+                    BatchItem::Failed(FailedItem {
+                        key,
+                        error: ErrorBody { code, message },
+                        current: Some(current.map(|e| entry_json(&write.key, e, now))),
+                    })
+                }
+                Some(Err(e)) => BatchItem::failed(key, e),
+                None => BatchItem::failed(key, &Error::ShuttingDown),
+            }
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "results": results }),
+    ))
+}
+
+/// `GET /keys?prefix=P&limit=N&cursor=C`: one page of a scan; see [`Node::scan`]. A `limit`
+/// over [`MAX_SCAN_LIMIT`] is lowered to it; query values are form-encoded (`+` is a space).
+async fn keys(node: &Node, query: &str) -> Result<HttpResponse, Error> {
+    let params = scan_params(query)?;
+    let ScanPage { keys, cursor } = node
+        .scan(&params.prefix, params.cursor.as_ref(), params.limit)
+        .await?;
+    let cursor = cursor.map(|c| c.encode());
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"keys": keys, "cursor": cursor}),
+    ))
+}
+
+/// The query of `GET /keys`.
+#[derive(Debug)]
+struct ScanParams {
+    prefix: String,
+    limit: usize,
+    cursor: Option<Cursor>,
+}
+
+fn scan_params(query: &str) -> Result<ScanParams, Error> {
+    let invalid = |message: String| Error::bad_request(ErrorCode::InvalidRequest, message);
+    let mut params = ScanParams {
+        prefix: String::new(),
+        limit: DEFAULT_SCAN_LIMIT,
+        cursor: None,
+    };
+    let mut seen = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8()
+            .map_err(|_| invalid(format!("{name} is not UTF-8 once percent-decoded")))?
+            .into_owned();
+        if seen.contains(&name) {
+            return Err(invalid(format!("{name} is given more than once")));
+        }
+        seen.push(name);
+        match name {
+            "prefix" => params.prefix = value,
+            "limit" => {
+                params.limit = value.parse().map_err(|_| {
+                    invalid(format!(
+                        "limit must be a whole number from 1 (over {MAX_SCAN_LIMIT} counts as \
+                         {MAX_SCAN_LIMIT})"
+                    ))
+                })?;
+            }
+            "cursor" if value.is_empty() => {}
+            "cursor" => params.cursor = Some(Cursor::decode(&value)?),
+            other => {
+                return Err(invalid(format!(
+                    "unknown query parameter {other:?}: expected prefix, limit or cursor"
+                )))
+            }
+        }
+    }
+    Ok(params)
 }
 
 async fn delete(node: &Node, key: &str) -> Result<HttpResponse, Error> {
@@ -466,7 +753,15 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     node: &Node,
     req: Request<Incoming>,
 ) -> Result<T, Error> {
-    let limit = body_limit(node);
+    read_json_within(node, req, body_limit(node)).await
+}
+
+/// [`read_json`] with a body limit of `limit` bytes.
+async fn read_json_within<T: for<'de> Deserialize<'de>>(
+    node: &Node,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Error> {
     let too_large = Error::BodyTooLarge { limit };
     let declared = req
         .headers()

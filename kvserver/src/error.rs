@@ -185,7 +185,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | C::EpochMismatch
         | C::ChangeInProgress
         | C::WouldLoseWrites => StatusCode::CONFLICT,
-        C::ValueTooLarge | C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::ValueTooLarge | C::BodyTooLarge | C::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         C::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         C::OwnerUnavailable
         | C::QuorumUnavailable
@@ -263,6 +263,10 @@ mod tests {
         );
         assert_eq!(
             status(ErrorCode::BodyTooLarge),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(ErrorCode::BatchTooLarge),
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }

@@ -11,6 +11,9 @@
 //! | `GET /get/{key}` | | the same, or 404 |
 //! | `GET`/`PUT`/`DELETE /kv/{key}` | PUT: `{"value", "encoding"?, ...}` | the same |
 //! | `POST /kv/{key}/incr` | `{"by"}` | the new entry |
+//! | `POST /mget` | `{"keys": [...]}` (1 to 1000) | `{"entries": [...]}`: per key, in order, the entry, `null` if missing, or `{"key", "error"}` |
+//! | `POST /mset` | `{"entries": [{"key", "value", "encoding"?, "ttl_ms"?, "keep_ttl"?, "if_version"?, "if_absent"?}, ...]}` | `{"results": [...]}`: per item, the entry or `{"key", "error", "current"?}` |
+//! | `GET /keys?prefix=&limit=&cursor=` | | `{"keys": [...], "cursor"}`: a page of live keys in scan order; `cursor` is `null` at the end |
 //! | `GET /health`, `/cluster`, `/stats` | | status, membership, counters |
 //! | `POST /cluster/join` | `{"addr"}` | `{"node", "epoch", "fresh", "record"}` |
 //! | `POST /cluster/remove` | `{"node", "force"?}` | `{"node", "epoch", "state"}` |
@@ -35,6 +38,8 @@
 //! - [`proposer`]: CASPaxos rounds, fast reads, read repair; [`backfill`]: the copies of
 //!   one-round writes for the replicas they did not wait for.
 //! - [`coordinator`]: runs an operation here or forwards it to a replica.
+//! - [`batch`]: many keys' operations in one request, one peer message per node; [`scan`]:
+//!   cluster-wide scans of the keys, merged from every node's pages.
 //! - [`service`]: answers peers' messages.
 //! - [`rebalance`]: a node's part in a membership change (writing the record, copying the keys
 //!   it gains, finishing it, dropping the keys that moved away). See `docs/membership.md`.
@@ -55,6 +60,7 @@ pub mod admin;
 pub mod anti_entropy;
 pub mod api;
 pub mod backfill;
+pub mod batch;
 pub mod catchup;
 pub mod cli;
 pub mod client;
@@ -77,6 +83,7 @@ pub mod proposer;
 pub mod quorum;
 pub mod readiness;
 pub mod rebalance;
+pub mod scan;
 pub mod seed;
 pub mod server;
 pub mod service;
@@ -88,6 +95,6 @@ pub use config::{parse_size, Config, ConfigError};
 pub use detector::PeerState;
 pub use error::Error;
 pub use local::{LocalCluster, LocalClusterBuilder, Transport};
-pub use node::{Node, WriteOptions, WriteOutcome};
+pub use node::{BatchWrite, BatchWriteResult, Node, WriteOptions, WriteOutcome};
 pub use seed::SEED_KEYS;
 pub use server::{run, shutdown_signal};

@@ -35,6 +35,10 @@ counters! {
     gets,
     /// Client writes (sets, deletes, increments).
     writes,
+    /// Client batches (`/mget`, `/mset`); their keys count as reads or writes too.
+    batches,
+    /// Scan pages this node coordinated.
+    scans,
     /// Client requests this node coordinated as a replica of the key.
     local,
     /// Client requests forwarded to a replica of the key.

@@ -22,6 +22,7 @@ use kvnet::{FrameHandler, Transport};
 use crate::acceptor::{Acceptor, BallotClock};
 use crate::anti_entropy::AntiEntropy;
 use crate::backfill::{self, Backfiller, Queue};
+use crate::batch::{self, BatchCoordinator};
 use crate::catchup::CatchUp;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -40,6 +41,7 @@ use crate::proposer::Proposer;
 use crate::quorum::Quorum;
 use crate::readiness::Readiness;
 use crate::rebalance::{self, Progress, Rebalancer};
+use crate::scan::{Cursor, ScanPage, Scanner, MAX_SCAN_LIMIT};
 use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
@@ -85,6 +87,21 @@ impl WriteOptions {
     }
 }
 
+/// One write of a batch ([`Node::mset`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchWrite {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Value,
+    /// Its condition and time to live.
+    pub options: WriteOptions,
+}
+
+/// The answer to one write of a batch: the entry written, the [`Conflict`] that refused it,
+/// or why it failed.
+pub type BatchWriteResult = Result<Result<Entry, Conflict>, Error>;
+
 /// A cluster node. Shared behind an `Arc`; every method takes `&self`.
 pub struct Node {
     config: Config,
@@ -101,6 +118,8 @@ pub struct Node {
     backfill_queue: std::sync::Mutex<Option<Queue>>,
     client: Arc<PeerClient>,
     coordinator: Arc<Coordinator>,
+    batches: Arc<BatchCoordinator>,
+    scanner: Arc<Scanner>,
     handler: Arc<PeerHandler>,
     lifecycle: Arc<Lifecycle>,
     clock: Arc<Clock>,
@@ -237,11 +256,28 @@ impl Node {
             metrics.clone(),
             clock.clone(),
         ));
+        let batches = Arc::new(BatchCoordinator::new(
+            topology.clone(),
+            coordinator.clone(),
+            client.clone(),
+            detector.clone(),
+            limits,
+        ));
+        let scanner = Arc::new(Scanner::new(
+            topology.clone(),
+            store.clone(),
+            readiness.clone(),
+            client.clone(),
+            detector.clone(),
+            coordinator.clone(),
+            clock.clone(),
+        ));
         let handler = Arc::new(PeerHandler::new(
             incarnation.clone(),
             limits,
             topology.clone(),
             coordinator.clone(),
+            batches.clone(),
             acceptor,
             incarnations,
             readiness.clone(),
@@ -265,6 +301,8 @@ impl Node {
             backfill_queue: std::sync::Mutex::new(Some(backfill_queue)),
             client,
             coordinator,
+            batches,
+            scanner,
             handler,
             lifecycle,
             clock,
@@ -647,6 +685,152 @@ impl Node {
             by,
         };
         self.write(incr).await
+    }
+}
+
+/// # Batches and scans
+impl Node {
+    /// Reads `keys`, each linearizably on its own (a batch is not atomic: see
+    /// [`crate::batch`]); the answers are in the order of the keys, duplicates included. A key
+    /// that is invalid or could not be read gets its own error; the batch as a whole fails only
+    /// if it is empty, holds more than [`MAX_BATCH`](crate::batch::MAX_BATCH) keys, or the node
+    /// cannot serve.
+    pub async fn mget(&self, keys: &[String]) -> Result<Vec<Result<Option<Entry>, Error>>, Error> {
+        batch::check_size(keys.len())?;
+        self.check_not_removed()?;
+        bump(&self.metrics.batches);
+        self.metrics
+            .gets
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let mut answers: Vec<Option<Result<Option<Entry>, Error>>> = Vec::new();
+        let mut valid = Vec::with_capacity(keys.len());
+        for key in keys {
+            match validate_client_key(key) {
+                Ok(()) => {
+                    valid.push(key.clone());
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e.into()))),
+            }
+        }
+        let read = self.batches.get_many(valid, new_request_id());
+        let mut read = self
+            .lifecycle
+            .unless_stopped(read)
+            .await
+            .ok_or(Error::ShuttingDown)?
+            .into_iter();
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                answer
+                    .or_else(|| read.next())
+                    .unwrap_or(Err(Error::ShuttingDown))
+            })
+            .collect())
+    }
+
+    /// Writes `items`, each linearizably on its own (a batch is not atomic); the answers are in
+    /// the order of the items. An item that is invalid, refused by its condition or failed gets
+    /// its own answer; the batch as a whole fails only if it is empty, holds more than
+    /// [`MAX_BATCH`](crate::batch::MAX_BATCH) items, or the node cannot serve (a node that stops
+    /// while the batch runs answers `outcome_unknown`: any of the writes may have been applied).
+    pub async fn mset(&self, items: Vec<BatchWrite>) -> Result<Vec<BatchWriteResult>, Error> {
+        batch::check_size(items.len())?;
+        self.check_not_removed()?;
+        bump(&self.metrics.batches);
+        self.metrics
+            .writes
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        let mut answers: Vec<Option<BatchWriteResult>> = Vec::new();
+        let mut values = Vec::new();
+        let mut sets = Vec::with_capacity(items.len());
+        for item in items {
+            match self.check_write(&item) {
+                Ok(()) => {
+                    sets.push(Set {
+                        key: item.key,
+                        value: item.value.clone(),
+                        precondition: item.options.precondition,
+                        ttl_ms: item.options.ttl_ms,
+                        keep_ttl: item.options.keep_ttl,
+                    });
+                    values.push(item.value);
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let write = self.batches.set_many(sets, new_request_id());
+        let written =
+            self.lifecycle
+                .unless_stopped(write)
+                .await
+                .ok_or_else(|| Error::OutcomeUnknown {
+                    reason: "the node stopped while coordinating the batch".into(),
+                })?;
+        let mut written = written.into_iter().zip(values).map(|(reply, value)| {
+            reply.map(|reply| match reply {
+                SetReply::Written { version, expires } => Ok(Entry {
+                    value,
+                    version,
+                    expires,
+                }),
+                SetReply::Conflict(current) => Err(Conflict { current }),
+            })
+        });
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                answer
+                    .or_else(|| written.next())
+                    .unwrap_or_else(|| Err(Error::ShuttingDown))
+            })
+            .collect())
+    }
+
+    fn check_write(&self, item: &BatchWrite) -> Result<(), Error> {
+        validate_client_key(&item.key)?;
+        item.options.check()?;
+        self.store.config().limits.check_value(&item.value)?;
+        Ok(())
+    }
+
+    /// One page of a scan of the cluster's live keys that start with `prefix`: up to `limit`
+    /// keys (at least 1; more than [`MAX_SCAN_LIMIT`] is lowered to it) following `after` in
+    /// scan order (see [`crate::scan`]). Pages may hold fewer keys than asked for; the
+    /// scan is complete when a page has no cursor.
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ScanPage, Error> {
+        self.check_not_removed()?;
+        if limit == 0 {
+            return Err(Error::bad_request(
+                ErrorCode::InvalidRequest,
+                "limit must be at least 1",
+            ));
+        }
+        if prefix.len() > kvcore::MAX_KEY_BYTES {
+            return Err(Error::bad_request(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the prefix is {} bytes; keys are at most {}",
+                    prefix.len(),
+                    kvcore::MAX_KEY_BYTES
+                ),
+            ));
+        }
+        bump(&self.metrics.scans);
+        let page = self
+            .scanner
+            .page(prefix, after, limit.min(MAX_SCAN_LIMIT), new_request_id());
+        self.lifecycle
+            .unless_stopped(page)
+            .await
+            .unwrap_or(Err(Error::ShuttingDown))
     }
 }
 

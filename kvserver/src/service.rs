@@ -5,12 +5,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvcore::{validate_key, Ballot, Entry, ErrorCode, Limits, Register};
 use kvnet::rpc::{
-    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap, Get, Incr, MapCopy,
-    Ping, Pong, Prepare, Read, Repair, Seed, Set, SyncPage, SyncShard,
+    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap, Get, Incr,
+    KeysPage, MapCopy, MultiGet, MultiSet, Ping, Pong, Prepare, Read, Repair, ScanKeys, Seed, Set,
+    SetReply, SyncPage, SyncShard, MAX_BATCH_ITEMS,
 };
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
 use crate::acceptor::{Acceptor, AcceptorFields, AcceptorRpc};
+use crate::batch::BatchCoordinator;
 use crate::coordinator::Coordinator;
 use crate::drift::Drift;
 use crate::incarnations::{plausible, Incarnation, Incarnations};
@@ -20,6 +22,7 @@ use crate::operation::is_seed_key;
 use crate::operation::Operation;
 use crate::peers::PeerClient;
 use crate::readiness::Readiness;
+use crate::scan;
 use crate::topology::Topology;
 
 /// Answers peer requests for one node.
@@ -29,6 +32,7 @@ pub struct PeerHandler {
     limits: Limits,
     topology: Arc<Topology>,
     coordinator: Arc<Coordinator>,
+    batches: Arc<BatchCoordinator>,
     acceptor: Arc<Acceptor>,
     incarnations: Arc<Incarnations>,
     readiness: Arc<Readiness>,
@@ -48,6 +52,7 @@ impl PeerHandler {
         limits: Limits,
         topology: Arc<Topology>,
         coordinator: Arc<Coordinator>,
+        batches: Arc<BatchCoordinator>,
         acceptor: Arc<Acceptor>,
         incarnations: Arc<Incarnations>,
         readiness: Arc<Readiness>,
@@ -61,6 +66,7 @@ impl PeerHandler {
             limits,
             topology,
             coordinator,
+            batches,
             acceptor,
             incarnations,
             readiness,
@@ -225,6 +231,85 @@ impl Handle<Get> for PeerHandler {
                 .get(&r.key, header.hops, header.request_id)
                 .await;
             reply.map_err(|e| e.to_remote())
+        })
+    }
+}
+
+/// Refuses a batch message of more than [`MAX_BATCH_ITEMS`] items, before any of them runs.
+fn check_batch_len(items: usize) -> Result<(), RemoteError> {
+    if items > MAX_BATCH_ITEMS {
+        return Err(invalid(format!(
+            "a batch message carries at most {MAX_BATCH_ITEMS} items, not {items}"
+        )));
+    }
+    Ok(())
+}
+
+/// Batched reads: each key checked and read as a forwarded [`Get`].
+impl Handle<MultiGet> for PeerHandler {
+    fn handle<'a>(
+        &'a self,
+        header: &'a Header,
+        r: MultiGet,
+    ) -> Reply<'a, Vec<Result<Option<Entry>, RemoteError>>> {
+        Box::pin(async move {
+            self.admit(header).await?;
+            check_batch_len(r.keys.len())?;
+            let answers = self
+                .batches
+                .serve_gets(r.keys, header.hops, header.request_id)
+                .await;
+            Ok(answers)
+        })
+    }
+}
+
+/// Batched writes: each one checked and routed as a forwarded [`Set`]. Everything that refuses
+/// the message as a whole happens before any item runs, so the sender may then send its items
+/// again.
+impl Handle<MultiSet> for PeerHandler {
+    fn handle<'a>(
+        &'a self,
+        header: &'a Header,
+        r: MultiSet,
+    ) -> Reply<'a, Vec<Result<SetReply, RemoteError>>> {
+        Box::pin(async move {
+            self.admit(header).await?;
+            check_batch_len(r.items.len())?;
+            let answers = self
+                .batches
+                .serve_sets(r.items, header.hops, header.request_id)
+                .await;
+            Ok(answers)
+        })
+    }
+}
+
+impl Handle<ScanKeys> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, r: ScanKeys) -> Reply<'a, KeysPage> {
+        Box::pin(async move {
+            self.admit(header).await?;
+            scan::check_request(&r)?;
+            // A recovering replica's store is not complete: its silence is safer than its page.
+            if !self.readiness.is_ready() {
+                return Err(RemoteError::new(
+                    ErrorCode::Recovering,
+                    format!("node {} is catching up", self.topology.me()),
+                ));
+            }
+            // Under the map the sender placed the page with, held while the store is walked:
+            // keys a later map moves away are not dropped under it.
+            let map = self.topology.pin();
+            self.check_epoch(header, map.epoch())?;
+            let replicas = self.topology.replicas();
+            let me = self.topology.me();
+            Ok(scan::local_page(
+                self.acceptor.store(),
+                &map,
+                replicas,
+                me,
+                &r,
+            ))
         })
     }
 }

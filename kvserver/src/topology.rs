@@ -331,6 +331,16 @@ impl Placement {
             && self.previous.as_ref().is_none_or(|p| majority(p, nodes))
     }
 
+    /// Whether `nodes` hold a majority of the owners or, while a change runs, of the previous
+    /// owners. A register a quorum accepted is held by a majority of at least one of the two
+    /// (a key the change has not copied yet is only on the previous owners), and one that a
+    /// later quorum replaced by a minority of each: what a scan needs to list a key that
+    /// `nodes` report.
+    pub fn is_majority_of_either(&self, nodes: &[NodeId]) -> bool {
+        majority(&self.replicas[..self.owners], nodes)
+            || self.previous.as_ref().is_some_and(|p| majority(p, nodes))
+    }
+
     /// Whether the replicas not in `failed` can still form a quorum.
     pub fn can_reach_quorum(&self, failed: &[NodeId]) -> bool {
         let rest: Vec<NodeId> = self

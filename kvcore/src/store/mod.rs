@@ -738,6 +738,49 @@ impl Store {
             .collect()
     }
 
+    /// Up to `limit` keys that hold a live value at `now_ms` (one without an expiry time, or
+    /// expiring after `now_ms`), start with `prefix` and that `filter` accepts, in scan order:
+    /// by shard ([`Store::shard_of`]), then by key bytes within a shard. The walk starts after
+    /// `after` (a shard and a key in it) or, if `None`, at the start of shard 0. Returns the keys
+    /// with their shards, and whether more such keys follow the last one. Tombstones and
+    /// promise-only keys are not listed; an `after` shard out of range lists nothing.
+    ///
+    /// Scan order depends only on the keys, so the same `after` resumes a walk on any node, and
+    /// the walk of a cluster can go from node to node. No value is copied; each shard's read lock
+    /// is held only while that shard is walked, and `filter` runs under it.
+    pub fn live_keys_after(
+        &self,
+        after: Option<(usize, &str)>,
+        prefix: &str,
+        limit: usize,
+        now_ms: u64,
+        mut filter: impl FnMut(&str) -> bool,
+    ) -> (Vec<(usize, String)>, bool) {
+        let mut keys = Vec::new();
+        let first = after.map_or(0, |(shard, _)| shard);
+        // One key past the limit tells whether more follow.
+        let wanted = limit.saturating_add(1);
+        for index in first..SHARDS {
+            let after_key = after.and_then(|(shard, key)| (shard == index).then_some(key));
+            let shard = self.shards[index]
+                .0
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let live = shard
+                .in_key_order(after_key, |key| key.starts_with(prefix.as_bytes()))
+                .filter(|r| r.has_value() && r.expires().is_none_or(|at| at > now_ms))
+                .filter(|r| filter(r.key_str()))
+                .take(wanted - keys.len())
+                .map(|r| (index, r.key_str().to_owned()));
+            keys.extend(live);
+            if keys.len() == wanted {
+                keys.pop();
+                return (keys, true);
+            }
+        }
+        (keys, false)
+    }
+
     /// Number of shards, for [`shard_of`](Store::shard_of), [`scan_page`](Store::scan_page) and
     /// [`floor`](Store::floor).
     pub const SHARDS: usize = SHARDS;

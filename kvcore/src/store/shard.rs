@@ -161,6 +161,29 @@ impl Shard {
         }
     }
 
+    /// The records whose keys sort after `after` (in byte order; from the first if `None`) and
+    /// that `select` accepts by their key, in key order.
+    ///
+    /// The table keeps no order. A heap of the candidates is built in linear time and popped
+    /// only as far as the caller goes, so taking k records out of n costs O(n + k log n), not a
+    /// sort of the whole shard per call.
+    pub fn in_key_order<'a>(
+        &'a self,
+        after: Option<&str>,
+        mut select: impl FnMut(&[u8]) -> bool,
+    ) -> impl Iterator<Item = Record<'a>> + 'a {
+        let arena = &self.arena[..];
+        let after = after.map(str::as_bytes);
+        let mut heap: BinaryHeap<Reverse<(&[u8], u32)>> = self
+            .table
+            .iter()
+            .map(|&at| (Record::key_at(arena, at as usize), at))
+            .filter(|&(key, _)| !matches!(after, Some(after) if key <= after) && select(key))
+            .map(Reverse)
+            .collect();
+        std::iter::from_fn(move || heap.pop().map(|Reverse((_, at))| self.record(at)))
+    }
+
     /// The records whose keys sort after `after`, in key order, that `filter` accepts, turned
     /// into items by `item`, until the next one would take the total of `size` past `max_bytes`
     /// (the first one is always taken). See [`Store::scan_page`](super::Store::scan_page).
@@ -172,23 +195,10 @@ impl Shard {
         size: impl Fn(&Record<'_>) -> usize,
         mut item: impl FnMut(&Record<'_>) -> T,
     ) -> Page<T> {
-        let arena = &self.arena[..];
-        let after = after.map(str::as_bytes);
-        // The table keeps no order. A heap of the candidates is built in linear time and popped
-        // only as far as the page goes, so a page of k keys out of n costs O(n + k log n), not
-        // a sort of the whole shard per page.
-        let mut heap: BinaryHeap<Reverse<(&[u8], u32)>> = self
-            .table
-            .iter()
-            .map(|&at| (Record::key_at(arena, at as usize), at))
-            .filter(|&(key, _)| !matches!(after, Some(after) if key <= after))
-            .map(Reverse)
-            .collect();
         let mut items = Vec::new();
         let mut bytes = 0usize;
         let mut last = None;
-        while let Some(Reverse((_, at))) = heap.pop() {
-            let record = self.record(at);
+        for record in self.in_key_order(after, |_| true) {
             if !filter(record.key_str()) {
                 continue;
             }

@@ -1,7 +1,8 @@
 //! Fuzzing the HTTP API of a real one-node server: random methods, paths (percent-encoding junk,
 //! long keys, `..`, empty segments), query strings and bodies (arbitrary bytes, random JSON,
-//! near-valid JSON for the write endpoints with wrong types, huge numbers and deep nesting) to the
-//! client endpoints, and arbitrary bytes to the peer endpoint.
+//! near-valid JSON for the write and batch endpoints with wrong types, huge numbers and deep
+//! nesting; scan queries with junk limits and cursors) to the client endpoints, and arbitrary
+//! bytes to the peer endpoint.
 //!
 //! The property, for every request: no 5xx; the body is JSON, either the success shape or
 //! `{"error": {"code", "message"}}` with the status the code maps to (the peer endpoint may answer
@@ -478,6 +479,37 @@ fn incr_body() -> BoxedStrategy<Body> {
     )
 }
 
+/// `/mget` bodies: lists of key texts (strings of every kind, and JSON that is not a string),
+/// near-valid ones and junk.
+fn mget_body() -> BoxedStrategy<Body> {
+    let valid = prop::collection::vec(key_text(), 1..6)
+        .prop_map(|keys| format!("{{\"keys\": [{}]}}", keys.join(", ")))
+        .boxed();
+    near(valid, object(vec![("keys", json_text())]))
+}
+
+/// `/mset` bodies: lists of valid writes, near-valid ones and junk.
+fn mset_body() -> BoxedStrategy<Body> {
+    let valid = prop::collection::vec(valid_write(true), 1..5)
+        .prop_map(|entries| format!("{{\"entries\": [{}]}}", entries.join(", ")))
+        .boxed();
+    near(valid, object(vec![("entries", json_text())]))
+}
+
+/// `/keys` queries: prefixes, limits and cursors of every kind, and other parameters.
+fn scan_query() -> impl Strategy<Value = Option<String>> {
+    let part = prop_oneof![
+        path_key().prop_map(|k| format!("prefix={k}")),
+        number_text().prop_map(|n| format!("limit={n}")),
+        "[0-9a-fA-F]{0,40}".prop_map(|c| format!("cursor={c}")),
+        query().prop_map(Option::unwrap_or_default),
+    ];
+    prop::option::weighted(
+        0.9,
+        prop::collection::vec(part, 0..4).prop_map(|parts| parts.join("&")),
+    )
+}
+
 /// Bytes for the peer endpoint: anything, then a valid version, then a valid header and any kind,
 /// each followed by anything.
 fn peer_body() -> BoxedStrategy<Body> {
@@ -526,6 +558,7 @@ fn case() -> impl Strategy<Value = Case> {
             method(),
             prop::sample::select(vec![
                 "/health", "/cluster", "/stats", "/set", "/get", "/kv", "/get/", "/kv/", "/",
+                "/mget", "/mset", "/keys",
             ]),
             query(),
             any_body()
@@ -533,6 +566,12 @@ fn case() -> impl Strategy<Value = Case> {
             .prop_map(|(m, p, q, b)| Case::new(m, p.into(), q, b)),
         2 => (method_mostly(Method::POST), query(), peer_body())
             .prop_map(|(m, q, b)| Case::new(m, RPC_PATH.into(), q, b)),
+        1 => (method_mostly(Method::POST), query(), mget_body())
+            .prop_map(|(m, q, b)| Case::new(m, "/mget".into(), q, b)),
+        1 => (method_mostly(Method::POST), query(), mset_body())
+            .prop_map(|(m, q, b)| Case::new(m, "/mset".into(), q, b)),
+        1 => (method_mostly(Method::GET), scan_query(), any_body())
+            .prop_map(|(m, q, b)| Case::new(m, "/keys".into(), q, b)),
     ]
 }
 

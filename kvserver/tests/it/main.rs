@@ -1,6 +1,7 @@
 //! Integration tests of kvserver over real HTTP, on port 0.
 
 mod api;
+mod batch;
 mod budget;
 mod chaos;
 mod checker;
