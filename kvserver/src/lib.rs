@@ -91,6 +91,11 @@ pub mod tls;
 pub mod topology;
 
 pub use client::{Client, ClientBuilder, ClientError, SetOptions};
+
+/// The README's Rust examples, compiled and run as doc tests so that they stay true to the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
 pub use config::{parse_size, Config, ConfigError};
 pub use detector::PeerState;
 pub use error::Error;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kvcore::{NodeId, Precondition, Value};
 use kvnet::Faults;
-use kvserver::{Error, LocalCluster, Node, Transport, WriteOptions};
+use kvserver::{BatchWrite, Error, LocalCluster, Node, Transport, WriteOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -112,6 +112,10 @@ async fn client(id: usize, seed: u64, ops: usize, keys: Keys, live: Live, histor
             }
             continue;
         }
+        if rng.chance(0.1) {
+            batch(&history, id, &node, &keys, &mut rng, n).await;
+            continue;
+        }
         let key = keys.registers[rng.below(keys.registers.len())];
         match rng.below(10) {
             0..=3 => read(&history, id, &node, key, &mut last_read).await,
@@ -165,6 +169,76 @@ async fn client(id: usize, seed: u64, ops: usize, keys: Keys, live: Live, histor
                 };
                 history.finish(t, outcome);
             }
+        }
+    }
+}
+
+/// A batch of two or three registers, read (`/mget`) or written (`/mset`, with values unique
+/// to the client, operation and position). A batch is not atomic: each item is recorded as the
+/// single-key operation it is, spanning the whole batch.
+async fn batch(
+    history: &History,
+    id: usize,
+    node: &Node,
+    keys: &Keys,
+    rng: &mut Choices,
+    n: usize,
+) {
+    let count = 2 + rng.below(2);
+    let mut picked: Vec<&'static str> = (0..count)
+        .map(|_| keys.registers[rng.below(keys.registers.len())])
+        .collect();
+    picked.sort_unstable();
+    picked.dedup();
+    let count = picked.len();
+    if rng.chance(0.5) {
+        let tickets: Vec<_> = picked
+            .iter()
+            .map(|key| history.start(id, key, Op::Read))
+            .collect();
+        let names: Vec<String> = picked.iter().map(|k| k.to_string()).collect();
+        let answers = node.mget(&names).await;
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let outcome = match &answers {
+                Ok(answers) => match &answers[i] {
+                    Ok(entry) => Outcome::Ok(Observed::Read(
+                        entry.as_ref().map(|e| e.value.as_i64().unwrap()),
+                    )),
+                    Err(_) => Outcome::Fail,
+                },
+                Err(_) => Outcome::Fail,
+            };
+            history.finish(ticket, outcome);
+        }
+    } else {
+        let values: Vec<i64> = (0..count)
+            .map(|j| (id * 1_000_000 + 200_000 * (j + 1) + n + 1) as i64)
+            .collect();
+        let tickets: Vec<_> = picked
+            .iter()
+            .zip(&values)
+            .map(|(key, &v)| history.start(id, key, Op::Write(v)))
+            .collect();
+        let items = picked
+            .iter()
+            .zip(&values)
+            .map(|(key, &v)| BatchWrite {
+                key: key.to_string(),
+                value: Value::integer(v),
+                options: WriteOptions::default(),
+            })
+            .collect();
+        let answers = node.mset(items).await;
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let outcome = match &answers {
+                Ok(answers) => match &answers[i] {
+                    Ok(Ok(_)) => Outcome::Ok(Observed::Done),
+                    Ok(Err(_)) => unreachable!("unconditional"),
+                    Err(e) => classify(e),
+                },
+                Err(e) => classify(e),
+            };
+            history.finish(ticket, outcome);
         }
     }
 }

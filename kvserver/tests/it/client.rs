@@ -478,3 +478,54 @@ async fn a_ttl_set_through_the_client_expires_through_every_node() {
     }
     cluster.shutdown().await;
 }
+
+/// The client's batches and scans against a real cluster: items on every node, a failing item
+/// answered in its place, and a scan that lists every key once.
+#[tokio::test]
+async fn batches_and_scans_through_the_client_span_every_node() {
+    let cluster = LocalCluster::builder()
+        .nodes(3)
+        .configure(|c| c.replicas = 2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(cluster.addrs()).unwrap();
+    let mut items: Vec<SetItem> = (0..60)
+        .map(|i| SetItem::new(format!("batch:{i:02}"), i as i64))
+        .collect();
+    items.push(SetItem::new("batch:ttl", "brief").ttl(Duration::from_secs(600)));
+    items.push(SetItem::new("\u{0}reserved", "no"));
+    let written = client.mset(items).await.unwrap();
+    assert_eq!(written.len(), 62);
+    assert!(written[..61].iter().all(Result::is_ok), "{written:?}");
+    assert_eq!(
+        written[61].as_ref().unwrap_err().code,
+        ErrorCode::InvalidKey
+    );
+    // Every node holds some of them.
+    for n in 0..3 {
+        assert!(cluster.node(n).store().len() > 10, "node {n}");
+    }
+
+    let keys = ["batch:07", "batch:missing", "batch:ttl", "batch:59"];
+    let read = client.mget(keys).await.unwrap();
+    assert_eq!(
+        read[0].as_ref().unwrap().as_ref().unwrap().value,
+        Value::integer(7)
+    );
+    assert_eq!(read[1].as_ref().unwrap(), &None);
+    let ttl = read[2].as_ref().unwrap().as_ref().unwrap().ttl;
+    assert!(ttl.is_some_and(|t| t > Duration::from_secs(500)), "{ttl:?}");
+    assert_eq!(
+        read[3].as_ref().unwrap().as_ref().unwrap().value,
+        Value::integer(59)
+    );
+
+    let mut listed: Vec<String> = client.scan("batch:").try_collect().await.unwrap();
+    listed.sort();
+    let mut expected: Vec<String> = (0..60).map(|i| format!("batch:{i:02}")).collect();
+    expected.push("batch:ttl".into());
+    expected.sort();
+    assert_eq!(listed, expected);
+    cluster.shutdown().await;
+}
