@@ -199,7 +199,7 @@ async fn a_correctly_maced_peer_message_is_answered_with_a_maced_reply() {
             &br#"{"from":1,"epoch":1,"request":{"op":"ping"}}"#[..],
             "unsupported_protocol",
         ),
-        (b"\x01\x00not a frame", "invalid_request"),
+        (b"\x02\x00not a frame", "invalid_request"),
         (b"", "invalid_request"),
     ] {
         let request = secret.request_tag("POST", RPC_PATH, garbage);
