@@ -5,6 +5,7 @@ mod budget;
 mod chaos;
 mod checker;
 mod cluster;
+mod eviction;
 mod fuzz;
 mod hardening;
 mod membership;
