@@ -70,7 +70,8 @@ pub const PAGE_ITEM_OVERHEAD: usize = 32;
 /// other 5 are for garbage between compactions. A promise pending on a key (8 bytes until the
 /// accept) is not charged. A removed key ([`Store::delete`], [`Store::collect`]) is charged
 /// nothing, and shards give their memory back as they empty: deleting those million keys again
-/// takes the process from 89 MiB back to about 13 (the same benchmark).
+/// takes the process from 89 MiB back to 7 to 20, from run to run (the same benchmark; the
+/// allocator keeps some of what the shrinking tables freed).
 pub const ENTRY_OVERHEAD: u64 = 48;
 
 /// The version of a stored entry. Versions of one key only grow; `0` is never a stored version.
