@@ -11,18 +11,23 @@
 //! hash functions. The `Store` additionally validates keys and values and accounts bytes; those
 //! are part of what is measured.
 //!
+//! `kvcore-lru` is the same `Store` keeping access words for LRU eviction (every read and write
+//! stamps its key), with its clock ticked every 10 ms as an evictor does, to show what that
+//! bookkeeping costs.
+//!
 //! On a 2-core machine, the 2-thread figures also depend on whatever else is running.
 
 // `criterion_group!` defines a public function it cannot document.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
-use kvcore::{Encoding, Entry, Store, StoreConfig, Value, Version};
+use kvcore::{Encoding, Entry, Eviction, Store, StoreConfig, Value, Version};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -128,21 +133,40 @@ fn run(map: &dyn Map, keys: &[String], ops: &[Op], threads: usize, iters: u64) -
 fn store_vs_dashmap(c: &mut Criterion) {
     let keys = keys();
     let store = Store::new(StoreConfig::default());
+    let lru = Store::new(StoreConfig {
+        eviction: Eviction::Lru,
+        ..StoreConfig::default()
+    });
     let dash = Dash::with_hasher(ahash::RandomState::new());
     for key in &keys {
         store.write(key, value());
+        lru.write(key, value());
         dash.write(key, value());
     }
-    let maps: [(&str, &dyn Map); 2] = [("kvcore", &store), ("dashmap", &dash)];
+    let maps: [(&str, &dyn Map); 3] =
+        [("kvcore", &store), ("kvcore-lru", &lru), ("dashmap", &dash)];
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                lru.tick();
+                std::thread::sleep(kvcore::store::TICK);
+            }
+        });
+        compare(c, &maps, &keys);
+        done.store(true, Ordering::Relaxed);
+    });
+}
 
+fn compare(c: &mut Criterion, maps: &[(&str, &dyn Map)], keys: &[String]) {
     for (name, write_percent) in [("get", 0), ("set", 100), ("mixed_90_10", 10)] {
         let ops = ops(write_percent);
         let mut group = c.benchmark_group(format!("store/{name}"));
         for threads in [1usize, 2] {
             group.throughput(Throughput::Elements(threads as u64));
-            for (map_name, map) in maps {
+            for &(map_name, map) in maps {
                 group.bench_function(BenchmarkId::new(map_name, format!("{threads}t")), |b| {
-                    b.iter_custom(|iters| run(map, &keys, &ops, threads, iters))
+                    b.iter_custom(|iters| run(map, keys, &ops, threads, iters))
                 });
             }
         }

@@ -18,7 +18,8 @@
 //! # Layout
 //! - [`value`]: encodings and the compact encoded [`Value`].
 //! - [`key`]: key validation and size [`Limits`].
-//! - [`store`]: the sharded in-memory [`Store`] with byte accounting.
+//! - [`store`]: the sharded in-memory [`Store`] with byte accounting and the access words behind
+//!   [`Eviction`].
 //! - [`partition`]: the [`Partitioner`](partition::Partitioner) trait and one module per strategy.
 //! - [`replica`]: [`Ballot`] and [`Register`], the per-key state of a replica.
 //! - [`cluster`]: [`NodeId`], [`NodeInfo`] and the [`ClusterMap`].
@@ -37,6 +38,6 @@ pub use error::{Error, ErrorCode, Result};
 pub use key::{validate_key, Limits, MAX_KEY_BYTES};
 pub use replica::{Ballot, Register, ReplicaState};
 pub use store::{
-    Conflict, Entry, Floor, Page, Precondition, Store, StoreConfig, StoreStats, Version,
+    Conflict, Entry, Eviction, Floor, Page, Precondition, Store, StoreConfig, StoreStats, Version,
 };
 pub use value::{Encoding, JsonView, Value};

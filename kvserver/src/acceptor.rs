@@ -16,6 +16,7 @@ use kvnet::rpc::{
 use kvnet::{CallError, RemoteError, Rpc};
 
 use crate::drift::Drift;
+use crate::eviction::Room;
 use crate::incarnations::{Incarnation, Incarnations};
 use crate::metrics::{bump, Metrics};
 use crate::readiness::Readiness;
@@ -102,6 +103,7 @@ pub struct Acceptor {
     ballots: Arc<BallotClock>,
     metrics: Arc<Metrics>,
     drift: Arc<Drift>,
+    room: Arc<Room>,
 }
 
 /// A key-scoped acceptor message, answered in place (by the local replica) or for a peer.
@@ -153,6 +155,7 @@ impl Acceptor {
         ballots: Arc<BallotClock>,
         metrics: Arc<Metrics>,
         drift: Arc<Drift>,
+        room: Arc<Room>,
     ) -> Self {
         Acceptor {
             incarnation,
@@ -163,7 +166,17 @@ impl Acceptor {
             ballots,
             metrics,
             drift,
+            room,
         }
+    }
+
+    /// Notes a write this replica had no room for, so that in cache mode its evictor makes
+    /// some; passes the error on.
+    fn no_room(&self, e: kvcore::Error) -> kvcore::Error {
+        if let kvcore::Error::MemoryFull { needed, .. } = e {
+            self.room.want(needed);
+        }
+        e
     }
 
     /// Notes that a replica refused a proposal on `key` for `ballot`, so this node's next
@@ -364,18 +377,14 @@ impl AcceptorRpc for Prepare {
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<PrepareReply, RemoteError> {
-        Ok(
-            match a
-                .store
-                .prepare(&self.key, self.ballot, self.grow as usize)?
-            {
-                Ok(register) => PrepareReply::Promised {
-                    incarnation: a.incarnation.get(),
-                    register,
-                },
-                Err(promised) => PrepareReply::Rejected { promised },
+        let prepared = a.store.prepare(&self.key, self.ballot, self.grow as usize);
+        Ok(match prepared.map_err(|e| a.no_room(e))? {
+            Ok(register) => PrepareReply::Promised {
+                incarnation: a.incarnation.get(),
+                register,
             },
-        )
+            Err(promised) => PrepareReply::Rejected { promised },
+        })
     }
 }
 
@@ -427,9 +436,10 @@ impl AcceptorRpc for Accept {
         // The next ballot is promised in the same step as the accept, so the promise counts as
         // that ballot's phase 1, with this register as its result.
         let next = self.promise_next.filter(|&next| next > ballot);
-        let accepted =
-            a.store
-                .accept_promising(&self.key, self.register, next.unwrap_or(ballot))?;
+        let accepted = a
+            .store
+            .accept_promising(&self.key, self.register, next.unwrap_or(ballot))
+            .map_err(|e| a.no_room(e))?;
         if let Err(promised) = accepted {
             return Ok(AcceptReply::Rejected { promised });
         }
@@ -454,7 +464,7 @@ impl AcceptorRpc for Read {
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<kvcore::Register, RemoteError> {
-        Ok(a.store.register(&self.key))
+        Ok(a.store.read_register(&self.key))
     }
 }
 
@@ -472,7 +482,10 @@ impl AcceptorRpc for Repair {
     }
 
     fn apply(self, a: &Acceptor, _: &Placement) -> Result<bool, RemoteError> {
-        let applied = a.store.repair(&self.key, self.register)?;
+        let applied = a
+            .store
+            .repair(&self.key, self.register)
+            .map_err(|e| a.no_room(e))?;
         if applied {
             bump(&a.metrics.repairs);
         }

@@ -233,10 +233,8 @@ impl AntiEntropy {
         lacking
     }
 
-    /// Collects `key`'s tombstone of `ballot` here, if this node is still at `epoch`.
     fn collect_here(&self, epoch: u64, key: &str, ballot: Ballot) -> bool {
-        let map = self.topology.pin();
-        map.epoch() == epoch && self.store.collect(key, ballot).unwrap_or(false)
+        collect_here(&self.topology, &self.store, epoch, key, ballot)
     }
 
     /// Drops `key`'s tombstone of `ballot` on each of `holders`; whether all of them did.
@@ -270,56 +268,9 @@ impl AntiEntropy {
         all
     }
 
-    /// Collects tombstones every replica holds: on the other replicas first, then here once
-    /// every other replica has dropped its copy.
     async fn collect(&self, epoch: u64, keys: Vec<(String, Ballot, Vec<NodeId>)>) {
-        let me = self.topology.me();
-        // Messages of about a page each, whatever the keys' lengths.
-        let mut batches = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, (key, _, _)) in keys.iter().enumerate() {
-            if bytes >= PAGE_BYTES {
-                batches.push(&keys[start..i]);
-                (start, bytes) = (i, 0);
-            }
-            bytes += key.len() + 16;
-        }
-        batches.push(&keys[start..]);
-        for batch in batches {
-            let mut dropped = vec![0usize; batch.len()];
-            let mut asked = vec![0usize; batch.len()];
-            for peer in self.topology.peers() {
-                let mine: Vec<usize> = (0..batch.len())
-                    .filter(|&i| batch[i].2.contains(&peer))
-                    .collect();
-                if mine.is_empty() {
-                    continue;
-                }
-                for &i in &mine {
-                    asked[i] += 1;
-                }
-                let request = Collect {
-                    keys: mine
-                        .iter()
-                        .map(|&i| (batch[i].0.clone(), batch[i].1))
-                        .collect(),
-                };
-                let answer = self
-                    .client
-                    .call_at(epoch, peer, new_request_id(), 1, &request);
-                if let Ok(removed) = answer.await {
-                    for (&i, removed) in mine.iter().zip(removed) {
-                        dropped[i] += usize::from(removed);
-                    }
-                }
-            }
-            for (i, (key, ballot, owners)) in batch.iter().enumerate() {
-                debug_assert!(owners.contains(&me));
-                if dropped[i] == asked[i] && self.collect_here(epoch, key, *ballot) {
-                    bump(&self.metrics.collected);
-                }
-            }
-        }
+        let (client, topology, store) = (&self.client, &self.topology, &self.store);
+        collect_everywhere(client, topology, store, &self.metrics, epoch, keys).await;
     }
 
     /// Adds `peer`'s ballots for the keys of `shard` this node is primary for; false if it did
@@ -363,4 +314,70 @@ impl AntiEntropy {
             }
         }
     }
+}
+
+/// Collects tombstones that every replica of their key holds (each given with its ballot and
+/// its key's replicas, as found under the map of `epoch`): on the other replicas first, then
+/// here once every other replica has dropped its copy, so while any replica keeps one, this
+/// node keeps it too and a later pass finishes the job. What anti-entropy does with the
+/// tombstones it finds, and the evictor with those its evictions leave.
+pub async fn collect_everywhere(
+    client: &PeerClient,
+    topology: &Topology,
+    store: &Store,
+    metrics: &Metrics,
+    epoch: u64,
+    keys: Vec<(String, Ballot, Vec<NodeId>)>,
+) {
+    let me = topology.me();
+    // Messages of about a page each, whatever the keys' lengths.
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (key, _, _)) in keys.iter().enumerate() {
+        if bytes >= PAGE_BYTES {
+            batches.push(&keys[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += key.len() + 16;
+    }
+    batches.push(&keys[start..]);
+    for batch in batches {
+        let mut dropped = vec![0usize; batch.len()];
+        let mut asked = vec![0usize; batch.len()];
+        for peer in topology.peers() {
+            let mine: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].2.contains(&peer))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            for &i in &mine {
+                asked[i] += 1;
+            }
+            let request = Collect {
+                keys: mine
+                    .iter()
+                    .map(|&i| (batch[i].0.clone(), batch[i].1))
+                    .collect(),
+            };
+            let answer = client.call_at(epoch, peer, new_request_id(), 1, &request);
+            if let Ok(removed) = answer.await {
+                for (&i, removed) in mine.iter().zip(removed) {
+                    dropped[i] += usize::from(removed);
+                }
+            }
+        }
+        for (i, (key, ballot, owners)) in batch.iter().enumerate() {
+            debug_assert!(owners.contains(&me));
+            if dropped[i] == asked[i] && collect_here(topology, store, epoch, key, *ballot) {
+                bump(&metrics.collected);
+            }
+        }
+    }
+}
+
+/// Collects `key`'s tombstone of `ballot` here, if this node is still at `epoch`.
+fn collect_here(topology: &Topology, store: &Store, epoch: u64, key: &str, ballot: Ballot) -> bool {
+    let map = topology.pin();
+    map.epoch() == epoch && store.collect(key, ballot).unwrap_or(false)
 }

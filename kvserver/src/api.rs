@@ -709,6 +709,7 @@ fn stats(node: &Node) -> HttpResponse {
             "keys": s.keys.saturating_sub(own),
             "bytes": s.bytes,
             "max_memory": s.max_memory,
+            "eviction": node.store().config().eviction,
             "under_replicated": node.under_replicated(),
             "requests": node.metrics().snapshot(),
         }),

@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use kvcore::key::DEFAULT_MAX_VALUE_BYTES;
-use kvcore::{partition, Ballot, NodeId};
+use kvcore::{partition, Ballot, Eviction, NodeId};
 use kvnet::{HttpTransportConfig, Secret};
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,20 @@ pub struct Config {
     /// Memory budget of each node's store, e.g. 64MiB, 1GiB or plain bytes. Unlimited if unset.
     #[arg(long, value_parser = parse_size, value_name = "SIZE", env = "KV_MAX_MEMORY")]
     pub max_memory: Option<u64>,
+    /// What a node over --max-memory does: `none` refuses writes that do not fit (507);
+    /// `lru` or `lfu` runs as a cache and evicts approximately the least recently or least
+    /// frequently used keys, through replicated deletes, so that writes keep succeeding.
+    // kvcore's own policy type, parsed by name: kvcore has no clap, and a second enum here
+    // would only be converted into it.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "none",
+        value_parser = clap::builder::PossibleValuesParser::new(Eviction::NAMES)
+            .map(|name| name.parse::<Eviction>().expect("one of the names")),
+        env = "KV_EVICTION"
+    )]
+    pub eviction: Eviction,
     /// Largest accepted value, e.g. 1MiB.
     #[arg(long = "max-value-size", value_parser = parse_size, value_name = "SIZE", default_value = "1MiB", env = "KV_MAX_VALUE_SIZE")]
     pub max_value_bytes: u64,
@@ -194,6 +209,7 @@ impl Default for Config {
             id: 0,
             peers: Vec::new(),
             max_memory: None,
+            eviction: Eviction::None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES as u64,
             replicas: 3,
             partitioner: partition::default_partitioner().name().to_owned(),
@@ -395,6 +411,12 @@ impl Config {
                 names.join(", ")
             ));
         }
+        if self.eviction.evicts() && self.max_memory.is_none() {
+            return fail(format!(
+                "--eviction {} evicts keys to stay within --max-memory, which is not set",
+                self.eviction
+            ));
+        }
         if self.max_value_bytes == 0 || self.max_value_bytes > u32::MAX as u64 {
             return fail("--max-value-size must be between 1 byte and 4 GiB".into());
         }
@@ -509,9 +531,13 @@ mod tests {
             "--no-seed",
             "--heartbeat-ms",
             "100",
+            "--eviction",
+            "lfu",
         ])
         .config;
         assert_eq!(set.max_memory, Some(64 << 20));
+        assert_eq!(set.eviction, Eviction::Lfu);
+        assert!(Cli::try_parse_from(["kvserver", "--eviction", "random"]).is_err());
         assert_eq!(
             (set.replicas, set.seed_keys, set.heartbeat_ms),
             (5, false, 100)
@@ -522,6 +548,9 @@ mod tests {
     fn configs_read_from_json_fill_in_defaults_and_refuse_typos() {
         let c: Config = serde_json::from_str(r#"{"replicas": 1, "peers": ["h:1"]}"#).unwrap();
         assert_eq!(c.replicas, 1);
+        assert_eq!(c.eviction, Eviction::None);
+        let c: Config = serde_json::from_str(r#"{"eviction": "lru"}"#).unwrap();
+        assert_eq!(c.eviction, Eviction::Lru);
         assert_eq!(c.op_timeout_ms, Config::default().op_timeout_ms);
         assert!(serde_json::from_str::<Config>(r#"{"replcas": 1}"#).is_err());
     }
@@ -554,6 +583,11 @@ mod tests {
             ..ok.clone()
         };
         assert!(message(part).contains("partitioner"));
+        let unbounded_cache = Config {
+            eviction: Eviction::Lru,
+            ..ok.clone()
+        };
+        assert!(message(unbounded_cache).contains("--max-memory"));
         let detector = Config {
             down_after_ms: 100,
             heartbeat_ms: 100,

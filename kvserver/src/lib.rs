@@ -43,8 +43,9 @@
 //! - [`service`]: answers peers' messages.
 //! - [`rebalance`]: a node's part in a membership change (writing the record, copying the keys
 //!   it gains, finishing it, dropping the keys that moved away). See `docs/membership.md`.
-//! - [`catchup`], [`seed`], [`anti_entropy`], [`expiry`]: background work; [`drift`] tells anti-entropy
-//!   when a pass is worth running.
+//! - [`catchup`], [`seed`], [`anti_entropy`], [`expiry`], [`eviction`]: background work;
+//!   [`drift`] tells anti-entropy when a pass is worth running. [`eviction`] also holds the
+//!   [`Room`](eviction::Room) that writes in cache mode wait for.
 //! - [`node`]: the [`Node`] façade that builds and starts the parts.
 //! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]) with its connection limits;
 //!   [`tls`]: HTTPS for clients and peers.
@@ -70,6 +71,7 @@ pub mod coordinator;
 pub mod detector;
 pub mod drift;
 pub mod error;
+pub mod eviction;
 pub mod expiry;
 pub mod incarnations;
 pub mod lifecycle;

@@ -305,13 +305,15 @@ async fn cluster(
         .await?;
     let map = cluster.node(0).map();
     println!(
-        "kvserver: {} nodes up ({} replicas per key, partitioner {}, max memory per node {})",
+        "kvserver: {} nodes up ({} replicas per key, partitioner {}, max memory per node {}, \
+         eviction {})",
         cluster.len(),
         cluster.node(0).replication_factor(),
         map.partitioner().name(),
         config
             .max_memory
-            .map_or("unlimited".to_string(), |b| format!("{b} bytes"))
+            .map_or("unlimited".to_string(), |b| format!("{b} bytes")),
+        config.eviction
     );
     for i in 0..cluster.len() {
         println!("  node {i}: {}", cluster.url(i));

@@ -63,6 +63,8 @@ counters! {
     moved_out,
     /// Expired keys this node's background sweep removed.
     expired,
+    /// Keys this node's evictor removed to stay within its memory budget (cache mode).
+    evicted,
     /// Requests answered with a 4xx status.
     client_errors,
     /// Requests answered with a 5xx status.

@@ -4,8 +4,8 @@
 //! replica of the key (a CASPaxos round by the [`Proposer`]: see
 //! `docs/consistency.md`) or forwards it to one. Peers' messages are answered by the
 //! [`PeerHandler`] (the replica side is the [`Acceptor`]). Background
-//! tasks — the failure detector, catch-up, seeding, anti-entropy — each get only the parts they
-//! use, and all of them run under one [`Lifecycle`].
+//! tasks — the failure detector, catch-up, seeding, anti-entropy, expiry, eviction — each get
+//! only the parts they use, and all of them run under one [`Lifecycle`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +30,7 @@ use crate::coordinator::Coordinator;
 use crate::detector::{FailureDetector, PeerState};
 use crate::drift::Drift;
 use crate::error::Error;
+use crate::eviction::{Evictor, Room};
 use crate::expiry::Expirer;
 use crate::incarnations::{clock_micros, Incarnation, Incarnations};
 use crate::lifecycle::Lifecycle;
@@ -45,6 +46,9 @@ use crate::scan::{Cursor, ScanPage, Scanner, MAX_SCAN_LIMIT};
 use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
+
+/// How often the evictor looks at its store's bytes (in cache mode).
+const EVICTION_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How far a membership change has come, as one node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +127,7 @@ pub struct Node {
     handler: Arc<PeerHandler>,
     lifecycle: Arc<Lifecycle>,
     clock: Arc<Clock>,
+    room: Arc<Room>,
 }
 
 impl fmt::Debug for Node {
@@ -195,10 +200,13 @@ impl Node {
         let limits = Limits {
             max_value_bytes: config.max_value_bytes(),
         };
-        let store = Arc::new(Store::new(StoreConfig {
+        let store_config = StoreConfig {
             max_memory: config.max_memory,
             limits,
-        }));
+            eviction: config.eviction,
+        };
+        let store = Arc::new(Store::new(store_config));
+        let room = Arc::new(Room::new(store_config));
         topology.attach_store(store.clone());
         let incarnation = Arc::new(Incarnation::new(incarnation));
         let lifecycle = Arc::new(Lifecycle::new());
@@ -224,6 +232,7 @@ impl Node {
             ballots.clone(),
             metrics.clone(),
             drift.clone(),
+            room.clone(),
         ));
         let quorum = Arc::new(Quorum::new(
             client.clone(),
@@ -247,6 +256,7 @@ impl Node {
             config.cached_promises,
             backfiller,
             clock.clone(),
+            room.clone(),
         ));
         let coordinator = Arc::new(Coordinator::new(
             topology.clone(),
@@ -306,6 +316,7 @@ impl Node {
             handler,
             lifecycle,
             clock,
+            room,
         })
     }
 
@@ -385,6 +396,19 @@ impl Node {
         };
         self.lifecycle
             .spawn(expirer.run(self.config.expiry_sweep_interval()));
+        if self.config.eviction.evicts() {
+            let evictor = Evictor {
+                store: self.store.clone(),
+                topology: self.topology.clone(),
+                coordinator: self.coordinator.clone(),
+                client: self.client.clone(),
+                readiness: self.readiness.clone(),
+                metrics: self.metrics.clone(),
+                room: self.room.clone(),
+                lifecycle: self.lifecycle.clone(),
+            };
+            self.lifecycle.spawn(evictor.run(EVICTION_TICK));
+        }
     }
 
     /// Stops every task of the node at once, as a crash would: nothing finishes gracefully.

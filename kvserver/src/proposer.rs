@@ -30,6 +30,7 @@ use crate::acceptor::BallotClock;
 use crate::backfill::Backfiller;
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::eviction::Room;
 use crate::incarnations::{plausible, Incarnations};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{bump, Metrics};
@@ -58,6 +59,8 @@ pub struct Proposer {
     backfill: Backfiller,
     /// What expiry times are compared with.
     clock: Arc<Clock>,
+    /// What writes that found no room wait for, in cache mode.
+    room: Arc<Room>,
 }
 
 /// A majority's promise of this node's next ballot on a key, given with the accept of its last
@@ -281,6 +284,7 @@ impl Proposer {
         cached_promises: bool,
         backfill: Backfiller,
         clock: Arc<Clock>,
+        room: Arc<Room>,
     ) -> Self {
         Proposer {
             me,
@@ -296,6 +300,7 @@ impl Proposer {
             promises: cached_promises.then(PromiseCache::default),
             backfill,
             clock,
+            room,
         }
     }
 
@@ -307,16 +312,41 @@ impl Proposer {
         request_id: u64,
     ) -> Result<O::Reply, Error> {
         if placement.replicas == [self.me] {
-            // Held while the store applies it: once this node has adopted another map (and
-            // may have handed the key over), nothing placed under this one is applied.
-            let _map = self
-                .quorum
-                .acceptor()
-                .pin_at(placement)
-                .map_err(Error::Remote)?;
-            return self.apply_locally(op);
+            let deadline = Instant::now() + self.op_timeout;
+            let mut attempt = 0;
+            loop {
+                let applied = {
+                    // Held while the store applies it: once this node has adopted another map
+                    // (and may have handed the key over), nothing placed under this one is
+                    // applied.
+                    let _map = self
+                        .quorum
+                        .acceptor()
+                        .pin_at(placement)
+                        .map_err(Error::Remote)?;
+                    self.apply_locally(op)
+                };
+                match applied {
+                    Err(Error::Core(kvcore::Error::MemoryFull { needed, .. }))
+                        if self.room.worth_waiting(needed) && Instant::now() < deadline =>
+                    {
+                        self.room.want(needed);
+                        attempt += 1;
+                        self.wait_for_room(attempt, deadline).await;
+                    }
+                    applied => return applied,
+                }
+            }
         }
         self.propose(placement, op, request_id).await
+    }
+
+    /// In cache mode, after a round that found no room: waits for this node's evictor to free
+    /// some, at most a back-off that grows with `attempt` (other replicas' evictors free room
+    /// this node does not hear of).
+    async fn wait_for_room(&self, attempt: u32, deadline: Instant) {
+        let cap = Duration::from_millis(2u64 << attempt.min(5));
+        self.room.wait((Instant::now() + cap).min(deadline)).await;
     }
 
     /// The lock that queues this node's proposals for `key`: rounds for one key from one node
@@ -528,10 +558,11 @@ impl Proposer {
         let quorum = placement.quorum();
         let total = placement.replicas.len();
         let deadline = Instant::now() + self.op_timeout;
-        let Ok(_turn) = tokio::time::timeout_at(deadline, self.turn(key).lock()).await else {
-            return Err(Error::Overloaded {
-                message: format!("too many writes queued for key {key:?}; nothing was changed"),
-            });
+        let queued = || Error::Overloaded {
+            message: format!("too many writes queued for key {key:?}; nothing was changed"),
+        };
+        let Ok(mut turn) = tokio::time::timeout_at(deadline, self.turn(key).lock()).await else {
+            return Err(queued());
         };
         if let Some(cached) = self
             .promises
@@ -616,6 +647,21 @@ impl Proposer {
             if !placement.is_quorum(&promisers(&promises)) {
                 // Nothing was accepted in this round, so failing here is a clean failure.
                 if !placement.can_reach_quorum(&full) {
+                    // In cache mode the full replicas' evictors are making room (a refused
+                    // prepare wakes them): the round runs again once there may be some.
+                    // At most the whole entry, as for a new key.
+                    let needed = kvcore::store::charge(key, op.grow() as usize);
+                    if self.room.worth_waiting(needed) && Instant::now() < deadline {
+                        // Not holding the key's turn meanwhile: evictions of other keys queue
+                        // on the same lock stripe, and nothing of this round was accepted.
+                        drop(turn);
+                        self.wait_for_room(attempt, deadline).await;
+                        let lock = self.turn(key).lock();
+                        turn = tokio::time::timeout_at(deadline, lock)
+                            .await
+                            .map_err(|_| queued())?;
+                        continue;
+                    }
                     return Err(Error::Remote(memory_error.expect("counted")));
                 }
                 if conflicted && Instant::now() < deadline {

@@ -5,15 +5,19 @@
 //!   the byte accounting behind the budget.
 //! - `shard`: one shard, an arena of records indexed by a hash table of `u32` offsets.
 //! - `record`: the byte layout of one key's record: header, key, value, optional fields.
+//! - `access`: the access word each key keeps for eviction ([`Eviction`]), and the
+//!   [`EvictionPool`] of sampled candidates.
 //! - `read_buffer`: where values read out of the store are copied to.
 //!
 //! A key costs one record in its shard's arena (22 header bytes, the key and the value) and one
-//! 4-byte table slot; there is no allocation per key. See [`ENTRY_OVERHEAD`].
+//! 8-byte table slot (the record's offset and the key's access word); there is no allocation
+//! per key. See [`ENTRY_OVERHEAD`].
 //!
 //! A key's shard is [`Store::shard_of`], the same on every node, so that replicas can compare
 //! and copy their keys shard by shard; each shard keeps a [`Floor`] that lets a deleted key's
 //! record go without its versions ever repeating.
 
+mod access;
 mod read_buffer;
 mod record;
 mod shard;
@@ -28,8 +32,13 @@ use crate::error::{Error, Result};
 use crate::key::{validate_key, Limits};
 use crate::replica::{Ballot, Register, ReplicaState};
 use crate::value::Value;
+use access::Access;
 use record::{Meta, Record};
 use shard::{hash_key, Shard};
+
+pub use access::{
+    Candidate, Eviction, EvictionPool, UnknownEviction, LFU_DECAY_MINUTES, LFU_INIT, TICK,
+};
 
 /// Number of independently locked shards; a power of two so the shard is the top bits of a hash.
 /// Many small shards keep each arena small, so compacting one is short, and keep two threads
@@ -52,16 +61,18 @@ pub const PAGE_ITEM_OVERHEAD: usize = 32;
 /// Bytes charged per entry on top of its key and value bytes.
 ///
 /// What a key costs besides its key and value: the record's 22-byte header (lengths, version,
-/// accepted ballot); its table slot, a 4-byte offset and a control byte in a table kept between
-/// 7/16 and 7/8 full, so 6 to 11 bytes; and the arena's garbage, kept below a quarter of it by
-/// compaction. A million 16-byte keys with 32-byte values, loaded through either API, grow the
-/// process by 82 bytes a key, 34 on top of the 48 bytes of key and value
-/// (`cargo bench -p kvcore --bench memory`); the other 6 are for garbage between compactions. A
-/// promise pending on a key (8 bytes until the accept) is not charged. A removed key
-/// ([`Store::delete`], [`Store::collect`]) is charged nothing, and shards give their memory
-/// back as they empty: deleting those million keys again takes the process from 80 MiB back
-/// to about 10 (the same benchmark).
-pub const ENTRY_OVERHEAD: u64 = 40;
+/// accepted ballot); its table slot, a 4-byte offset, the key's 4-byte access word (see
+/// [`Eviction`]) and a control byte in a table kept between 7/16 and 7/8 full, so 10 to 21
+/// bytes; and the arena's garbage, kept below a quarter of it by compaction. A million 16-byte
+/// keys with 32-byte values, loaded through either API, grow the process by 91 bytes a key, 43
+/// on top of the 48 bytes of key and value (`cargo bench -p kvcore --bench memory`; the tables
+/// are then less than half full, the dearest case: 1.7 million keys take 82.5 bytes each); the
+/// other 5 are for garbage between compactions. A promise pending on a key (8 bytes until the
+/// accept) is not charged. A removed key ([`Store::delete`], [`Store::collect`]) is charged
+/// nothing, and shards give their memory back as they empty: deleting those million keys again
+/// takes the process from 89 MiB back to 7 to 20, from run to run (the same benchmark; the
+/// allocator keeps some of what the shrinking tables freed).
+pub const ENTRY_OVERHEAD: u64 = 48;
 
 /// The version of a stored entry. Versions of one key only grow; `0` is never a stored version.
 ///
@@ -151,6 +162,29 @@ pub struct StoreConfig {
     pub max_memory: Option<u64>,
     /// Key and value size limits.
     pub limits: Limits,
+    /// What the keys' access words record, for a caller that evicts keys to stay within the
+    /// budget (see [`Store::sample`]). The store itself never drops a key; with a policy set,
+    /// accepted writes may use the [headroom](StoreConfig::ceiling) above the budget.
+    pub eviction: Eviction,
+}
+
+impl StoreConfig {
+    /// The most [`Store::used_bytes`] can reach: the budget, and with an eviction policy the
+    /// budget and a sixteenth more.
+    ///
+    /// In cache mode a write is admitted against the budget when it is prepared, and a prepare
+    /// that does not fit waits for evictions; its accept, and copies to lagging replicas, are
+    /// checked against the ceiling instead, so that writes prepared together do not refuse each
+    /// other's accepts (a write half accepted has an unknown outcome) and replicas do not miss
+    /// copies. The headroom is the room those writes share until evictions catch up.
+    pub fn ceiling(&self) -> Option<u64> {
+        let max = self.max_memory?;
+        Some(if self.eviction.evicts() {
+            max.saturating_add(max / 16)
+        } else {
+            max
+        })
+    }
 }
 
 /// What a shard counts a key without a record as: promised at `promised`, at version `version`,
@@ -234,7 +268,8 @@ struct PaddedShard(RwLock<Shard>);
 ///
 /// Memory is accounted per entry as key bytes + encoded value bytes + [`ENTRY_OVERHEAD`]. With a
 /// budget set, a write that would take the total over it fails with [`Error::MemoryFull`] and
-/// changes nothing; reads, deletes and writes that shrink an entry always go through.
+/// changes nothing; reads, deletes and writes that shrink an entry always go through. (With an
+/// [`Eviction`] policy, accepts may use some headroom: see [`StoreConfig::ceiling`].)
 ///
 /// ```
 /// use kvcore::{Store, StoreConfig, Value};
@@ -250,6 +285,7 @@ pub struct Store {
     hasher: ahash::RandomState,
     used: AtomicU64,
     config: StoreConfig,
+    access: Access,
 }
 
 impl fmt::Debug for Store {
@@ -286,6 +322,7 @@ impl Store {
             hasher: ahash::RandomState::new(),
             used: AtomicU64::new(0),
             config,
+            access: Access::new(config.eviction),
         }
     }
 
@@ -294,9 +331,9 @@ impl Store {
         &self.config
     }
 
-    /// The entry stored under `key`, its value copied out.
+    /// The entry stored under `key`, its value copied out. A use of the key, for eviction.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.read(key, |shard, at| at.and_then(|at| shard.record(at).entry()))
+        self.read_touching(key, |shard, at| at.and_then(|at| shard.record(at).entry()))
     }
 
     /// Stores `value` under `key` whatever was there, returning the new version.
@@ -321,7 +358,7 @@ impl Store {
         let (h, mut shard) = self.write(key);
         // One lookup, and the record rewritten in place when the value keeps its size: this is
         // the hot path of every write.
-        let at = shard.find(h, key.as_bytes());
+        let at = self.find_touching(&shard, h, key);
         let current = at.map(|at| shard.record(at));
         let version = current.map_or(shard.floor().version, |r| r.version());
         let exists = current.is_some_and(|r| r.has_value());
@@ -343,7 +380,15 @@ impl Store {
             expires: None,
             ..shard.meta_at(at)
         };
-        self.apply(&mut shard, h, key, at, &next, Some(&value), true)?;
+        self.apply(
+            &mut shard,
+            h,
+            key,
+            at,
+            &next,
+            Some(&value),
+            self.config.max_memory,
+        )?;
         Ok(Ok(version))
     }
 
@@ -387,6 +432,11 @@ impl Store {
         self.read(key, |shard, at| shard.register_at(at))
     }
 
+    /// [`register`](Store::register), for a client's read: a use of the key, for eviction.
+    pub fn read_register(&self, key: &str) -> Register {
+        self.read_touching(key, |shard, at| shard.register_at(at))
+    }
+
     /// The highest ballot `key` promised on this replica (or accepted: accepting promises
     /// too); for a key with no record, its shard's floor.
     pub fn promise(&self, key: &str) -> Ballot {
@@ -398,7 +448,9 @@ impl Store {
     ///
     /// `grow` is how many value bytes the proposal may add; if the budget cannot take them the
     /// promise is refused with [`Error::MemoryFull`] and nothing changes, so a write that cannot
-    /// fit is refused before any replica accepts it.
+    /// fit is refused before any replica accepts it. A prepare that adds no value bytes (a read
+    /// or a delete) is checked against the [ceiling](StoreConfig::ceiling) only, so that in
+    /// cache mode the rounds that make room are not refused for want of it.
     pub fn prepare(
         &self,
         key: &str,
@@ -416,22 +468,19 @@ impl Store {
         let before = at.map_or(0, |_| charge(key, value_len));
         let after = charge(key, value_len.max(grow));
         if after > before {
-            self.check_room(after - before)?;
+            let limit = if grow > 0 {
+                self.config.max_memory
+            } else {
+                self.config.ceiling()
+            };
+            check_room(self.used_bytes(), after - before, limit)?;
         }
         let register = shard.register_at(at);
         let next = Meta {
             promised: ballot,
             ..meta
         };
-        self.apply(
-            &mut shard,
-            h,
-            key,
-            at,
-            &next,
-            register.value.as_ref(),
-            false,
-        )?;
+        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), None)?;
         Ok(Ok(register))
     }
 
@@ -446,6 +495,8 @@ impl Store {
     /// next ballot: phase 1 of its next round on this key, whose result is the register just
     /// accepted. Done in one step, so nothing can be accepted in between, and the record keeps
     /// its size from one such write to the next.
+    ///
+    /// Checked against the [ceiling](StoreConfig::ceiling), and a use of the key.
     pub fn accept_promising(
         &self,
         key: &str,
@@ -457,7 +508,7 @@ impl Store {
             self.config.limits.check_value(value)?;
         }
         let (h, mut shard) = self.write(key);
-        let at = shard.find(h, key.as_bytes());
+        let at = self.find_touching(&shard, h, key);
         let promised = shard.meta_at(at).promised;
         if register.ballot < promised {
             return Ok(Err(promised));
@@ -468,7 +519,16 @@ impl Store {
             promised: next.max(register.ballot),
             expires: register.expires,
         };
-        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), true)?;
+        let limit = self.config.ceiling();
+        self.apply(
+            &mut shard,
+            h,
+            key,
+            at,
+            &next,
+            register.value.as_ref(),
+            limit,
+        )?;
         Ok(Ok(()))
     }
 
@@ -482,7 +542,7 @@ impl Store {
     /// is accepted, so the key is removed at once and its shard's floor raised to `ballot` and
     /// the tombstone's version, as [`collect`](Store::collect) would. A register whose version
     /// is not above the current one is refused with [`Error::InvalidKey`] (the key's versions
-    /// are used up).
+    /// are used up). A use of the key; a value is checked against the budget.
     pub fn propose_alone<T>(
         &self,
         key: &str,
@@ -491,7 +551,7 @@ impl Store {
     ) -> Result<Result<T, Ballot>> {
         validate_key(key)?;
         let (h, mut shard) = self.write(key);
-        let at = shard.find(h, key.as_bytes());
+        let at = self.find_touching(&shard, h, key);
         let meta = shard.meta_at(at);
         if ballot <= meta.promised {
             return Ok(Err(meta.promised));
@@ -522,17 +582,19 @@ impl Store {
             promised: ballot,
             expires: next.expires,
         };
-        self.apply(&mut shard, h, key, at, &meta, next.value.as_ref(), true)?;
+        let limit = self.config.max_memory;
+        self.apply(&mut shard, h, key, at, &meta, next.value.as_ref(), limit)?;
         Ok(Ok(answer))
     }
 
     /// Brings a lagging replica up to a register known to be chosen (held by a quorum). Applied
     /// only if it is newer than what is accepted here and no higher ballot was promised, exactly
-    /// as a late copy of the original accept would be. Returns whether it was applied.
+    /// as a late copy of the original accept would be. Returns whether it was applied. Like an
+    /// accept, checked against the [ceiling](StoreConfig::ceiling) and a use of the key.
     pub fn repair(&self, key: &str, register: Register) -> Result<bool> {
         validate_key(key)?;
         let (h, mut shard) = self.write(key);
-        let at = shard.find(h, key.as_bytes());
+        let at = self.find_touching(&shard, h, key);
         let meta = shard.meta_at(at);
         if register.ballot <= meta.ballot || register.ballot < meta.promised {
             return Ok(false);
@@ -543,7 +605,16 @@ impl Store {
             promised: meta.promised.max(register.ballot),
             expires: register.expires,
         };
-        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), true)?;
+        let limit = self.config.ceiling();
+        self.apply(
+            &mut shard,
+            h,
+            key,
+            at,
+            &next,
+            register.value.as_ref(),
+            limit,
+        )?;
         Ok(true)
     }
 
@@ -588,15 +659,7 @@ impl Store {
         if next == meta {
             return Ok(false);
         }
-        self.apply(
-            &mut shard,
-            h,
-            key,
-            at,
-            &next,
-            register.value.as_ref(),
-            false,
-        )?;
+        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), None)?;
         Ok(true)
     }
 
@@ -786,6 +849,85 @@ impl Store {
     pub const SHARDS: usize = SHARDS;
 }
 
+/// # Eviction
+///
+/// The store keeps an access word per key (see [`Eviction`]) and offers samples of its keys
+/// ranked by it; the caller evicts (a replicated node through a round, so replicas agree). What
+/// counts as a use of a key: [`get`](Store::get), [`put`](Store::put),
+/// [`read_register`](Store::read_register), [`accept`](Store::accept),
+/// [`propose_alone`](Store::propose_alone) and [`repair`](Store::repair). Background reads
+/// ([`register`](Store::register), [`scan_page`](Store::scan_page)) and prepares do not count.
+impl Store {
+    /// Advances the clock that stamps uses of keys to the time now (it has a resolution of
+    /// [`TICK`]). Uses are stamped with the clock as of the last tick, so that a read does not
+    /// ask the OS for the time; [`sample`](Store::sample) ticks too, and whoever evicts should
+    /// tick about every [`TICK`] between samples.
+    pub fn tick(&self) {
+        self.access.tick();
+    }
+
+    /// Offers to `pool` up to `n` keys of shard `shard` that hold a value and that `keep`
+    /// accepts, each with its version and [score](Candidate::score): a run of neighbours in the
+    /// shard's table, from the `from`th key on (modulo the shard's size). A caller picks `from`
+    /// at random; the table's order is that of the keys' hashes, so the run is a random sample.
+    /// Looks at no more than `4 n` keys, and at none with no policy set. Returns how many it
+    /// offered.
+    pub fn sample(
+        &self,
+        shard: usize,
+        from: usize,
+        n: usize,
+        mut keep: impl FnMut(&str) -> bool,
+        pool: &mut EvictionPool,
+    ) -> usize {
+        if !self.config.eviction.evicts() {
+            return 0;
+        }
+        let Some(shard) = self.shards.get(shard) else {
+            return 0;
+        };
+        self.access.tick();
+        let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+        let candidates = shard
+            .sample(from, n.saturating_mul(4))
+            .filter(|(r, _)| r.has_value() && keep(r.key_str()))
+            .take(n)
+            .map(|(r, word)| Candidate {
+                key: r.key_str().to_owned(),
+                version: r.version(),
+                score: self.access.score(word),
+                bytes: charge(r.key_str(), r.value_len()),
+            });
+        let mut offered = 0;
+        for candidate in candidates {
+            pool.offer(candidate);
+            offered += 1;
+        }
+        offered
+    }
+
+    /// `key` as a candidate for eviction now: its version and current score, if it holds a
+    /// value. How a caller checks a candidate sampled a while ago before evicting it.
+    pub fn candidate(&self, key: &str) -> Option<Candidate> {
+        let (h, shard) = self.locate(key);
+        let shard = shard.read().unwrap_or_else(|poison| poison.into_inner());
+        let slot = shard.slot(h, key.as_bytes())?;
+        let record = shard.record(slot.at());
+        record.has_value().then(|| Candidate {
+            key: key.to_owned(),
+            version: record.version(),
+            score: self.access.score(slot.access().load(Ordering::Relaxed)),
+            bytes: charge(key, record.value_len()),
+        })
+    }
+
+    /// Moves the access clock on by `ticks`, for tests of aging.
+    #[cfg(test)]
+    fn advance_clock(&self, ticks: u32) {
+        self.access.advance(ticks);
+    }
+}
+
 /// # Inspection
 ///
 /// Counts and walks over the whole store, for either API.
@@ -870,6 +1012,24 @@ impl Store {
         f(&shard, shard.find(h, key.as_bytes()))
     }
 
+    /// [`read`](Store::read), recording a use of the key.
+    #[inline]
+    fn read_touching<T>(&self, key: &str, f: impl FnOnce(&Shard, Option<u32>) -> T) -> T {
+        let (h, shard) = self.locate(key);
+        let shard = shard.read().unwrap_or_else(|poison| poison.into_inner());
+        let at = self.find_touching(&shard, h, key);
+        f(&shard, at)
+    }
+
+    /// The offset of `key`'s record in `shard`, recording a use of the key. Under either lock:
+    /// the access word is atomic.
+    #[inline]
+    fn find_touching(&self, shard: &Shard, h: u64, key: &str) -> Option<u32> {
+        let slot = shard.slot(h, key.as_bytes())?;
+        self.access.touch(slot.access());
+        Some(slot.at())
+    }
+
     fn visit(&self, mut f: impl FnMut(Record<'_>)) {
         for shard in self.shards.iter() {
             let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
@@ -885,9 +1045,9 @@ impl Store {
     }
 
     /// Replaces `key`'s record (at `at`, or none yet) under its shard's write lock, charging the
-    /// difference in footprint. With `enforce` the budget is checked; without, the record is
-    /// stored regardless (the caller checked room earlier, or must not refuse). Nothing changes
-    /// if it fails.
+    /// difference in footprint. A growth that would take the total past `limit` is refused;
+    /// with no limit the record is stored regardless (the caller checked room earlier, or must
+    /// not refuse). Nothing changes if it fails.
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -897,7 +1057,7 @@ impl Store {
         at: Option<u32>,
         meta: &Meta,
         value: Option<&Value>,
-        enforce: bool,
+        limit: Option<u64>,
     ) -> Result<()> {
         let value_len = value.map_or(0, Value::len);
         // Only `restore` takes values unchecked against the limits; a record has 32 bits for
@@ -912,16 +1072,13 @@ impl Store {
         let new = charge(key, value_len);
         // Same-size writes, the common case, leave the shared counter alone.
         if new > old {
-            if enforce {
-                self.reserve(new - old)?;
-            } else {
-                self.used.fetch_add(new - old, Ordering::Relaxed);
-            }
+            self.reserve(new - old, limit)?;
         } else if new < old {
             self.used.fetch_sub(old - new, Ordering::Relaxed);
         }
         let value = value.map(|v| (v.encoding(), &v.as_bytes()[..]));
-        if let Err(full) = shard.write(&self.hasher, h, key.as_bytes(), at, meta, value) {
+        let access = self.access.initial();
+        if let Err(full) = shard.write(&self.hasher, h, key.as_bytes(), at, meta, value, access) {
             if new > old {
                 self.used.fetch_sub(new - old, Ordering::Relaxed);
             } else {
@@ -938,39 +1095,36 @@ impl Store {
         Ok(())
     }
 
-    fn check_room(&self, bytes: u64) -> Result<()> {
-        match self.config.max_memory {
-            Some(max) => {
-                let used = self.used.load(Ordering::Relaxed);
-                if used.saturating_add(bytes) > max {
-                    return Err(Error::MemoryFull {
-                        needed: bytes,
-                        available: max.saturating_sub(used),
-                        max_memory: max,
-                    });
-                }
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Charges `bytes` against the budget, or fails without charging anything.
-    fn reserve(&self, bytes: u64) -> Result<()> {
-        let Some(max) = self.config.max_memory else {
+    /// Charges `bytes` unless that takes the total past `limit`, or fails without charging
+    /// anything.
+    fn reserve(&self, bytes: u64, limit: Option<u64>) -> Result<()> {
+        let Some(limit) = limit else {
             self.used.fetch_add(bytes, Ordering::Relaxed);
             return Ok(());
         };
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(bytes).filter(|&total| total <= max)
+                used.checked_add(bytes).filter(|&total| total <= limit)
             })
             .map(drop)
-            .map_err(|used| Error::MemoryFull {
-                needed: bytes,
-                available: max.saturating_sub(used),
-                max_memory: max,
-            })
+            .map_err(|used| full(bytes, used, limit))
+    }
+}
+
+/// Whether `bytes` more fit under `limit` with `used` charged already.
+fn check_room(used: u64, bytes: u64, limit: Option<u64>) -> Result<()> {
+    match limit {
+        Some(limit) if used.saturating_add(bytes) > limit => Err(full(bytes, used, limit)),
+        _ => Ok(()),
+    }
+}
+
+/// The error for `needed` bytes that do not fit under `limit` with `used` charged.
+fn full(needed: u64, used: u64, limit: u64) -> Error {
+    Error::MemoryFull {
+        needed,
+        available: limit.saturating_sub(used),
+        max_memory: limit,
     }
 }
 
@@ -995,8 +1149,9 @@ pub fn footprint(key: &str, value: &Value) -> u64 {
     charge(key, value.len())
 }
 
-/// Saturating, as `value_len` may be a peer's claim (a prepare's `grow`) rather than a length.
-fn charge(key: &str, value_len: usize) -> u64 {
+/// Bytes an entry of `key` with `value_len` value bytes is charged. Saturating, as `value_len`
+/// may be a peer's claim (a prepare's `grow`) rather than a length.
+pub fn charge(key: &str, value_len: usize) -> u64 {
     (key.len() as u64)
         .saturating_add(value_len as u64)
         .saturating_add(ENTRY_OVERHEAD)

@@ -1,8 +1,8 @@
 //! One shard of the store: an arena of records and a hash table of their offsets.
 //!
 //! Every key's record (see [`record`](super::record)) lives in the shard's arena, one `Vec<u8>`,
-//! and the table holds only each record's `u32` offset: 4 bytes and a control byte per bucket,
-//! and no allocation per key. A lookup hashes the key once with the store's random hasher,
+//! and the table holds only each record's `u32` offset and its 32-bit access word (a [`Slot`]):
+//! 8 bytes and a control byte per bucket, and no allocation per key. A lookup hashes the key once with the store's random hasher,
 //! probes the table, and compares the key in the arena; the record's header and value sit on
 //! either side of the key, so a read touches one place in memory.
 //!
@@ -18,6 +18,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use hashbrown::HashTable;
 
@@ -71,11 +72,35 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// A table entry: where a key's record starts, and the key's access word (see
+/// [`access`](super::access)). The word sits here rather than in the record so that a read,
+/// which holds only the shard's read lock, can update it: it is the one field that changes
+/// under that lock, and it is atomic.
+pub(super) struct Slot {
+    at: u32,
+    access: AtomicU32,
+}
+
+impl Slot {
+    /// The record's offset.
+    #[inline]
+    pub fn at(&self) -> u32 {
+        self.at
+    }
+
+    /// The key's access word.
+    #[inline]
+    pub fn access(&self) -> &AtomicU32 {
+        &self.access
+    }
+}
+
 /// The records of the keys whose hash picks this shard. Only the store's write lock around it
-/// allows changes, so a shard needs no synchronisation of its own.
+/// allows changes (but for access words, which are atomic), so a shard needs no
+/// synchronisation of its own.
 #[derive(Default)]
 pub(super) struct Shard {
-    table: HashTable<u32>,
+    table: HashTable<Slot>,
     arena: Vec<u8>,
     /// Bytes of the arena that belong to no record.
     garbage: usize,
@@ -91,12 +116,16 @@ impl Shard {
     /// The offset of `key`'s record.
     #[inline]
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        self.slot(hash, key).map(Slot::at)
+    }
+
+    /// `key`'s table entry.
+    #[inline]
+    pub fn slot(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
         let arena = &self.arena[..];
-        self.table
-            .find(hash, |&at| {
-                same_key(Record::key_at(arena, at as usize), key)
-            })
-            .copied()
+        self.table.find(hash, |slot| {
+            same_key(Record::key_at(arena, slot.at as usize), key)
+        })
     }
 
     /// The record at `at`, an offset from [`find`](Shard::find) since the last write.
@@ -113,7 +142,21 @@ impl Shard {
 
     /// Every record, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = Record<'_>> {
-        self.table.iter().map(|&at| self.record(at))
+        self.table.iter().map(|slot| self.record(slot.at))
+    }
+
+    /// Up to `n` records with their access words, in table order from the `from`th (modulo
+    /// the number of records), wrapping around: the table's order is its hashes', so a run of
+    /// neighbours is a random sample of the shard's keys.
+    pub fn sample(&self, from: usize, n: usize) -> impl Iterator<Item = (Record<'_>, u32)> {
+        let len = self.table.len();
+        let from = if len == 0 { 0 } else { from % len };
+        self.table
+            .iter()
+            .skip(from)
+            .chain(self.table.iter())
+            .take(n.min(len))
+            .map(|slot| (self.record(slot.at), slot.access.load(Ordering::Relaxed)))
     }
 
     /// The metadata of the record at `at`, or, for a key without one, what the floor says it
@@ -177,7 +220,7 @@ impl Shard {
         let mut heap: BinaryHeap<Reverse<(&[u8], u32)>> = self
             .table
             .iter()
-            .map(|&at| (Record::key_at(arena, at as usize), at))
+            .map(|slot| (Record::key_at(arena, slot.at as usize), slot.at))
             .filter(|&(key, _)| !matches!(after, Some(after) if key <= after) && select(key))
             .map(Reverse)
             .collect();
@@ -240,7 +283,9 @@ impl Shard {
     }
 
     /// Replaces `key`'s record (at `at`, from [`find`](Shard::find), or none yet) with one made of
-    /// `meta` and `value`. Nothing changes if it fails.
+    /// `meta` and `value`; a new key's access word starts as `access`. Nothing changes if it
+    /// fails.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
         hasher: &ahash::RandomState,
@@ -249,6 +294,7 @@ impl Shard {
         mut at: Option<u32>,
         meta: &Meta,
         value: Option<(Encoding, &[u8])>,
+        access: u32,
     ) -> Result<(), ArenaFull> {
         let value_len = value.map_or(0, |(_, b)| b.len());
         let len = record::encoded_len(key.len(), meta, value_len);
@@ -271,7 +317,7 @@ impl Shard {
             }
             self.compact(0);
             at = self.find(hash, key);
-            return self.write(hasher, hash, key, at, meta, value);
+            return self.write(hasher, hash, key, at, meta, value, access);
         }
 
         if self.arena.capacity() < place + len {
@@ -291,15 +337,19 @@ impl Shard {
                 self.arena.resize(place + len, 0);
                 let slot = self
                     .table
-                    .find_mut(hash, |&o| o as usize == start)
+                    .find_mut(hash, |slot| slot.at as usize == start)
                     .expect("the record being replaced is in the table");
-                *slot = place as u32;
+                slot.at = place as u32;
             }
             None => {
                 self.arena.resize(place + len, 0);
                 let arena = &self.arena[..];
-                self.table.insert_unique(hash, place as u32, |&o| {
-                    hash_key(hasher, Record::key_at(arena, o as usize))
+                let slot = Slot {
+                    at: place as u32,
+                    access: AtomicU32::new(access),
+                };
+                self.table.insert_unique(hash, slot, |slot| {
+                    hash_key(hasher, Record::key_at(arena, slot.at as usize))
                 });
             }
         }
@@ -331,7 +381,7 @@ impl Shard {
         let record = self.record(at);
         let (start, len, had_value) = (at as usize, record.len(), record.has_value());
         self.table
-            .find_entry(hash, |&o| o == at)
+            .find_entry(hash, |slot| slot.at == at)
             .unwrap_or_else(|_| unreachable!("the record being removed is in the table"))
             .remove();
         if start + len == self.arena.len() {
@@ -351,8 +401,8 @@ impl Shard {
         }
         if self.table.capacity() > MIN_TABLE && self.table.len() < self.table.capacity() / 4 {
             let arena = &self.arena[..];
-            self.table.shrink_to(self.table.len(), |&o| {
-                hash_key(hasher, Record::key_at(arena, o as usize))
+            self.table.shrink_to(self.table.len(), |slot| {
+                hash_key(hasher, Record::key_at(arena, slot.at as usize))
             });
         }
         let live = self.arena.len() - self.garbage;
@@ -374,14 +424,14 @@ impl Shard {
     /// their table slots, a few tens of microseconds for a shard of thousands of keys, once per
     /// quarter of the arena turned to garbage.
     fn compact(&mut self, headroom: usize) {
-        let mut slots: Vec<&mut u32> = self.table.iter_mut().collect();
-        slots.sort_unstable_by_key(|at| **at);
+        let mut slots: Vec<&mut Slot> = self.table.iter_mut().collect();
+        slots.sort_unstable_by_key(|slot| slot.at);
         let mut end = 0;
-        for at in slots {
-            let start = *at as usize;
+        for slot in slots {
+            let start = slot.at as usize;
             let len = Record::at(&self.arena, start).len();
             self.arena.copy_within(start..start + len, end);
-            *at = end as u32;
+            slot.at = end as u32;
             end += len;
         }
         self.arena.truncate(end);
@@ -395,11 +445,11 @@ impl Shard {
         (self.arena.len(), self.garbage)
     }
 
-    /// Bytes the arena and the table have allocated (the table's slots: 4-byte offsets and a
-    /// control byte each).
+    /// Bytes the arena and the table have allocated (the table's slots and a control byte
+    /// each).
     #[cfg(test)]
     pub fn allocated(&self) -> usize {
-        self.arena.capacity() + self.table.capacity() * 5
+        self.arena.capacity() + self.table.capacity() * (std::mem::size_of::<Slot>() + 1)
     }
 }
 
@@ -433,7 +483,7 @@ mod tests {
             };
             let value = value.map(|v| (Encoding::Binary, v));
             self.shard
-                .write(&self.hasher, hash, key.as_bytes(), at, &meta, value)
+                .write(&self.hasher, hash, key.as_bytes(), at, &meta, value, 0)
                 .unwrap();
         }
 
@@ -523,7 +573,7 @@ mod tests {
             ..Meta::default()
         };
         f.shard
-            .write(&f.hasher, hash, b"p", None, &meta, None)
+            .write(&f.hasher, hash, b"p", None, &meta, None, 0)
             .unwrap();
         assert_eq!(f.shard.get(hash, b"p").unwrap().meta(), meta);
         assert_eq!(f.shard.records().count(), 2);
@@ -580,6 +630,7 @@ mod tests {
                     at,
                     &meta,
                     value.as_deref().map(|v| (Encoding::Binary, v)),
+                    0,
                 ).unwrap();
                 model.insert(key, (meta, value));
             }

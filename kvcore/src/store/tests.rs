@@ -1299,6 +1299,232 @@ proptest! {
     }
 }
 
+fn cache(policy: Eviction, max: Option<u64>) -> Store {
+    Store::new(StoreConfig {
+        max_memory: max,
+        eviction: policy,
+        ..Default::default()
+    })
+}
+
+/// Every key holding a value that `keep` accepts, as candidates, sampled shard by shard.
+fn sample_all(s: &Store, keep: impl Fn(&str) -> bool) -> Vec<Candidate> {
+    let mut all = Vec::new();
+    for shard in 0..Store::SHARDS {
+        let mut pool = EvictionPool::new();
+        s.sample(shard, 0, EvictionPool::CAPACITY, &keep, &mut pool);
+        all.extend(std::iter::from_fn(|| pool.pop()));
+    }
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    all
+}
+
+#[test]
+fn lru_candidates_are_ranked_by_the_time_since_their_last_use() {
+    let s = cache(Eviction::Lru, None);
+    for i in 0..100 {
+        s.set(&format!("k{i:03}"), Value::integer(i)).unwrap();
+    }
+    s.advance_clock(30);
+    // Reads through either API and writes are uses; a background read of the register is not.
+    for i in 0..10 {
+        s.get(&format!("k{i:03}")).unwrap();
+    }
+    for i in 10..20 {
+        s.read_register(&format!("k{i:03}"));
+    }
+    for i in 20..30 {
+        s.set(&format!("k{i:03}"), Value::integer(-i)).unwrap();
+    }
+    for i in 30..40 {
+        s.register(&format!("k{i:03}"));
+        s.promise(&format!("k{i:03}"));
+    }
+    s.advance_clock(5);
+    let all = sample_all(&s, |_| true);
+    assert_eq!(all.len(), 100);
+    for c in &all {
+        let i: usize = c.key[1..].parse().unwrap();
+        assert_eq!(c.score, if i < 30 { 5 } else { 35 }, "{c:?}");
+        let version = if (20..30).contains(&i) { 2 } else { 1 };
+        assert_eq!(c.version, Version(version), "{c:?}");
+        assert_eq!(s.candidate(&c.key).as_ref(), Some(c));
+    }
+}
+
+#[test]
+fn replicated_writes_and_copies_are_uses_and_prepares_are_not() {
+    let s = cache(Eviction::Lru, None);
+    let b = ballot(1, 1);
+    for key in ["accepted", "repaired", "prepared"] {
+        s.prepare(key, b, 8).unwrap().unwrap();
+        s.accept(key, reg(b, 1, Some(1))).unwrap().unwrap();
+    }
+    s.advance_clock(20);
+    let b2 = ballot(2, 1);
+    s.prepare("accepted", b2, 8).unwrap().unwrap();
+    s.accept("accepted", reg(b2, 2, Some(2))).unwrap().unwrap();
+    assert!(s.repair("repaired", reg(b2, 2, Some(2))).unwrap());
+    s.prepare("prepared", b2, 8).unwrap().unwrap();
+    let score = |key: &str| s.candidate(key).unwrap().score;
+    assert_eq!(
+        (score("accepted"), score("repaired"), score("prepared")),
+        (0, 0, 20)
+    );
+}
+
+#[test]
+fn samples_hold_only_values_that_the_filter_keeps() {
+    let s = cache(Eviction::Lru, None);
+    for i in 0..200 {
+        s.set(&format!("k{i:03}"), Value::integer(i)).unwrap();
+    }
+    // A tombstone and a promise-only key are no candidates.
+    let b = ballot(1, 1);
+    s.prepare("tomb", b, 0).unwrap().unwrap();
+    s.accept("tomb", reg(b, 1, None)).unwrap().unwrap();
+    s.prepare("promised", b, 0).unwrap().unwrap();
+    s.delete("k000");
+    let all = sample_all(&s, |key| !key.ends_with('7'));
+    let keys: Vec<&str> = all.iter().map(|c| c.key.as_str()).collect();
+    let expected: Vec<String> = (1..200)
+        .map(|i| format!("k{i:03}"))
+        .filter(|k| !k.ends_with('7'))
+        .collect();
+    assert_eq!(keys, expected);
+    assert_eq!(s.candidate("tomb"), None);
+    assert_eq!(s.candidate("k000"), None);
+    // A sample from any starting point wraps around the shard; at most `n` are offered.
+    let shard = Store::shard_of("k001");
+    let mut pool = EvictionPool::new();
+    assert_eq!(s.sample(shard, usize::MAX, 2, |_| true, &mut pool), 2);
+    assert_eq!(pool.len(), 2);
+    // Without a policy, nothing is sampled.
+    let plain = Store::new(StoreConfig::default());
+    plain.set("k", Value::integer(1)).unwrap();
+    let mut pool = EvictionPool::new();
+    plain.sample(Store::shard_of("k"), 0, 5, |_| true, &mut pool);
+    assert!(pool.is_empty());
+}
+
+#[test]
+fn lfu_candidates_are_ranked_by_how_often_they_were_used() {
+    let s = cache(Eviction::Lfu, None);
+    for i in 0..50 {
+        s.set(&format!("k{i:02}"), Value::integer(i)).unwrap();
+    }
+    for _ in 0..200 {
+        for i in 0..10 {
+            s.get(&format!("k{i:02}")).unwrap();
+        }
+    }
+    let all = sample_all(&s, |_| true);
+    let hot = all.iter().filter(|c| *c.key < *"k10");
+    let coldest_hot = hot.map(|c| c.score).max().unwrap();
+    let hottest_cold = all.iter().filter(|c| *c.key >= *"k10").map(|c| c.score);
+    assert!(hottest_cold.min().unwrap() > coldest_hot);
+}
+
+#[test]
+fn the_pool_over_many_small_samples_finds_the_least_recently_used() {
+    let s = cache(Eviction::Lru, None);
+    let n = 5000;
+    for i in 0..n {
+        s.set(&format!("k{i:05}"), Value::integer(i)).unwrap();
+        if i % 500 == 499 {
+            s.advance_clock(1);
+        }
+    }
+    // Keys written first are the oldest: the first 500 are 9 ticks old, the last 500 not at
+    // all. Samples of 5 keys from random shards into one pool, as an evictor takes them.
+    let mut pool = EvictionPool::new();
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng as usize
+    };
+    let mut evicted = Vec::new();
+    for _ in 0..200 {
+        for _ in 0..3 {
+            s.sample(next() % Store::SHARDS, next(), 5, |_| true, &mut pool);
+        }
+        let best = pool.pop().unwrap();
+        assert!(s.delete(&best.key).is_some());
+        evicted.push(best.score);
+    }
+    // 200 evictions, all from the oldest tenth or two: never a key younger than 7 ticks.
+    let mean = evicted.iter().sum::<u32>() as f64 / evicted.len() as f64;
+    assert!(evicted.iter().all(|&age| age >= 7), "{evicted:?}");
+    assert!(mean > 8.0, "{mean}");
+}
+
+#[test]
+fn in_cache_mode_accepts_may_use_the_headroom_and_prepares_that_grow_may_not() {
+    let max = 10_000;
+    let s = cache(Eviction::Lru, Some(max));
+    assert_eq!(s.config().ceiling(), Some(max + max / 16));
+    let strict = store_with_budget(max);
+    assert_eq!(strict.config().ceiling(), Some(max));
+    let entry = charge("k0000", 100);
+    let b = ballot(1, 1);
+    let write = |s: &Store, i: usize, prepare: bool| -> Result<()> {
+        let key = format!("k{i:04}");
+        if prepare {
+            s.prepare(&key, b, 100)?.unwrap();
+        }
+        let r = Register {
+            ballot: b,
+            version: Version(1),
+            value: Some(Value::binary(vec![i as u8; 100])),
+            expires: None,
+        };
+        s.accept(&key, r)?.unwrap();
+        Ok(())
+    };
+    // Whole writes fill the budget and no more: the prepare refuses the first that does not
+    // fit, in either mode.
+    for store in [&s, &strict] {
+        let n = (0..).find(|&i| write(store, i, true).is_err()).unwrap();
+        assert_eq!(n as u64, max / entry);
+        assert!(store.used_bytes() <= max);
+    }
+    // A prepare that adds nothing (a delete, a read) goes through up to the ceiling.
+    assert!(s.prepare("other", ballot(2, 1), 0).unwrap().is_ok());
+    // Accepts of writes prepared earlier take the headroom, and stop at the ceiling.
+    let first = max as usize / entry as usize + 1;
+    let more = (first..).find(|&i| write(&s, i, false).is_err()).unwrap() - first;
+    assert!(more > 0 && s.used_bytes() > max && s.used_bytes() <= max + max / 16);
+    assert!(s.used_bytes() + entry > max + max / 16);
+    assert!(write(&strict, first, false).is_err());
+    assert_eq!(recount(&s), s.used_bytes());
+}
+
+#[test]
+fn moving_and_compacting_records_keeps_their_access_words() {
+    let s = cache(Eviction::Lru, None);
+    for i in 0..300 {
+        s.set(&format!("k{i:03}"), Value::string("x".repeat(10)))
+            .unwrap();
+    }
+    s.advance_clock(100);
+    // Growing records moves them and turns their old bytes to garbage, which compaction
+    // removes; deleting shrinks the table. The words of the keys left stay where they were.
+    for i in (0..300).step_by(3) {
+        s.delete(&format!("k{i:03}"));
+    }
+    for i in (1..300).step_by(3) {
+        s.set(&format!("k{i:03}"), Value::string("y".repeat(200)))
+            .unwrap();
+    }
+    s.advance_clock(1);
+    for c in sample_all(&s, |_| true) {
+        let i: usize = c.key[1..].parse().unwrap();
+        assert_eq!(c.score, if i % 3 == 1 { 1 } else { 101 }, "{c:?}");
+    }
+}
+
 /// Every key `live_keys_after` lists from the start, page after page of `limit`.
 fn live_pages(
     s: &Store,

@@ -69,6 +69,10 @@ async fn a_full_node_refuses_writes_with_507_and_keeps_serving_reads() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = http.post(&format!("{url}/set"), &body("fresh")).await;
     assert_eq!(status, StatusCode::OK);
+    // Without an eviction policy nothing is ever evicted.
+    let (_, stats) = http.get(&format!("{url}/stats")).await;
+    assert_eq!(stats["eviction"], "none");
+    assert_eq!(stats["requests"]["evicted"], 0);
     cluster.shutdown().await;
 }
 

@@ -8,6 +8,7 @@ mod checker;
 mod cli;
 mod client;
 mod cluster;
+mod eviction;
 mod fuzz;
 mod hardening;
 mod membership;
