@@ -207,8 +207,8 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
     }
 }
 
-/// Body of `POST /set`: the seed's `{"key", "value", "encoding"}`, plus optional preconditions
-/// and TTL.
+/// Body of `POST /set`, and each entry of `POST /mset`: the seed's `{"key", "value",
+/// "encoding"}`, plus optional preconditions and TTL.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetBody {
@@ -388,26 +388,8 @@ struct MgetBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MsetBody {
-    /// Objects shaped as [`MsetEntry`]; anything else is answered with an error in its place.
+    /// Objects shaped as the body of `POST /set` ([`SetBody`]); anything else is answered with an error in its place.
     entries: Vec<Json>,
-}
-
-/// One write of `POST /mset`: the fields of `POST /set`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MsetEntry {
-    key: String,
-    value: Json,
-    #[serde(default)]
-    encoding: Option<String>,
-    #[serde(default)]
-    if_version: Option<u64>,
-    #[serde(default)]
-    if_absent: bool,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-    #[serde(default)]
-    keep_ttl: bool,
 }
 
 /// One answer of a batch: an entry, `null` for a missing key, or the item's error.
@@ -490,7 +472,7 @@ async fn mget(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error
 
 /// Reads one `/mset` entry into a write, or the error that item is answered with.
 fn batch_write(entry: &Json) -> Result<BatchWrite, Error> {
-    let entry = MsetEntry::deserialize(entry).map_err(|e| {
+    let entry = SetBody::deserialize(entry).map_err(|e| {
         Error::bad_request(
             ErrorCode::InvalidRequest,
             format!("invalid batch entry: {e}"),

@@ -292,19 +292,16 @@ impl Evictor {
         picks
     }
 
-    /// Deletes each of `picks` if it is still at the version sampled, all at once; returns
+    /// Deletes each of `picks` if the key's chosen state is still at the version sampled, all
+    /// at once; returns
     /// those deleted.
     async fn evict(&self, picks: Vec<Candidate>) -> Vec<Candidate> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Candidate, Result<bool, Error>)>();
         for candidate in picks {
             let (coordinator, tx) = (self.coordinator.clone(), tx.clone());
             self.lifecycle.spawn(async move {
-                let delete = Delete {
-                    key: candidate.key.clone(),
-                    if_version: Some(candidate.version),
-                };
-                let deleted = coordinator.write(delete, 0, new_request_id()).await;
-                let _ = tx.send((candidate, deleted.map(|old| old.is_some())));
+                let deleted = evict_chosen(&coordinator, &candidate).await;
+                let _ = tx.send((candidate, deleted));
             });
         }
         drop(tx);
@@ -406,6 +403,24 @@ impl Evictor {
         }
         again
     }
+}
+
+/// Deletes `candidate`'s key if its chosen state is at the version sampled. The sample is this
+/// replica's copy, which may be a state that was accepted here but never chosen; another state
+/// can later be chosen at that same version. So the version is first read linearizably, and the
+/// delete is conditional on it: it removes the state that was current when read, never a write
+/// made after that. Returns whether it deleted.
+async fn evict_chosen(coordinator: &Coordinator, candidate: &Candidate) -> Result<bool, Error> {
+    let request = new_request_id();
+    match coordinator.get(&candidate.key, 0, request).await? {
+        Some(entry) if entry.version == candidate.version => {}
+        _ => return Ok(false), // written again, or gone
+    }
+    let delete = Delete {
+        key: candidate.key.clone(),
+        if_version: Some(candidate.version),
+    };
+    Ok(coordinator.write(delete, 0, request).await?.is_some())
 }
 
 #[cfg(test)]

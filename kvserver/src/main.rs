@@ -158,7 +158,8 @@ impl NodeArgs {
                     advertise: self.advertise.clone(),
                 }),
                 None => Err(format!(
-                    "--id {id} is past the end of --peers ({} nodes), so the node joins through                      them; give the address they reach it at with --advertise",
+                    "--id {id} is past the end of --peers ({} nodes), so the node joins through \
+                     them; give the address they reach it at with --advertise",
                     self.peers.len()
                 )),
             },
@@ -684,15 +685,31 @@ fn is_first_member(id: Option<&str>, peers: Option<&str>) -> bool {
 async fn leave(client: &AdminClient, addr: &str, wait: Duration) -> Result<String, ClientError> {
     let node = kvserver::Client::new([addr])?;
     let id = node.health().await?.node;
-    let removal = client.remove(id, false).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut every = tokio::time::interval(REMOVAL_POLL);
+    // Another membership change may be running: the removal waits its turn.
+    let removal = loop {
+        match client.remove(id, false).await {
+            Err(e)
+                if e.code() == Some(kvcore::ErrorCode::ChangeInProgress)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                every.tick().await;
+            }
+            other => break other?,
+        }
+    };
     loop {
         every.tick().await;
         match node.health().await {
             Ok(health) if health.status == "removed" => break,
-            // Gone: it exits once removed.
-            Err(ClientError::Unreachable { .. }) => break,
+            // It exits once it knows it was removed; stopping to answer is taken as that.
+            Err(ClientError::Unreachable { .. }) => {
+                return Ok(format!(
+                    "node {id} stopped answering while it left (it exits once removed; \
+                     `kvserver admin status` on another member confirms)"
+                ))
+            }
             _ if tokio::time::Instant::now() >= deadline => {
                 return Err(ClientError::OutcomeUnknown {
                     node: addr.to_owned(),

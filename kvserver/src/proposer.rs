@@ -362,7 +362,8 @@ impl Proposer {
         let key = op.key();
         let now = self.clock.now_ms();
         if !O::WRITES {
-            let current = self.store.register(key);
+            // A read is a use of the key, for eviction's LRU and LFU.
+            let current = self.store.read_register(key);
             if !current.is_expired(now) {
                 return op.apply(&current, now).1;
             }
