@@ -406,6 +406,7 @@ impl BatchCoordinator {
     ) -> Result<SetReply, RemoteError> {
         check_peer_key(&set.key)?;
         set.check(&self.limits)?;
+        set.check_options().map_err(|e| e.to_remote())?;
         if set.precondition != Precondition::None {
             return Err(RemoteError::new(
                 ErrorCode::InvalidRequest,

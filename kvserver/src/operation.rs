@@ -49,6 +49,12 @@ pub trait Operation: Rpc + Clone {
     fn check(&self, _limits: &Limits) -> Result<(), kvcore::Error> {
         Ok(())
     }
+
+    /// Checks the operation's options, as a client's are checked before they become one: a
+    /// peer's message is untrusted input too.
+    fn check_options(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Applies `op` to the key's state `current` at `now_ms`. An expired value is deleted first (one
@@ -132,6 +138,15 @@ impl Operation for Set {
 
     fn check(&self, limits: &Limits) -> Result<(), kvcore::Error> {
         limits.check_value(&self.value)
+    }
+
+    fn check_options(&self) -> Result<(), Error> {
+        crate::node::WriteOptions {
+            precondition: self.precondition,
+            ttl_ms: self.ttl_ms,
+            keep_ttl: self.keep_ttl,
+        }
+        .check()
     }
 }
 
@@ -343,6 +358,23 @@ mod tests {
         // Nothing to keep on a missing key.
         let (fresh, _) = keep.apply(&reg(1, None), NOW);
         assert_eq!(fresh.unwrap().expires, None);
+    }
+
+    #[test]
+    fn a_peer_s_write_options_are_checked_as_a_client_s() {
+        let with = |ttl_ms, keep_ttl| Set {
+            ttl_ms,
+            keep_ttl,
+            ..set(Precondition::None)
+        };
+        assert!(with(Some(5), false).check_options().is_ok());
+        assert!(with(None, true).check_options().is_ok());
+        for bad in [with(Some(0), false), with(Some(5), true)] {
+            assert_eq!(
+                bad.check_options().unwrap_err().code(),
+                ErrorCode::InvalidRequest
+            );
+        }
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl PeerHandler {
     async fn write<O: Operation>(&self, header: &Header, op: O) -> Result<O::Reply, RemoteError> {
         self.admit_key(header, op.key()).await?;
         op.check(&self.limits)?;
+        op.check_options().map_err(|e| e.to_remote())?;
         let reply = self
             .coordinator
             .write(op, header.hops, header.request_id)
