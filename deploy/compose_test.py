@@ -92,6 +92,13 @@ def poll(what, check, timeout=TIMEOUT):
     raise AssertionError(f"timed out waiting for {what} (last: {last})")
 
 
+def call_until(what, accept, method, url, body=None):
+    """Repeats a call until its answer is one `accept` takes (say, not a 503), under TIMEOUT."""
+    return poll(what, lambda: (lambda answer: answer if accept(answer) else None)(
+        call(method, url, body)
+    ))
+
+
 def healthy(cluster, node):
     status, body = call("GET", cluster.url(node) + "/health", timeout=2.0)
     return status == 200 and body["status"] == "ok"
@@ -130,11 +137,8 @@ def main():
         for node in ["kv-0", "kv-1"]:
             url = cluster.url(node)
             for key, value in acked.items():
-                status, body = poll(
-                    f"{key} through {node}",
-                    lambda u=url, k=key: (lambda r: r if r[0] != 503 else None)(
-                        call("GET", f"{u}/kv/{k}")
-                    ),
+                status, body = call_until(
+                    f"{key} through {node}", lambda a: a[0] != 503, "GET", f"{url}/kv/{key}"
                 )
                 assert status == 200 and body["value"] == value, (node, key, status, body)
         print("node kv-2 killed: every key read back through kv-0 and kv-1")
@@ -152,11 +156,12 @@ def main():
             url1 = cluster.url("kv-1")
             for i in range(50):
                 key = f"during-{i}"
-                status, body = poll(
+                call_until(
                     f"a write of {key} on the majority side",
-                    lambda k=key, i=i: (lambda r: r if r[0] == 200 else None)(
-                        call("PUT", f"{url1}/kv/{k}", {"value": f"d{i}"})
-                    ),
+                    lambda a: a[0] == 200,
+                    "PUT",
+                    f"{url1}/kv/{key}",
+                    {"value": f"d{i}"},
                 )
                 acked[key] = f"d{i}"
             print("kv-0 cut off: it answers 503/504, the other two take writes")

@@ -513,12 +513,7 @@ impl Store {
         if register.ballot < promised {
             return Ok(Err(promised));
         }
-        let next = Meta {
-            version: register.version,
-            ballot: register.ballot,
-            promised: next.max(register.ballot),
-            expires: register.expires,
-        };
+        let next = Meta::accepted(&register, next);
         let limit = self.config.ceiling();
         self.apply(
             &mut shard,
@@ -576,12 +571,7 @@ impl Store {
         };
         self.config.limits.check_value(value)?;
         next.ballot = ballot;
-        let meta = Meta {
-            version: next.version,
-            ballot,
-            promised: ballot,
-            expires: next.expires,
-        };
+        let meta = Meta::accepted(&next, ballot);
         let limit = self.config.max_memory;
         self.apply(&mut shard, h, key, at, &meta, next.value.as_ref(), limit)?;
         Ok(Ok(answer))
@@ -599,12 +589,7 @@ impl Store {
         if register.ballot <= meta.ballot || register.ballot < meta.promised {
             return Ok(false);
         }
-        let next = Meta {
-            version: register.version,
-            ballot: register.ballot,
-            promised: meta.promised.max(register.ballot),
-            expires: register.expires,
-        };
+        let next = Meta::accepted(&register, meta.promised);
         let limit = self.config.ceiling();
         self.apply(
             &mut shard,
@@ -633,12 +618,7 @@ impl Store {
         let meta = shard.meta_at(at);
         let current = shard.register_at(at);
         let (mut next, register) = if state.register.ballot > meta.ballot {
-            let next = Meta {
-                version: state.register.version,
-                ballot: state.register.ballot,
-                promised: state.register.ballot,
-                expires: state.register.expires,
-            };
+            let next = Meta::accepted(&state.register, state.register.ballot);
             (next, state.register)
         } else if nothing_accepted(&state.register)
             && nothing_accepted(&current)

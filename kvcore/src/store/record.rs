@@ -50,6 +50,19 @@ pub(super) struct Meta {
     pub expires: Option<u64>,
 }
 
+impl Meta {
+    /// The metadata of `register` once accepted, with `promised` as the promise (at least the
+    /// register's ballot).
+    pub fn accepted(register: &Register, promised: Ballot) -> Meta {
+        Meta {
+            version: register.version,
+            ballot: register.ballot,
+            promised: promised.max(register.ballot),
+            expires: register.expires,
+        }
+    }
+}
+
 /// Bytes a record with this key length, metadata and value length takes.
 pub(super) fn encoded_len(key_len: usize, meta: &Meta, value_len: usize) -> usize {
     HEADER
