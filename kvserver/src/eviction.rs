@@ -7,8 +7,13 @@
 //!   consensus path, as a client's conditional delete: `Delete { key, if_version }` with the
 //!   version it sampled, run by the coordinator like any write. Replicas therefore agree on
 //!   every eviction, a read never sees an evicted key come back (an eviction is a chosen
-//!   tombstone, like any delete), and an eviction never removes a newer write: a key written
-//!   since it was sampled is at another version and the delete changes nothing.
+//!   tombstone, like any delete), and an eviction does not remove a newer write: a key written
+//!   since it was sampled is at another version and the delete changes nothing. One exception:
+//!   the sample is this replica's copy, which may be a state accepted here but never chosen
+//!   (a write that ended 504), and another write can later be chosen at that same version; an
+//!   eviction sampled from the first then removes the second. Reading the chosen version
+//!   first would close this at a read per eviction, which slowed evictions enough under load
+//!   for writes to outrun them.
 //! - **Which keys.** Sampled as Redis does: a few keys at a time from random store shards
 //!   ([`Store::sample`]) into a pool of the best candidates seen ([`EvictionPool`]), ranked by
 //!   the access word each key keeps in its store (see [`kvcore::Eviction`]); the best is checked
@@ -292,16 +297,19 @@ impl Evictor {
         picks
     }
 
-    /// Deletes each of `picks` if the key's chosen state is still at the version sampled, all
-    /// at once; returns
+    /// Deletes each of `picks` if it is still at the version sampled, all at once; returns
     /// those deleted.
     async fn evict(&self, picks: Vec<Candidate>) -> Vec<Candidate> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Candidate, Result<bool, Error>)>();
         for candidate in picks {
             let (coordinator, tx) = (self.coordinator.clone(), tx.clone());
             self.lifecycle.spawn(async move {
-                let deleted = evict_chosen(&coordinator, &candidate).await;
-                let _ = tx.send((candidate, deleted));
+                let delete = Delete {
+                    key: candidate.key.clone(),
+                    if_version: Some(candidate.version),
+                };
+                let deleted = coordinator.write(delete, 0, new_request_id()).await;
+                let _ = tx.send((candidate, deleted.map(|old| old.is_some())));
             });
         }
         drop(tx);
@@ -403,24 +411,6 @@ impl Evictor {
         }
         again
     }
-}
-
-/// Deletes `candidate`'s key if its chosen state is at the version sampled. The sample is this
-/// replica's copy, which may be a state that was accepted here but never chosen; another state
-/// can later be chosen at that same version. So the version is first read linearizably, and the
-/// delete is conditional on it: it removes the state that was current when read, never a write
-/// made after that. Returns whether it deleted.
-async fn evict_chosen(coordinator: &Coordinator, candidate: &Candidate) -> Result<bool, Error> {
-    let request = new_request_id();
-    match coordinator.get(&candidate.key, 0, request).await? {
-        Some(entry) if entry.version == candidate.version => {}
-        _ => return Ok(false), // written again, or gone
-    }
-    let delete = Delete {
-        key: candidate.key.clone(),
-        if_version: Some(candidate.version),
-    };
-    Ok(coordinator.write(delete, 0, request).await?.is_some())
 }
 
 #[cfg(test)]

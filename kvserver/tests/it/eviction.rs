@@ -143,6 +143,9 @@ async fn a_cache_over_its_budget_keeps_taking_writes_and_never_serves_an_evicted
     // later must not return less (a missing key is fine: it was evicted).
     let known: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Writes that ended 504 (their outcome unknown: an accept lost or refused under load), by
+    // key and value. Not a refusal, but not acknowledged either.
+    let unknown: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let watcher = Watcher::start(&cluster);
     let writing = Arc::new(AtomicBool::new(true));
 
@@ -177,8 +180,13 @@ async fn a_cache_over_its_budget_keeps_taking_writes_and_never_serves_an_evicted
     }
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (http, urls, known, refused) =
-            (http.clone(), urls.clone(), known.clone(), refused.clone());
+        let (http, urls, known, refused, unknown) = (
+            http.clone(),
+            urls.clone(),
+            known.clone(),
+            refused.clone(),
+            unknown.clone(),
+        );
         writers.push(tokio::spawn(async move {
             for round in 1..=ROUNDS {
                 for k in 0..KEYS_PER_WRITER {
@@ -189,6 +197,8 @@ async fn a_cache_over_its_budget_keeps_taking_writes_and_never_serves_an_evicted
                         let mut known = known.lock().unwrap();
                         let seen = known.entry(key).or_default();
                         *seen = (*seen).max(round);
+                    } else if status == StatusCode::GATEWAY_TIMEOUT {
+                        unknown.lock().unwrap().push((key, round));
                     } else {
                         refused
                             .lock()
@@ -213,6 +223,13 @@ async fn a_cache_over_its_budget_keeps_taking_writes_and_never_serves_an_evicted
         "{} writes refused: {refused:?}",
         refused.len()
     );
+    let unknown = unknown.lock().unwrap().clone();
+    let writes = (WRITERS * KEYS_PER_WRITER * ROUNDS) as usize;
+    assert!(
+        unknown.len() * 100 <= writes,
+        "{} of {writes} writes ended with an unknown outcome: {unknown:?}",
+        unknown.len()
+    );
     assert!(reads > 0);
 
     // Five times the budget was written to every node, over twice as many keys as fit; the
@@ -235,7 +252,12 @@ async fn a_cache_over_its_budget_keeps_taking_writes_and_never_serves_an_evicted
         for k in 0..KEYS_PER_WRITER {
             let key = format!("w{w}-{k}");
             let first = get(&http, &urls[0], &key).await;
-            assert!(first.is_none_or(|v| v == ROUNDS), "{key}: {first:?}");
+            // The last write, or the one before it if the last one's outcome is unknown.
+            let last_unknown = unknown.contains(&(key.clone(), ROUNDS));
+            assert!(
+                first.is_none_or(|v| v == ROUNDS || (last_unknown && v == ROUNDS - 1)),
+                "{key}: {first:?}"
+            );
             for url in &urls[1..] {
                 assert_eq!(get(&http, url, &key).await, first, "{key}");
             }
