@@ -7,7 +7,9 @@ Starts three `kvserver node` processes on 127.0.0.1 (ports found free at run tim
 keys, then renders http://NODE/ with `chromium --headless --dump-dom` until the page shows every
 node (id and address) as up with a key count and a request rate. Then it kills one node and
 renders the page again until that node shows as down with its figures unavailable while the
-others stay up. With --screenshot it also saves a picture of the page (while clients write and
+others stay up. Against a stand-in for the serving node it also checks that an address from the
+overview is shown as text, never parsed as markup, and that a banner appears (over the last
+figures) once the serving node stops answering. With --screenshot it also saves a picture of the page (while clients write and
 read) to FILE, e.g. docs/status.png.
 
 Without --kvserver the binary is built with `cargo build -p kvserver` (CARGO_TARGET_DIR is
@@ -31,12 +33,17 @@ import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NODES = 3
 
 
 class Failure(Exception):
     """The page did not show what it should (or the cluster did not start)."""
+
+
+class Wrong(Exception):
+    """The page showed something it must never show; never retried by poll()."""
 
 
 class Stopped(Exception):
@@ -52,7 +59,8 @@ def build_kvserver():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     log("building kvserver (cargo build -p kvserver)")
     out = subprocess.run(
-        ["cargo", "build", "-p", "kvserver", "--bin", "kvserver", "--message-format=json"],
+        ["cargo", "build", "--locked", "-p", "kvserver", "--bin", "kvserver",
+         "--message-format=json"],
         cwd=root,
         check=True,
         stdout=subprocess.PIPE,
@@ -176,6 +184,7 @@ class NodeRows(HTMLParser):
     def __init__(self):
         super().__init__()
         self.rows = {}
+        self.tags = set()
         self.banner = None
         self._row = None
         self._field = None
@@ -183,6 +192,7 @@ class NodeRows(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        self.tags.add(tag)
         if tag == "tr" and "data-node-id" in a:
             self._row = {"state": a.get("data-state"), "fields": {}}
             self.rows[a["data-node-id"]] = self._row
@@ -254,6 +264,87 @@ def shows_down(cluster, page, dead):
     return page
 
 
+HOSTILE_ADDR = '<img src=x onerror="document.title=1">&amp;127.0.0.1:1'
+
+
+class StandIn:
+    """A stand-in for the node that serves the page: it serves the real page (as a node served
+    it) and, at /cluster/overview, either a real overview with a hostile address for node 1, or
+    one real overview and then no answer at all (the connection closes)."""
+
+    def __init__(self, page, overview_url, mode):
+        answered = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def do_GET(self):
+                if self.path == "/":
+                    return self.send(200, "text/html; charset=utf-8", page)
+                if self.path != "/cluster/overview":
+                    return self.send(404, "application/json", b"{}")
+                if mode == "dies" and answered:
+                    self.close_connection = True
+                    return
+                status, body = http("GET", overview_url)
+                overview = json.loads(body)
+                if mode == "hostile":
+                    overview["nodes"][1]["addr"] = HOSTILE_ADDR
+                answered.append(True)
+                self.send(status, "application/json", json.dumps(overview).encode())
+
+            def send(self, status, content_type, body):
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def check_stand_ins(cluster, chromium, profile):
+    """The page escapes what it shows, and says so when its node stops answering."""
+    status, page = http("GET", cluster.url(0))
+    if status != 200 or not page.startswith(b"<!DOCTYPE html>"):
+        raise Failure(f"GET / answered {status}: {page[:80]!r}")
+    overview_url = cluster.url(0, "cluster/overview")
+    hostile = StandIn(page, overview_url, "hostile")
+    try:
+        def escaped():
+            shown = render(chromium, hostile.url, profile)
+            row = shown.rows.get("1")
+            if row is None:
+                return None
+            if "img" in shown.tags:
+                raise Wrong("an address from the overview was parsed as markup")
+            if row["fields"].get("addr") != HOSTILE_ADDR:
+                raise Wrong(f"node 1's address shows as {row['fields'].get('addr')!r}")
+            return shown
+        poll("the page shows a hostile address as text", 60, escaped, interval=0.5)
+        log("a hostile address is shown as text")
+    finally:
+        hostile.stop()
+    dies = StandIn(page, overview_url, "dies")
+    try:
+        shown = render(chromium, dies.url, profile)
+        if not shown.banner or "does not answer" not in shown.banner:
+            raise Failure(f"no banner once the serving node stopped answering: {shown.banner!r}")
+        if sorted(shown.rows) != [str(i) for i in range(NODES)]:
+            raise Failure(f"the last figures are gone with the banner: {shown.rows}")
+        log(f"banner: {shown.banner.strip()}")
+    finally:
+        dies.stop()
+
+
 def traffic(cluster, stop, worker):
     """Writes values of a few KiB and reads them back through every node until stop is set."""
     n = worker
@@ -323,6 +414,8 @@ def main():
                 for w in writers:
                     w.join(timeout=10)
 
+        check_stand_ins(cluster, chromium, profile)
+
         page = poll("the page shows every node up", 90,
                     lambda: shows_all_up(cluster, render(chromium, cluster.url(0), profile)),
                     interval=0.5)
@@ -338,7 +431,7 @@ def main():
                         interval=0.5)
             log(f"through node {serving}, node {dead}: {page.rows[str(dead)]}")
         ok = True
-    except (Failure, Stopped, subprocess.SubprocessError) as e:
+    except (Failure, Wrong, Stopped, subprocess.SubprocessError) as e:
         log(f"FAILED: {e}")
     finally:
         signal.alarm(0)
