@@ -5,7 +5,7 @@
 //! [`PeerService`] trait (one [`Handle`] implementation per message) and [`dispatch`], which
 //! decodes a frame, calls the right handler and encodes its answer.
 //!
-//! Two families of messages exist:
+//! The messages, by what they are for:
 //! - **operations** a coordinator forwards to one of a key's replicas: [`Get`], [`Set`],
 //!   [`Delete`], [`Incr`], [`Seed`]; and in batches, to the node that coordinates them:
 //!   [`MultiGet`], [`MultiSet`];
