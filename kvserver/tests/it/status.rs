@@ -179,6 +179,66 @@ async fn a_stopped_node_is_shown_down_and_unavailable_without_failing_the_overvi
     cluster.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_joined_node_is_listed_with_its_figures_and_a_removed_one_in_removed() {
+    let mut cluster = LocalCluster::builder()
+        .nodes(3)
+        .configure(|c| c.replicas = 2)
+        .start()
+        .await
+        .unwrap();
+    let http = Http::new();
+    for i in 0..40 {
+        let body = json!({"key": format!("m{i}"), "value": format!("v{i}")}).to_string();
+        let (status, answer) = http.post(&format!("{}/set", cluster.url(0)), &body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    assert_eq!(cluster.join_node().await.unwrap(), 3);
+    assert!(cluster.wait_settled(Duration::from_secs(30)).await);
+    let seen = poll(
+        "node 3 listed up with keys",
+        Duration::from_secs(10),
+        || async {
+            let seen = overview(&http, &cluster.url(0)).await;
+            let new = seen["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == 3)?;
+            let keys = new["figures"]["keys"].as_u64()?;
+            (new["state"] == "up" && keys > 0).then_some(seen)
+        },
+    )
+    .await;
+    assert_eq!(node(&seen, 3)["addr"], cluster.addr(3).to_string());
+    assert_eq!(seen["rebalance"]["state"], "idle", "{seen}");
+    assert!(
+        seen["rebalance"]["moved_keys"].as_u64().unwrap() > 0,
+        "{seen}"
+    );
+
+    cluster.remove_node(1, false).await.unwrap();
+    assert!(cluster.wait_settled(Duration::from_secs(30)).await);
+    let seen = poll(
+        "node 1 out of the table",
+        Duration::from_secs(10),
+        || async {
+            let seen = overview(&http, &cluster.url(0)).await;
+            (seen["removed"] == json!([1])).then_some(seen)
+        },
+    )
+    .await;
+    let listed: Vec<&Json> = seen["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["id"])
+        .collect();
+    assert_eq!(listed, [&json!(0), &json!(2), &json!(3)], "{seen}");
+    assert_eq!(seen["unavailable"], json!([]));
+    cluster.shutdown().await;
+}
+
 /// The peer endpoint of a node of an older build, which does not know the kind of a
 /// `FetchStatus`: the frame is refused as `Incoming::parse` refuses an unknown kind, served by
 /// kvnet's own server half, so the asker gets exactly the answer such a node gives.
