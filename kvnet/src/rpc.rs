@@ -5,7 +5,7 @@
 //! [`PeerService`] trait (one [`Handle`] implementation per message) and [`dispatch`], which
 //! decodes a frame, calls the right handler and encodes its answer.
 //!
-//! Two families of messages exist:
+//! The messages, by what they are for:
 //! - **operations** a coordinator forwards to one of a key's replicas: [`Get`], [`Set`],
 //!   [`Delete`], [`Incr`], [`Seed`]; and in batches, to the node that coordinates them:
 //!   [`MultiGet`], [`MultiSet`];
@@ -13,7 +13,9 @@
 //!   shares;
 //! - **acceptor messages** of the replication protocol (CASPaxos): [`Prepare`], [`Accept`],
 //!   [`Read`], [`Repair`], [`Backfill`], [`Collect`], and the bulk [`SyncShard`] and
-//!   [`DigestShard`] pages for catch-up and anti-entropy; plus [`Ping`] for the failure detector.
+//!   [`DigestShard`] pages for catch-up and anti-entropy; plus [`Ping`] for the failure detector;
+//! - **read-only reports**: [`FetchMap`] (the cluster map a node acts on) and [`FetchStatus`]
+//!   (a node's own figures, for the status page).
 //!
 //! No reply's size depends on how much data a node holds: bulk replies come in pages of about
 //! [`PAGE_BYTES`], each resumed after the last key of the one before; batches and scans carry at
@@ -122,6 +124,8 @@ kinds! {
     MultiSet = 17,
     /// [`ScanKeys`].
     ScanKeys = 18,
+    /// [`FetchStatus`].
+    FetchStatus = 19,
 }
 
 /// Handles one kind of request.
@@ -543,6 +547,74 @@ impl Rpc for ScanKeys {
     const KIND: Kind = Kind::ScanKeys;
 }
 
+/// Asks a node for its own figures: what it stores and how many requests it has served, for a
+/// status page that shows every node of the cluster. Read-only, and answered whatever the epochs
+/// of the two nodes. A node of an older build, which does not know this kind, refuses the frame
+/// as malformed ("unknown message kind"), which the asker shows as that node's figures being
+/// unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchStatus;
+
+/// The answer to a [`FetchStatus`]: fixed-size fields only, so the reply's size does not depend
+/// on anything the node holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The answering node.
+    pub node: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The epoch of its cluster map.
+    pub epoch: u64,
+    /// Whether it has caught up after starting and votes as a replica.
+    pub ready: bool,
+    /// Milliseconds since its process started.
+    pub uptime_ms: u64,
+    /// Clients' keys it holds replicas of.
+    pub keys: u64,
+    /// Bytes its store charges against its memory budget.
+    pub bytes: u64,
+    /// Its memory budget, if it has one.
+    pub max_memory: Option<u64>,
+    /// Keys it is primary for that lacked a copy at its last anti-entropy pass.
+    pub under_replicated: u64,
+    /// Its request counters, totals since it started.
+    pub requests: RequestCounts,
+}
+
+/// Requests a node has served since it started (see [`NodeStatus`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// Client reads it served (single keys).
+    pub reads: u64,
+    /// Client writes it served (sets, deletes, increments).
+    pub writes: u64,
+    /// Client batches it served (`/mget`, `/mset`).
+    pub batches: u64,
+    /// Scan pages it served to clients.
+    pub scans: u64,
+    /// Requests it received from peers.
+    pub peer: u64,
+    /// Client requests it answered with a 4xx status.
+    pub client_errors: u64,
+    /// Client requests it answered with a 5xx status.
+    pub server_errors: u64,
+}
+
+impl RequestCounts {
+    /// Client requests of every kind: reads, writes, batches and scan pages.
+    pub fn client(&self) -> u64 {
+        self.reads
+            .saturating_add(self.writes)
+            .saturating_add(self.batches)
+            .saturating_add(self.scans)
+    }
+}
+
+impl Rpc for FetchStatus {
+    type Reply = NodeStatus;
+    const KIND: Kind = Kind::FetchStatus;
+}
+
 /// Serde form of [`Precondition`].
 mod precondition {
     use kvcore::{Precondition, Version};
@@ -680,6 +752,7 @@ mod tests {
             limit: 100,
             now_ms: 1_700_000_000_000,
         });
+        round_trip(FetchStatus);
     }
 
     #[test]
@@ -772,7 +845,8 @@ mod tests {
         FetchMap,
         MultiGet,
         MultiSet,
-        ScanKeys
+        ScanKeys,
+        FetchStatus
     );
 
     #[tokio::test]
@@ -791,5 +865,23 @@ mod tests {
             ErrorCode::Internal
         );
         assert!(dispatch(&Echo, b"\x01\x00").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_kind_the_receiver_does_not_know_is_refused_as_a_client_error() {
+        // What a node of an older build does with a newer kind (a FetchStatus, say): its
+        // refusal names the kind, and the asker gets it as the remote's `invalid_request`.
+        let frame = Frame::encode(&header(), &FetchStatus);
+        let mut bytes = frame.bytes().to_vec();
+        // A FetchStatus has an empty body: the kind is the last byte.
+        assert_eq!(bytes.pop(), Some(Kind::FetchStatus as u8));
+        bytes.push(250);
+        assert_eq!(Kind::from_u8(250), None);
+        let refused = dispatch(&Echo, &bytes).await.unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidRequest);
+        assert!(
+            refused.to_string().contains("unknown message kind 250"),
+            "{refused}"
+        );
     }
 }

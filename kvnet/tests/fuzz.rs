@@ -23,8 +23,8 @@ use kvcore::{
 };
 use kvnet::rpc::{
     dispatch, Accept, AcceptReply, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap,
-    Get, Incr, KeysPage, MultiGet, MultiSet, Ping, Pong, Prepare, PrepareReply, Read, Repair,
-    ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard,
+    FetchStatus, Get, Incr, KeysPage, MultiGet, MultiSet, NodeStatus, Ping, Pong, Prepare,
+    PrepareReply, Read, Repair, RequestCounts, ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard,
 };
 use kvnet::wire::{decode_reply, encode_reply, Incoming};
 use kvnet::{
@@ -237,6 +237,7 @@ enum AnyRequest {
     MultiGet(MultiGet),
     MultiSet(MultiSet),
     ScanKeys(ScanKeys),
+    FetchStatus(FetchStatus),
 }
 
 /// Calls `$f::<R>($args)` with the request inside an [`AnyRequest`].
@@ -261,6 +262,7 @@ macro_rules! with_request {
             AnyRequest::MultiGet(r) => $f($($args,)* r),
             AnyRequest::MultiSet(r) => $f($($args,)* r),
             AnyRequest::ScanKeys(r) => $f($($args,)* r),
+            AnyRequest::FetchStatus(r) => $f($($args,)* r),
         }
     };
 }
@@ -332,6 +334,7 @@ fn request() -> impl Strategy<Value = AnyRequest> {
             .prop_map(|(shard, after)| AnyRequest::DigestShard(DigestShard { shard, after })),
         Just(AnyRequest::Ping(Ping)),
         Just(AnyRequest::FetchMap(FetchMap)),
+        Just(AnyRequest::FetchStatus(FetchStatus)),
         prop::collection::vec(repair(), 0..4)
             .prop_map(|repairs| AnyRequest::Backfill(Backfill { repairs })),
         (key(), value()).prop_map(|(key, value)| AnyRequest::Seed(Seed { key, value })),
@@ -374,6 +377,7 @@ enum AnyReply {
     MultiGet(Result<Vec<Result<Option<Entry>, RemoteError>>, RemoteError>),
     MultiSet(Result<Vec<Result<SetReply, RemoteError>>, RemoteError>),
     ScanKeys(Result<KeysPage, RemoteError>),
+    FetchStatus(Result<NodeStatus, RemoteError>),
 }
 
 macro_rules! with_reply {
@@ -393,6 +397,7 @@ macro_rules! with_reply {
             AnyReply::MultiGet(r) => $f($($args,)* r),
             AnyReply::MultiSet(r) => $f($($args,)* r),
             AnyReply::ScanKeys(r) => $f($($args,)* r),
+            AnyReply::FetchStatus(r) => $f($($args,)* r),
         }
     };
 }
@@ -498,7 +503,54 @@ fn reply() -> impl Strategy<Value = AnyReply> {
                 .prop_map(|(keys, more)| KeysPage { keys, more })
         )
         .prop_map(AnyReply::ScanKeys),
+        answer(node_status()).prop_map(AnyReply::FetchStatus),
     ]
+}
+
+fn node_status() -> impl Strategy<Value = NodeStatus> {
+    let counts = prop::array::uniform7(edge_u64()).prop_map(|c| RequestCounts {
+        reads: c[0],
+        writes: c[1],
+        batches: c[2],
+        scans: c[3],
+        peer: c[4],
+        client_errors: c[5],
+        server_errors: c[6],
+    });
+    (
+        (
+            edge_u32(),
+            edge_u64(),
+            edge_u64(),
+            any::<bool>(),
+            edge_u64(),
+        ),
+        (
+            edge_u64(),
+            edge_u64(),
+            prop::option::of(edge_u64()),
+            edge_u64(),
+        ),
+        counts,
+    )
+        .prop_map(
+            |(
+                (node, incarnation, epoch, ready, uptime_ms),
+                (keys, bytes, max_memory, under_replicated),
+                requests,
+            )| NodeStatus {
+                node: NodeId(node),
+                incarnation,
+                epoch,
+                ready,
+                uptime_ms,
+                keys,
+                bytes,
+                max_memory,
+                under_replicated,
+                requests,
+            },
+        )
 }
 
 /// One way to damage a frame.
@@ -738,7 +790,7 @@ fn check_reply<T: Serialize + DeserializeOwned + PartialEq + Debug>(
 type ReplyCheck = fn(&[u8]) -> Result<bool, TestCaseError>;
 
 /// Every reply type, as each request kind's [`Rpc::Reply`] names it.
-const REPLY_CHECKS: [ReplyCheck; 18] = [
+const REPLY_CHECKS: [ReplyCheck; 19] = [
     check_reply::<<Get as Rpc>::Reply>,
     check_reply::<<Set as Rpc>::Reply>,
     check_reply::<<Delete as Rpc>::Reply>,
@@ -757,6 +809,7 @@ const REPLY_CHECKS: [ReplyCheck; 18] = [
     check_reply::<<MultiGet as Rpc>::Reply>,
     check_reply::<<MultiSet as Rpc>::Reply>,
     check_reply::<<ScanKeys as Rpc>::Reply>,
+    check_reply::<<FetchStatus as Rpc>::Reply>,
 ];
 
 /// Counts of outcomes, so a property that only ever saw one outcome fails instead of passing
@@ -824,7 +877,7 @@ fn damaged_frames_of_every_kind_are_refused_as_client_errors_or_round_trip() {
     tally
         .into_inner()
         .unwrap()
-        .assert_saw_both("damaged request frames", cases, 18);
+        .assert_saw_both("damaged request frames", cases, 19);
 }
 
 #[test]

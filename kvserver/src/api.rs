@@ -5,7 +5,10 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY,
+    CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use kvcore::{Conflict, Encoding, Entry, ErrorCode, Precondition, Value, Version};
 use kvnet::RPC_PATH;
@@ -13,12 +16,12 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use crate::batch::{self, MAX_BATCH};
-use crate::detector::PeerState;
 use crate::error::Error;
 use crate::membership;
 use crate::metrics::bump;
 use crate::node::{BatchWrite, BatchWriteResult, Node, WriteOptions};
 use crate::scan::{Cursor, ScanPage, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+use crate::status;
 use crate::tls::PeerCertificate;
 
 /// Largest client request body for values of at most `max_value_bytes`: room for any value the
@@ -148,6 +151,14 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
         },
         "/cluster" => match method {
             Method::GET => Ok(cluster(node)),
+            _ => Err(not_allowed("GET")),
+        },
+        "/" => match method {
+            Method::GET => Ok(html_response(status::PAGE)),
+            _ => Err(not_allowed("GET")),
+        },
+        "/cluster/overview" => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, &status::overview(node).await)),
             _ => Err(not_allowed("GET")),
         },
         "/cluster/join" => match method {
@@ -645,12 +656,7 @@ fn cluster(node: &Node) -> HttpResponse {
         .iter()
         .chain(map.departing())
         .map(|n| {
-            let seen = node.peer_state(n.id);
-            let state = match seen {
-                PeerState::Down => seen.as_str(),
-                _ if n.id == node.id() && node.is_removed() => "removed",
-                _ => membership::recorded_state(&record, n.id).unwrap_or(seen.as_str()),
-            };
+            let state = status::seen_state(node, &record, n.id);
             json!({"id": n.id, "addr": n.addr, "state": state})
         })
         .collect();
@@ -841,6 +847,29 @@ fn error_response(e: &Error) -> HttpResponse {
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    response
+}
+
+/// A page of HTML, never cached: it is the status page, whose script fetches the figures.
+fn html_response(page: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // The page loads nothing from anywhere and talks only to the node that served it; the
+    // browser enforces that, whatever a node's address in the map says.
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 

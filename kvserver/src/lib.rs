@@ -17,6 +17,8 @@
 //! | `GET /health`, `/cluster`, `/stats` | | status, membership, counters |
 //! | `POST /cluster/join` | `{"addr"}` | `{"node", "epoch", "fresh", "record"}` |
 //! | `POST /cluster/remove` | `{"node", "force"?}` | `{"node", "epoch", "state"}` |
+//! | `GET /cluster/overview` | | every node's state and own figures, asked by this node |
+//! | `GET /` | | the status page (HTML), which polls `/cluster/overview` |
 //!
 //! Errors are `{"error": {"code", "message"}}` with a 4xx or 5xx status; see [`Error`].
 //!
@@ -47,6 +49,7 @@
 //!   [`drift`] tells anti-entropy when a pass is worth running. [`eviction`] also holds the
 //!   [`Room`](eviction::Room) that writes in cache mode wait for.
 //! - [`node`]: the [`Node`] façade that builds and starts the parts.
+//! - [`status`]: a node's own figures and the cluster overview the status page shows.
 //! - [`api`], [`server`]: HTTP routing and the accept loop ([`run`]) with its connection limits;
 //!   [`tls`]: HTTPS for clients and peers.
 //! - [`local`]: [`LocalCluster`], in-process clusters.
@@ -89,6 +92,7 @@ pub mod scan;
 pub mod seed;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod tls;
 pub mod topology;
 

@@ -16,8 +16,8 @@ use kvcore::{
     partition, validate_key, ClusterMap, Conflict, Entry, ErrorCode, Limits, MapSpec, NodeId,
     NodeInfo, Precondition, Store, StoreConfig, Value, Version,
 };
-use kvnet::rpc::{Delete, Incr, Seed, Set, SetReply};
-use kvnet::{FrameHandler, Transport};
+use kvnet::rpc::{Delete, FetchStatus, Incr, NodeStatus, Seed, Set, SetReply};
+use kvnet::{CallError, FrameHandler, Transport};
 
 use crate::acceptor::{Acceptor, BallotClock};
 use crate::anti_entropy::AntiEntropy;
@@ -45,6 +45,7 @@ use crate::rebalance::{self, Progress, Rebalancer};
 use crate::scan::{Cursor, ScanPage, Scanner, MAX_SCAN_LIMIT};
 use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
+use crate::status::Figures;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
 
 /// How often the evictor looks at its store's bytes (in cache mode).
@@ -128,6 +129,7 @@ pub struct Node {
     lifecycle: Arc<Lifecycle>,
     clock: Arc<Clock>,
     room: Arc<Room>,
+    figures: Arc<Figures>,
 }
 
 impl fmt::Debug for Node {
@@ -282,6 +284,17 @@ impl Node {
             coordinator.clone(),
             clock.clone(),
         ));
+        let started = Instant::now();
+        let under_replicated = Arc::<AtomicU64>::default();
+        let figures = Arc::new(Figures::new(
+            store.clone(),
+            metrics.clone(),
+            under_replicated.clone(),
+            readiness.clone(),
+            topology.clone(),
+            incarnation.clone(),
+            started,
+        ));
         let handler = Arc::new(PeerHandler::new(
             incarnation.clone(),
             limits,
@@ -295,17 +308,18 @@ impl Node {
             lifecycle.clone(),
             drift.clone(),
             client.clone(),
+            figures.clone(),
         ));
         Ok(Node {
             config: config.clone(),
             incarnation,
-            started: Instant::now(),
+            started,
             topology,
             store,
             detector,
             readiness,
             metrics,
-            under_replicated: Arc::default(),
+            under_replicated,
             progress: Arc::default(),
             drift,
             backfill_queue: std::sync::Mutex::new(Some(backfill_queue)),
@@ -317,6 +331,7 @@ impl Node {
             lifecycle,
             clock,
             room,
+            figures,
         })
     }
 
@@ -497,6 +512,18 @@ impl Node {
     /// Keys this node is primary for that lacked a copy at the last anti-entropy pass.
     pub fn under_replicated(&self) -> u64 {
         self.under_replicated.load(Ordering::Relaxed)
+    }
+
+    /// This node's own figures, as it reports them to its peers for the status page.
+    pub fn status(&self) -> NodeStatus {
+        self.figures.report()
+    }
+
+    /// Asks node `to` for its own figures (a [`FetchStatus`]). Bounded by the transport's
+    /// request timeout only: a caller that must not wait that long sets its own.
+    pub async fn fetch_status(&self, to: &NodeInfo) -> Result<NodeStatus, CallError> {
+        let frame = self.client.frame(new_request_id(), 1, &FetchStatus);
+        self.client.send(to, &frame).await
     }
 
     /// Time since the node started.

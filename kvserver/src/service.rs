@@ -5,9 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvcore::{validate_key, Ballot, Entry, ErrorCode, Limits, Register};
 use kvnet::rpc::{
-    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap, Get, Incr,
-    KeysPage, MapCopy, MultiGet, MultiSet, Ping, Pong, Prepare, Read, Repair, ScanKeys, Seed, Set,
-    SetReply, SyncPage, SyncShard, MAX_BATCH_ITEMS,
+    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap, FetchStatus, Get,
+    Incr, KeysPage, MapCopy, MultiGet, MultiSet, NodeStatus, Ping, Pong, Prepare, Read, Repair,
+    ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard, MAX_BATCH_ITEMS,
 };
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
 
@@ -23,6 +23,7 @@ use crate::operation::Operation;
 use crate::peers::PeerClient;
 use crate::readiness::Readiness;
 use crate::scan;
+use crate::status::Figures;
 use crate::topology::Topology;
 
 /// Answers peer requests for one node.
@@ -40,6 +41,7 @@ pub struct PeerHandler {
     lifecycle: Arc<Lifecycle>,
     drift: Arc<Drift>,
     client: Arc<PeerClient>,
+    figures: Arc<Figures>,
 }
 
 type Reply<'a, T> = BoxFuture<'a, Result<T, RemoteError>>;
@@ -60,6 +62,7 @@ impl PeerHandler {
         lifecycle: Arc<Lifecycle>,
         drift: Arc<Drift>,
         client: Arc<PeerClient>,
+        figures: Arc<Figures>,
     ) -> Self {
         PeerHandler {
             incarnation,
@@ -74,6 +77,7 @@ impl PeerHandler {
             lifecycle,
             drift,
             client,
+            figures,
         }
     }
 
@@ -524,6 +528,17 @@ impl Handle<FetchMap> for PeerHandler {
                 epoch: record.map.epoch,
                 record: serde_json::to_vec(&*record).expect("a record always encodes"),
             })
+        })
+    }
+}
+
+impl Handle<FetchStatus> for PeerHandler {
+    fn handle<'a>(&'a self, header: &'a Header, _: FetchStatus) -> Reply<'a, NodeStatus> {
+        Box::pin(async move {
+            // Read-only and answered whatever the epochs, like a ping: a status page must show
+            // a node that is behind or ahead, not an epoch mismatch.
+            self.check_sender(header)?;
+            Ok(self.figures.report())
         })
     }
 }

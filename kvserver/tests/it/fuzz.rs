@@ -115,6 +115,11 @@ impl Case {
         self.path() == RPC_PATH && self.method == Method::POST
     }
 
+    /// `GET /`: the status page, the one answer in HTML.
+    fn is_status_page(&self) -> bool {
+        self.path() == "/" && self.method == Method::GET
+    }
+
     /// Whether the request could name [`KNOWN_KEY`] after all (the generators never put
     /// [`UNNAMEABLE`] in, but arbitrary bytes are arbitrary).
     fn names_known_key(&self) -> bool {
@@ -558,7 +563,7 @@ fn case() -> impl Strategy<Value = Case> {
             method(),
             prop::sample::select(vec![
                 "/health", "/cluster", "/stats", "/set", "/get", "/kv", "/get/", "/kv/", "/",
-                "/mget", "/mset", "/keys",
+                "/mget", "/mset", "/keys", "/cluster/overview",
             ]),
             query(),
             any_body()
@@ -846,6 +851,13 @@ async fn check(
             Some("application/octet-stream")
         );
         prop_assert!(answer.body.starts_with(&PROTOCOL_VERSION.to_le_bytes()));
+    } else if case.is_status_page() {
+        prop_assert_eq!(answer.status, StatusCode::OK);
+        prop_assert_eq!(
+            answer.content_type.as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        prop_assert!(answer.body.starts_with(b"<!DOCTYPE html>"), "{:?}", answer);
     } else {
         prop_assert_eq!(
             answer.content_type.as_deref(),

@@ -16,6 +16,7 @@ mod process;
 mod protocol;
 mod replication;
 mod security;
+mod status;
 mod stub;
 mod ttl;
 mod util;
