@@ -17,6 +17,7 @@
 //! | `GET /health`, `/cluster`, `/stats` | | status, membership, counters |
 //! | `POST /cluster/join` | `{"addr"}` | `{"node", "epoch", "fresh", "record"}` |
 //! | `POST /cluster/remove` | `{"node", "force"?}` | `{"node", "epoch", "state"}` |
+//! | `GET /openapi.json` | | the OpenAPI 3.1 description of all of the above ([`api::OPENAPI`]) |
 //!
 //! Errors are `{"error": {"code", "message"}}` with a 4xx or 5xx status; see [`Error`].
 //!
