@@ -152,7 +152,8 @@ impl Value {
                 other => fail(format!("expected a JSON string, got {}", kind(other))),
             },
             Encoding::Integer => match json {
-                J::Number(n) => match n.as_i64() {
+                // JSON has one kind of number: `5.0` and `5e0` are the integer 5.
+                J::Number(n) => match n.as_i64().or_else(|| n.as_f64().and_then(whole_i64)) {
                     Some(i) => Ok(Value::integer(i)),
                     None => fail(format!("{n} is not an integer in the signed 64-bit range")),
                 },
@@ -385,6 +386,14 @@ mod raw_bytes {
     }
 }
 
+/// `f` as an `i64` if it is a whole number within ±2^53. Past that a JSON number parsed as an f64
+/// may have been rounded (`-9223372036854775809` reads as -2^63), so it is refused rather than
+/// stored as a number the client did not send.
+fn whole_i64(f: f64) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
+}
+
 fn kind(v: &serde_json::Value) -> &'static str {
     use serde_json::Value as J;
     match v {
@@ -477,6 +486,21 @@ mod tests {
         assert_eq!(ok(Encoding::Float, json!("2.25")), json!(2.25));
         assert_eq!(ok(Encoding::Boolean, json!("true")), json!(true));
         assert_eq!(ok(Encoding::Boolean, json!("false")), json!(false));
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_however_written_up_to_2_pow_53() {
+        let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        assert_eq!(ok(Encoding::Integer, parse("5.0")), json!(5));
+        assert_eq!(ok(Encoding::Integer, parse("-3e2")), json!(-300));
+        assert_eq!(
+            ok(Encoding::Integer, parse("9007199254740992.0")),
+            json!(9_007_199_254_740_992i64)
+        );
+        // Past 2^53 a number read as a float may have been rounded: refused, not stored rounded.
+        for text in ["9007199254740994.0", "-9223372036854775809", "1e19", "5.5"] {
+            assert_eq!(err(Encoding::Integer, parse(text)).code(), "invalid_value");
+        }
     }
 
     #[test]

@@ -77,144 +77,291 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
     response
 }
 
+/// The OpenAPI 3.1 description of the client API, served at `GET /openapi.json`. A test checks
+/// that its paths and methods are exactly [`Endpoint::ALL`]'s client endpoints, and that every
+/// answer of every operation matches the schema it gives for that status.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// An endpoint of the HTTP API. The router finds a request's endpoint through
+/// [`Endpoint::find`], so the paths and methods listed here are exactly the ones it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /get/{key}`.
+    Get,
+    /// `POST /kv/{key}/incr`.
+    Incr,
+    /// `GET`, `PUT`, `DELETE /kv/{key}`.
+    Kv,
+    /// `POST`, `PUT /set`.
+    Set,
+    /// `POST /mget`.
+    Mget,
+    /// `POST /mset`.
+    Mset,
+    /// `GET /keys`.
+    Keys,
+    /// `GET /health`.
+    Health,
+    /// `GET /livez`.
+    Livez,
+    /// `GET /cluster`.
+    Cluster,
+    /// `POST /cluster/join`.
+    ClusterJoin,
+    /// `POST /cluster/remove`.
+    ClusterRemove,
+    /// `GET /stats`.
+    Stats,
+    /// `GET /openapi.json`.
+    OpenApi,
+    /// `GET /`: the status page.
+    StatusPage,
+    /// `GET /cluster/overview`: every node's state and figures, for the status page.
+    Overview,
+    /// `POST /internal/v1/rpc`, the peer protocol: not for clients.
+    Peer,
+}
+
+impl Endpoint {
+    /// Every endpoint, in the order paths are matched: `/kv/{key}/incr` before `/kv/{key}`.
+    pub const ALL: &'static [Endpoint] = &[
+        Endpoint::Get,
+        Endpoint::Incr,
+        Endpoint::Kv,
+        Endpoint::Set,
+        Endpoint::Mget,
+        Endpoint::Mset,
+        Endpoint::Keys,
+        Endpoint::Health,
+        Endpoint::Livez,
+        Endpoint::Cluster,
+        Endpoint::ClusterJoin,
+        Endpoint::ClusterRemove,
+        Endpoint::Stats,
+        Endpoint::OpenApi,
+        Endpoint::StatusPage,
+        Endpoint::Overview,
+        Endpoint::Peer,
+    ];
+
+    /// The path, as the OpenAPI description writes it: `{key}` stands for a percent-encoded key.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Get => "/get/{key}",
+            Endpoint::Incr => "/kv/{key}/incr",
+            Endpoint::Kv => "/kv/{key}",
+            Endpoint::Set => "/set",
+            Endpoint::Mget => "/mget",
+            Endpoint::Mset => "/mset",
+            Endpoint::Keys => "/keys",
+            Endpoint::Health => "/health",
+            Endpoint::Livez => "/livez",
+            Endpoint::Cluster => "/cluster",
+            Endpoint::ClusterJoin => "/cluster/join",
+            Endpoint::ClusterRemove => "/cluster/remove",
+            Endpoint::Stats => "/stats",
+            Endpoint::OpenApi => "/openapi.json",
+            Endpoint::StatusPage => "/",
+            Endpoint::Overview => "/cluster/overview",
+            Endpoint::Peer => RPC_PATH,
+        }
+    }
+
+    /// The methods the endpoint takes, as the `Allow` header of a 405 lists them.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Kv => "GET, PUT, DELETE",
+            Endpoint::Set => "POST, PUT",
+            Endpoint::Incr
+            | Endpoint::Mget
+            | Endpoint::Mset
+            | Endpoint::ClusterJoin
+            | Endpoint::ClusterRemove
+            | Endpoint::Peer => "POST",
+            Endpoint::Get
+            | Endpoint::Keys
+            | Endpoint::Health
+            | Endpoint::Livez
+            | Endpoint::Cluster
+            | Endpoint::Stats
+            | Endpoint::OpenApi
+            | Endpoint::StatusPage
+            | Endpoint::Overview => "GET",
+        }
+    }
+
+    /// Whether the endpoint takes `method`.
+    pub fn takes(self, method: &Method) -> bool {
+        self.allow().split(", ").any(|m| m == method.as_str())
+    }
+
+    /// Whether clients use it (everything but the peer protocol); the OpenAPI description
+    /// covers exactly these.
+    pub fn is_client(self) -> bool {
+        self != Endpoint::Peer
+    }
+
+    /// The endpoint serving `path`, with the raw (still percent-encoded) key when its path has
+    /// one. A path ending in `/incr` is always `/kv/{key}/incr`, whatever the method, so a key
+    /// that ends in `/incr` is written `%2Fincr` in a `/kv/` path.
+    pub fn find(path: &str) -> Option<(Endpoint, Option<&str>)> {
+        Endpoint::ALL.iter().find_map(|&endpoint| {
+            let template = endpoint.path();
+            let Some((before, after)) = template.split_once("{key}") else {
+                return (path == template).then_some((endpoint, None));
+            };
+            let key = path.strip_prefix(before)?.strip_suffix(after)?;
+            Some((endpoint, Some(key)))
+        })
+    }
+}
+
 async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Error> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let not_allowed = |allowed: &'static str| Error::MethodNotAllowed {
-        method: method.to_string(),
-        path: path.clone(),
-        allowed,
+    let Some((endpoint, raw_key)) = Endpoint::find(&path) else {
+        return Err(match path.as_str() {
+            "/get" | "/kv" => kvcore::Error::InvalidKey {
+                reason: "key must not be empty".into(),
+            }
+            .into(),
+            _ => Error::NoRoute { path },
+        });
     };
-
-    if let Some(raw) = path.strip_prefix("/get/") {
-        return match method {
-            Method::GET => get(node, &decode_key(raw)?).await,
-            _ => Err(not_allowed("GET")),
-        };
+    if !endpoint.takes(&method) {
+        return Err(Error::MethodNotAllowed {
+            method: method.to_string(),
+            path,
+            allowed: endpoint.allow(),
+        });
     }
-    if let Some(raw) = path.strip_prefix("/kv/") {
-        if let Some(raw) = raw.strip_suffix("/incr") {
-            if method == Method::POST {
-                let key = decode_key(raw)?;
-                let body: IncrBody = read_json(node, req).await?;
-                let entry = node.incr(&key, body.by).await?;
-                return Ok(entry_response(node, &key, &entry));
-            }
+    let key = || decode_key(raw_key.unwrap_or_default());
+    match (endpoint, method) {
+        (Endpoint::Get, _) | (Endpoint::Kv, Method::GET) => get(node, &key()?).await,
+        (Endpoint::Incr, _) => {
+            let key = key()?;
+            let body: IncrBody = read_json(node, req).await?;
+            let entry = node.incr(&key, body.by).await?;
+            Ok(entry_response(node, &key, &entry))
         }
-        let key = decode_key(raw)?;
-        return match method {
-            Method::GET => get(node, &key).await,
-            Method::PUT => {
-                let body: PutBody = read_json(node, req).await?;
-                let options =
-                    write_options(body.if_version, body.if_absent, body.ttl_ms, body.keep_ttl)?;
-                set(node, key, body.value, body.encoding, options).await
+        (Endpoint::Kv, Method::PUT) => {
+            let key = key()?;
+            let body: PutBody = read_json(node, req).await?;
+            let options =
+                write_options(body.if_version, body.if_absent, body.ttl_ms, body.keep_ttl)?;
+            set(node, key, body.value, body.encoding, options).await
+        }
+        (Endpoint::Kv, Method::DELETE) => delete(node, &key()?).await,
+        (Endpoint::Set, _) => {
+            let body: SetBody = read_json(node, req).await?;
+            let options =
+                write_options(body.if_version, body.if_absent, body.ttl_ms, body.keep_ttl)?;
+            set(node, body.key, body.value, body.encoding, options).await
+        }
+        (Endpoint::Mget, _) => mget(node, req).await,
+        (Endpoint::Mset, _) => mset(node, req).await,
+        (Endpoint::Keys, _) => keys(node, req.uri().query().unwrap_or("")).await,
+        (Endpoint::Health, _) => Ok(health(node)),
+        // Alive: the node serves requests. Unlike /health it never waits for catch-up, so a
+        // liveness probe does not kill a node that is copying its keys.
+        (Endpoint::Livez, _) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "alive", "node": node.id()}),
+        )),
+        (Endpoint::Cluster, _) => Ok(cluster(node)),
+        (Endpoint::ClusterJoin, _) => {
+            authorize_admin(node, &req)?;
+            let body: JoinBody = read_json(node, req).await?;
+            let port = body
+                .addr
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return Err(Error::bad_request(
+                    ErrorCode::InvalidRequest,
+                    "addr must be the joining node's HOST:PORT as its peers reach it",
+                ));
             }
-            Method::DELETE => delete(node, &key).await,
-            _ => Err(not_allowed("GET, PUT, DELETE")),
-        };
-    }
-    match path.as_str() {
-        "/set" => match method {
-            Method::POST | Method::PUT => {
-                let body: SetBody = read_json(node, req).await?;
-                let options =
-                    write_options(body.if_version, body.if_absent, body.ttl_ms, body.keep_ttl)?;
-                set(node, body.key, body.value, body.encoding, options).await
-            }
-            _ => Err(not_allowed("POST, PUT")),
-        },
-        "/mget" => match method {
-            Method::POST => mget(node, req).await,
-            _ => Err(not_allowed("POST")),
-        },
-        "/mset" => match method {
-            Method::POST => mset(node, req).await,
-            _ => Err(not_allowed("POST")),
-        },
-        "/keys" => match method {
-            Method::GET => keys(node, req.uri().query().unwrap_or("")).await,
-            _ => Err(not_allowed("GET")),
-        },
-        "/health" => match method {
-            Method::GET => Ok(health(node)),
-            _ => Err(not_allowed("GET")),
-        },
-        "/livez" => match method {
-            // Alive: the node serves requests. Unlike /health it never waits for catch-up, so a
-            // liveness probe does not kill a node that is copying its keys.
-            Method::GET => Ok(json_response(
+            let (id, record, fresh) = node.join(&body.addr).await?;
+            Ok(json_response(
                 StatusCode::OK,
-                &json!({"status": "alive", "node": node.id()}),
-            )),
-            _ => Err(not_allowed("GET")),
-        },
-        "/cluster" => match method {
-            Method::GET => Ok(cluster(node)),
-            _ => Err(not_allowed("GET")),
-        },
-        "/" => match method {
-            Method::GET => Ok(html_response(status::PAGE)),
-            _ => Err(not_allowed("GET")),
-        },
-        "/cluster/overview" => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, &status::overview(node).await)),
-            _ => Err(not_allowed("GET")),
-        },
-        "/cluster/join" => match method {
-            Method::POST => {
-                authorize_admin(node, &req)?;
-                let body: JoinBody = read_json(node, req).await?;
-                let port = body
-                    .addr
-                    .rsplit_once(':')
-                    .map(|(host, port)| (host, port.parse::<u16>()));
-                if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
-                    return Err(Error::bad_request(
-                        ErrorCode::InvalidRequest,
-                        "addr must be the joining node's HOST:PORT as its peers reach it",
-                    ));
-                }
-                let (id, record, fresh) = node.join(&body.addr).await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({
-                        "node": id,
-                        "epoch": record.map.epoch,
-                        "fresh": fresh,
-                        "record": record,
-                    }),
-                ))
-            }
-            _ => Err(not_allowed("POST")),
-        },
-        "/cluster/remove" => match method {
-            Method::POST => {
-                authorize_admin(node, &req)?;
-                let body: RemoveBody = read_json(node, req).await?;
-                let record = node.remove(kvcore::NodeId(body.node), body.force).await?;
-                let id = kvcore::NodeId(body.node);
-                let state = membership::recorded_state(&record, id).unwrap_or("removed");
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({"node": id, "epoch": record.map.epoch, "state": state}),
-                ))
-            }
-            _ => Err(not_allowed("POST")),
-        },
-        "/stats" => match method {
-            Method::GET => Ok(stats(node)),
-            _ => Err(not_allowed("GET")),
-        },
-        RPC_PATH => match method {
-            Method::POST => peer(node, req).await,
-            _ => Err(not_allowed("POST")),
-        },
-        "/get" | "/kv" | "/get/" | "/kv/" => Err(kvcore::Error::InvalidKey {
-            reason: "key must not be empty".into(),
+                &json!({
+                    "node": id,
+                    "epoch": record.map.epoch,
+                    "fresh": fresh,
+                    "record": record,
+                }),
+            ))
         }
-        .into()),
-        _ => Err(Error::NoRoute { path }),
+        (Endpoint::ClusterRemove, _) => {
+            authorize_admin(node, &req)?;
+            let body: RemoveBody = read_json(node, req).await?;
+            let record = node.remove(kvcore::NodeId(body.node), body.force).await?;
+            let id = kvcore::NodeId(body.node);
+            let state = membership::recorded_state(&record, id).unwrap_or("removed");
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"node": id, "epoch": record.map.epoch, "state": state}),
+            ))
+        }
+        (Endpoint::Stats, _) => Ok(stats(node)),
+        (Endpoint::OpenApi, _) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
+        (Endpoint::StatusPage, _) => Ok(html_response(status::PAGE)),
+        (Endpoint::Overview, _) => Ok(json_response(StatusCode::OK, &status::overview(node).await)),
+        (Endpoint::Peer, _) => peer(node, req).await,
+        (endpoint, method) => Err(Error::MethodNotAllowed {
+            method: method.to_string(),
+            path,
+            allowed: endpoint.allow(),
+        }),
+    }
+}
+
+/// Integers in request bodies. JSON has one kind of number, so a number with a zero fraction
+/// (`5.0`, `1e3`) is the integer it equals, as JSON Schema (and so the OpenAPI description) counts
+/// it, up to ±2^53; a fraction, or a number outside the field's range, is refused.
+mod integer {
+    use serde::de::{Error as _, Unexpected};
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Number;
+
+    fn exact<'de, D: Deserializer<'de>, T: TryFrom<i128>>(n: &Number) -> Result<T, D::Error> {
+        let whole = match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => Some(i128::from(u)),
+            (_, Some(i), _) => Some(i128::from(i)),
+            // Past ±2^53 an f64 may be a rounded integer literal (`18446744073709551617` reads
+            // as 2^64): refused rather than taken as a number the client did not send.
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
+                Some(f as i128)
+            }
+            _ => None,
+        };
+        whole.and_then(|i| T::try_from(i).ok()).ok_or_else(|| {
+            D::Error::invalid_value(
+                Unexpected::Other(&format!("the number {n}")),
+                &"a whole number in the field's range",
+            )
+        })
+    }
+
+    /// A required integer field.
+    pub fn required<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Error> {
+        exact::<D, T>(&Number::deserialize(d)?)
+    }
+
+    /// An optional integer field; `null` counts as absent.
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<i128>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Option::<Number>::deserialize(d)?
+            .map(|n| exact::<D, T>(&n))
+            .transpose()
     }
 }
 
@@ -227,11 +374,11 @@ struct SetBody {
     value: Json,
     #[serde(default)]
     encoding: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::optional")]
     if_version: Option<u64>,
     #[serde(default)]
     if_absent: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::optional")]
     ttl_ms: Option<u64>,
     #[serde(default)]
     keep_ttl: bool,
@@ -264,6 +411,7 @@ struct JoinBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RemoveBody {
+    #[serde(deserialize_with = "integer::required")]
     node: u32,
     #[serde(default)]
     force: bool,
@@ -294,7 +442,7 @@ fn authorize_admin(node: &Node, req: &Request<Incoming>) -> Result<(), Error> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IncrBody {
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "integer::required")]
     by: i64,
 }
 
@@ -309,11 +457,11 @@ struct PutBody {
     value: Json,
     #[serde(default)]
     encoding: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::optional")]
     if_version: Option<u64>,
     #[serde(default)]
     if_absent: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::optional")]
     ttl_ms: Option<u64>,
     #[serde(default)]
     keep_ttl: bool,

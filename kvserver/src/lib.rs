@@ -19,6 +19,7 @@
 //! | `POST /cluster/remove` | `{"node", "force"?}` | `{"node", "epoch", "state"}` |
 //! | `GET /cluster/overview` | | every node's state and own figures, asked by this node |
 //! | `GET /` | | the status page (HTML), which polls `/cluster/overview` |
+//! | `GET /openapi.json` | | the OpenAPI 3.1 description of all of the above ([`api::OPENAPI`]) |
 //!
 //! Errors are `{"error": {"code", "message"}}` with a 4xx or 5xx status; see [`Error`].
 //!
