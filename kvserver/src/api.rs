@@ -2,6 +2,8 @@
 //!
 //! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -11,14 +13,17 @@ use kvcore::{Conflict, Encoding, Entry, ErrorCode, Precondition, Value, Version}
 use kvnet::RPC_PATH;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
+use tracing::Instrument;
 
 use crate::batch::{self, MAX_BATCH};
-use crate::detector::PeerState;
 use crate::error::Error;
+use crate::exposition;
 use crate::membership;
 use crate::metrics::bump;
 use crate::node::{BatchWrite, BatchWriteResult, Node, WriteOptions};
+use crate::request_id::{self, ClientRequestId};
 use crate::scan::{Cursor, ScanPage, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
+use crate::telemetry;
 use crate::tls::PeerCertificate;
 
 /// Largest client request body for values of at most `max_value_bytes`: room for any value the
@@ -60,11 +65,57 @@ fn batch_limit(node: &Node) -> usize {
 pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Answers one HTTP request. Never panics on any input; every outcome is a JSON response.
+///
+/// A client request is served under its request id (see [`request_id`]): within a span that
+/// carries it, echoed in the response's `x-request-id`, and logged (at DEBUG level) with its
+/// endpoint, status and duration once answered. Peer messages (on [`RPC_PATH`]) are counted
+/// and logged by the peer service instead, under the ids they carry.
 pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
+    if req.uri().path() == RPC_PATH {
+        return answer(node, req).await;
+    }
+    let started = Instant::now();
+    let endpoint = telemetry::endpoint(req.uri().path());
+    let method = req.method().clone();
+    let (id, refused) = match ClientRequestId::from_header(req.headers().get(request_id::HEADER)) {
+        Ok(id) => (id, None),
+        Err(e) => (ClientRequestId::fresh(), Some(e)),
+    };
+    let span = tracing::info_span!("request", request_id = %id.id);
+    let mut response = match refused {
+        Some(e) => count_errors(node, error_response(&e)),
+        None => {
+            let serve = request_id::scope(id.id, answer(node, req));
+            serve.instrument(span.clone()).await
+        }
+    };
+    let elapsed = started.elapsed();
+    node.telemetry()
+        .client_request(endpoint, &method, response.status(), elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            method = %method,
+            endpoint,
+            status = response.status().as_u16(),
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            client_request_id = id.given.as_deref(),
+            "request answered"
+        );
+    });
+    response.headers_mut().insert(request_id::HEADER, id.echo);
+    response
+}
+
+/// Routes a request and turns an error into its JSON response.
+async fn answer(node: &Node, req: Request<Incoming>) -> HttpResponse {
     let response = match route(node, req).await {
         Ok(response) => response,
         Err(e) => error_response(&e),
     };
+    count_errors(node, response)
+}
+
+fn count_errors(node: &Node, response: HttpResponse) -> HttpResponse {
     let metrics = node.metrics();
     if response.status().is_client_error() {
         bump(&metrics.client_errors);
@@ -193,6 +244,10 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
         },
         "/stats" => match method {
             Method::GET => Ok(stats(node)),
+            _ => Err(not_allowed("GET")),
+        },
+        "/metrics" => match method {
+            Method::GET => Ok(metrics(node)),
             _ => Err(not_allowed("GET")),
         },
         RPC_PATH => match method {
@@ -645,12 +700,7 @@ fn cluster(node: &Node) -> HttpResponse {
         .iter()
         .chain(map.departing())
         .map(|n| {
-            let seen = node.peer_state(n.id);
-            let state = match seen {
-                PeerState::Down => seen.as_str(),
-                _ if n.id == node.id() && node.is_removed() => "removed",
-                _ => membership::recorded_state(&record, n.id).unwrap_or(seen.as_str()),
-            };
+            let state = node.node_state(&record, n.id);
             json!({"id": n.id, "addr": n.addr, "state": state})
         })
         .collect();
@@ -696,6 +746,16 @@ fn stats(node: &Node) -> HttpResponse {
             "requests": node.metrics().snapshot(),
         }),
     )
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus text format; see [`exposition`].
+fn metrics(node: &Node) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(exposition::render(node))));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(exposition::CONTENT_TYPE),
+    );
+    response
 }
 
 /// `POST /internal/v1/rpc`: a frame from a peer, answered by kvnet's server half, which checks

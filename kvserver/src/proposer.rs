@@ -593,6 +593,7 @@ impl Proposer {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            bump(&self.metrics.rounds);
             let ballot = self.ballots.next(key);
 
             // Phase 1: promises from a majority.
@@ -745,6 +746,7 @@ impl Proposer {
         {
             return Fast::NotApplied;
         }
+        bump(&self.metrics.rounds);
         let quorum = placement.quorum();
         let (next, reply) = apply_at(op, &current, self.clock.now_ms());
         let mut register = next.unwrap_or(current);

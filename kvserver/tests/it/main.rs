@@ -12,6 +12,7 @@ mod eviction;
 mod fuzz;
 mod hardening;
 mod membership;
+mod metrics;
 mod process;
 mod protocol;
 mod replication;
