@@ -4,6 +4,7 @@
 //! commands of [`kvserver::cli`]. The only place that reads the environment
 //! (`KV_CLUSTER_SECRET`, `KV_NODE`, `RUST_LOG`).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +46,14 @@ struct Cli {
     /// object per line, with the fields of the spans it was logged in, such as `request_id`).
     /// Which lines are logged is set by RUST_LOG (default `info`; `kvserver=debug` adds a line
     /// per client request and per peer message).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KV_LOG_FORMAT", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "KV_LOG_FORMAT",
+        global = true,
+        display_order = 900
+    )]
     log_format: LogFormat,
 }
 
@@ -62,8 +70,10 @@ enum LogFormat {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal, not in files or a container's log.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),

@@ -232,6 +232,7 @@ impl FrameHandler for PeerHandler {
                     request_id = %RequestId(header.request_id),
                     kind = kind.name(),
                     from = %header.from,
+                    node = %self.topology.me(),
                 )
             }
             // Refused by `dispatch` below.
