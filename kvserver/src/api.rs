@@ -1,6 +1,7 @@
 //! The HTTP/JSON API: routing, request parsing and response bodies.
 //!
-//! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`.
+//! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`;
+//! only `GET /metrics` answers in the Prometheus text format.
 
 use std::time::Instant;
 
@@ -64,7 +65,8 @@ fn batch_limit(node: &Node) -> usize {
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Answers one HTTP request. Never panics on any input; every outcome is a JSON response.
+/// Answers one HTTP request. Never panics on any input; every outcome is a JSON response (but
+/// for the metrics text).
 ///
 /// A client request is served under its request id (see [`request_id`]): within a span that
 /// carries it, echoed in the response's `x-request-id`, and logged (at DEBUG level) with its
