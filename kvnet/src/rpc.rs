@@ -59,6 +59,14 @@ macro_rules! kinds {
                 )
             }
 
+            /// The message's name, as its type is called (`MultiGet`): what logs and metrics
+            /// label it with.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$name => stringify!($name),)*
+                }
+            }
+
             /// The kind with this tag.
             pub fn from_u8(tag: u8) -> Option<Kind> {
                 match tag {

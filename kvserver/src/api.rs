@@ -1,6 +1,9 @@
 //! The HTTP/JSON API: routing, request parsing and response bodies.
 //!
-//! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`.
+//! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`;
+//! only `GET /metrics` answers in the Prometheus text format.
+
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -14,14 +17,18 @@ use kvcore::{Conflict, Encoding, Entry, ErrorCode, Precondition, Value, Version}
 use kvnet::RPC_PATH;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
+use tracing::Instrument;
 
 use crate::batch::{self, MAX_BATCH};
 use crate::error::Error;
+use crate::exposition;
 use crate::membership;
 use crate::metrics::bump;
 use crate::node::{BatchWrite, BatchWriteResult, Node, WriteOptions};
+use crate::request_id::{self, ClientRequestId};
 use crate::scan::{Cursor, ScanPage, DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT};
 use crate::status;
+use crate::telemetry;
 use crate::tls::PeerCertificate;
 
 /// Largest client request body for values of at most `max_value_bytes`: room for any value the
@@ -62,12 +69,59 @@ fn batch_limit(node: &Node) -> usize {
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Answers one HTTP request. Never panics on any input; every outcome is a JSON response.
+/// Answers one HTTP request. Never panics on any input; every outcome is a JSON response (but
+/// for the metrics text).
+///
+/// A client request is served under its request id (see [`request_id`]): within a span that
+/// carries it, echoed in the response's `x-request-id`, and logged (at DEBUG level) with its
+/// endpoint, status and duration once answered. Peer messages (on [`RPC_PATH`]) are counted
+/// and logged by the peer service instead, under the ids they carry.
 pub async fn handle(node: &Node, req: Request<Incoming>) -> HttpResponse {
+    if req.uri().path() == RPC_PATH {
+        return answer(node, req).await;
+    }
+    let started = Instant::now();
+    let endpoint = telemetry::endpoint(req.uri().path());
+    let method = req.method().clone();
+    let (id, refused) = match ClientRequestId::from_header(req.headers().get(request_id::HEADER)) {
+        Ok(id) => (id, None),
+        Err(e) => (ClientRequestId::fresh(), Some(e)),
+    };
+    let span = tracing::info_span!("request", request_id = %id.id);
+    let mut response = match refused {
+        Some(e) => count_errors(node, error_response(&e)),
+        None => {
+            let serve = request_id::scope(id.id, answer(node, req));
+            serve.instrument(span.clone()).await
+        }
+    };
+    let elapsed = started.elapsed();
+    node.telemetry()
+        .client_request(endpoint, &method, response.status(), elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            method = %method,
+            endpoint,
+            status = response.status().as_u16(),
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            client_request_id = id.given.as_deref(),
+            "request answered"
+        );
+    });
+    response.headers_mut().insert(request_id::HEADER, id.echo);
+    response
+}
+
+/// Routes a request and turns an error into its JSON response.
+async fn answer(node: &Node, req: Request<Incoming>) -> HttpResponse {
     let response = match route(node, req).await {
         Ok(response) => response,
         Err(e) => error_response(&e),
     };
+    count_errors(node, response)
+}
+
+fn count_errors(node: &Node, response: HttpResponse) -> HttpResponse {
     let metrics = node.metrics();
     if response.status().is_client_error() {
         bump(&metrics.client_errors);
@@ -118,6 +172,8 @@ pub enum Endpoint {
     StatusPage,
     /// `GET /cluster/overview`: every node's state and figures, for the status page.
     Overview,
+    /// `GET /metrics`: the Prometheus text format.
+    Metrics,
     /// `POST /internal/v1/rpc`, the peer protocol: not for clients.
     Peer,
 }
@@ -141,6 +197,7 @@ impl Endpoint {
         Endpoint::OpenApi,
         Endpoint::StatusPage,
         Endpoint::Overview,
+        Endpoint::Metrics,
         Endpoint::Peer,
     ];
 
@@ -163,7 +220,32 @@ impl Endpoint {
             Endpoint::OpenApi => "/openapi.json",
             Endpoint::StatusPage => "/",
             Endpoint::Overview => "/cluster/overview",
+            Endpoint::Metrics => "/metrics",
             Endpoint::Peer => RPC_PATH,
+        }
+    }
+
+    /// The name requests to the endpoint are counted under in `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Get => "get",
+            Endpoint::Incr => "incr",
+            Endpoint::Kv => "kv",
+            Endpoint::Set => "set",
+            Endpoint::Mget => "mget",
+            Endpoint::Mset => "mset",
+            Endpoint::Keys => "keys",
+            Endpoint::Health => "health",
+            Endpoint::Livez => "livez",
+            Endpoint::Cluster => "cluster",
+            Endpoint::ClusterJoin => "cluster_join",
+            Endpoint::ClusterRemove => "cluster_remove",
+            Endpoint::Stats => "stats",
+            Endpoint::OpenApi => "openapi",
+            Endpoint::StatusPage => "status_page",
+            Endpoint::Overview => "cluster_overview",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Peer => "peer",
         }
     }
 
@@ -186,7 +268,8 @@ impl Endpoint {
             | Endpoint::Stats
             | Endpoint::OpenApi
             | Endpoint::StatusPage
-            | Endpoint::Overview => "GET",
+            | Endpoint::Overview
+            | Endpoint::Metrics => "GET",
         }
     }
 
@@ -314,6 +397,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
         }
         (Endpoint::StatusPage, _) => Ok(html_response(status::PAGE)),
         (Endpoint::Overview, _) => Ok(json_response(StatusCode::OK, &status::overview(node).await)),
+        (Endpoint::Metrics, _) => Ok(metrics(node)),
         (Endpoint::Peer, _) => peer(node, req).await,
         (endpoint, method) => Err(Error::MethodNotAllowed {
             method: method.to_string(),
@@ -804,7 +888,7 @@ fn cluster(node: &Node) -> HttpResponse {
         .iter()
         .chain(map.departing())
         .map(|n| {
-            let state = status::seen_state(node, &record, n.id);
+            let state = node.node_state(&record, n.id);
             json!({"id": n.id, "addr": n.addr, "state": state})
         })
         .collect();
@@ -850,6 +934,16 @@ fn stats(node: &Node) -> HttpResponse {
             "requests": node.metrics().snapshot(),
         }),
     )
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus text format; see [`exposition`].
+fn metrics(node: &Node) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(exposition::render(node))));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(exposition::CONTENT_TYPE),
+    );
+    response
 }
 
 /// `POST /internal/v1/rpc`: a frame from a peer, answered by kvnet's server half, which checks

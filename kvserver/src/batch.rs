@@ -31,6 +31,7 @@ use kvcore::{validate_key, ClusterMap, Entry, ErrorCode, Limits, NodeId, Precond
 use kvnet::rpc::{MultiGet, MultiSet, Set, SetReply, MAX_BATCH_ITEMS, PAGE_BYTES};
 use kvnet::{CallError, RemoteError};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
 use crate::detector::FailureDetector;
@@ -134,13 +135,17 @@ impl BatchCoordinator {
         let mut tasks = JoinSet::new();
         for (owner, items) in groups {
             let (this, map) = (self.clone(), map.clone());
-            tasks.spawn(async move {
-                if owner == me {
-                    this.get_each_alone(items, request_id).await
-                } else {
-                    this.get_from(&map, owner, items, request_id).await
+            // In this request's span, as every task serving it.
+            tasks.spawn(
+                async move {
+                    if owner == me {
+                        this.get_each_alone(items, request_id).await
+                    } else {
+                        this.get_from(&map, owner, items, request_id).await
+                    }
                 }
-            });
+                .in_current_span(),
+            );
         }
         join(tasks, count, |_| {
             Err(Error::Remote(RemoteError::new(
@@ -176,16 +181,19 @@ impl BatchCoordinator {
         }
         let mut tasks = JoinSet::new();
         let this = self.clone();
-        tasks.spawn(async move { this.set_each_alone(alone, request_id).await });
+        tasks.spawn(async move { this.set_each_alone(alone, request_id).await }.in_current_span());
         for (owner, items) in groups {
             let (this, map) = (self.clone(), map.clone());
-            tasks.spawn(async move {
-                let mut done = Vec::with_capacity(items.len());
-                for message in split_writes(items) {
-                    done.extend(this.set_on(&map, owner, message, request_id).await);
+            tasks.spawn(
+                async move {
+                    let mut done = Vec::with_capacity(items.len());
+                    for message in split_writes(items) {
+                        done.extend(this.set_on(&map, owner, message, request_id).await);
+                    }
+                    done
                 }
-                done
-            });
+                .in_current_span(),
+            );
         }
         join(tasks, count, |_| {
             Err(Error::OutcomeUnknown {
@@ -438,7 +446,7 @@ where
                 break;
             };
             let running = run(item);
-            tasks.spawn(async move { (i, running.await) });
+            tasks.spawn(async move { (i, running.await) }.in_current_span());
         }
         match tasks.join_next().await {
             Some(Ok(answer)) => done.push(answer),

@@ -15,6 +15,7 @@
 //! | `POST /mset` | `{"entries": [{"key", "value", "encoding"?, "ttl_ms"?, "keep_ttl"?, "if_version"?, "if_absent"?}, ...]}` | `{"results": [...]}`: per item, the entry or `{"key", "error", "current"?}` |
 //! | `GET /keys?prefix=&limit=&cursor=` | | `{"keys": [...], "cursor"}`: a page of live keys in scan order; `cursor` is `null` at the end |
 //! | `GET /health`, `/cluster`, `/stats` | | status, membership, counters |
+//! | `GET /metrics` | | Prometheus text format |
 //! | `POST /cluster/join` | `{"addr"}` | `{"node", "epoch", "fresh", "record"}` |
 //! | `POST /cluster/remove` | `{"node", "force"?}` | `{"node", "epoch", "state"}` |
 //! | `GET /cluster/overview` | | every node's state and own figures, asked by this node |
@@ -28,7 +29,9 @@
 //! - [`config`]: [`Config`], the one configuration type (command line, [`LocalCluster`], tests).
 //! - [`clock`]: the wall clock that TTLs are measured with.
 //! - [`error`]: [`Error`] and the one mapping of error codes to HTTP statuses.
-//! - [`metrics`]: request counters.
+//! - [`metrics`]: request counters; [`telemetry`]: request and peer call latencies, open
+//!   connections; [`exposition`]: all of them, and the node's state, for `GET /metrics`.
+//! - [`request_id`]: the ids that follow a client request through every node's logs.
 //! - [`membership`]: the cluster's record of its membership and the changes made to it.
 //! - [`topology`]: the current cluster map and a key's [`Placement`](topology::Placement).
 //! - [`lifecycle`]: every task a node runs, tracked and stopped together.
@@ -77,6 +80,7 @@ pub mod drift;
 pub mod error;
 pub mod eviction;
 pub mod expiry;
+pub mod exposition;
 pub mod incarnations;
 pub mod lifecycle;
 pub mod local;
@@ -89,11 +93,13 @@ pub mod proposer;
 pub mod quorum;
 pub mod readiness;
 pub mod rebalance;
+pub mod request_id;
 pub mod scan;
 pub mod seed;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod topology;
 

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The tasks of one node. A crash cancels them all at once: each is dropped at its next await
 /// point, so nothing of the node finishes gracefully, exactly as if its process had died.
@@ -20,12 +21,14 @@ impl Lifecycle {
         Lifecycle::default()
     }
 
-    /// Runs `task` until it finishes or the node stops, whichever comes first.
+    /// Runs `task` until it finishes or the node stops, whichever comes first. It runs in the
+    /// caller's tracing span, so what a request starts in the background logs its request id.
     pub fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let cancel = self.cancel.clone();
+        let task = task.in_current_span();
         self.tracker.spawn(async move {
             tokio::select! {
                 biased;

@@ -4,6 +4,7 @@
 //! commands of [`kvserver::cli`]. The only place that reads the environment
 //! (`KV_CLUSTER_SECRET`, `KV_NODE`, `RUST_LOG`).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,49 @@ const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text` for people, `json` for log collectors (one
+    /// object per line, with the fields of the spans it was logged in, such as `request_id`).
+    /// Which lines are logged is set by RUST_LOG (default `info`; `kvserver=debug` adds a line
+    /// per client request and per peer message).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "KV_LOG_FORMAT",
+        global = true,
+        display_order = 900
+    )]
+    log_format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by RUST_LOG (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal, not in files or a container's log.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // The current span and its parents as a list, so a line logged in a peer message's
+        // span shows its request id.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,14 +269,8 @@ enum AdminAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let secret = std::env::var(SECRET_VARIABLE).ok();
     let result = match cli.command {
         Command::Cluster(args) => cluster(args, secret).await,

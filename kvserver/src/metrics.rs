@@ -1,4 +1,4 @@
-//! Request counters of a node, reported by `/stats`.
+//! Request counters of a node, reported by `/stats` and `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -6,7 +6,7 @@ use serde::Serialize;
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// Per-node request counters. Every part of the node bumps its own; `/stats` reads them.
+        /// Per-node request counters. Every part of the node bumps its own; `/stats` and `/metrics` read them.
         #[derive(Debug, Default)]
         pub struct Metrics {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
@@ -45,6 +45,9 @@ counters! {
     forwarded,
     /// Requests received from peers.
     peer,
+    /// Proposal rounds this node started: a prepare and an accept, or one accept under a
+    /// promise cached from the key's previous round.
+    rounds,
     /// Proposal rounds retried after a conflicting ballot.
     retries,
     /// Reads answered in one round trip because the replicas agreed.

@@ -37,15 +37,17 @@ use crate::lifecycle::Lifecycle;
 use crate::membership::Membership;
 use crate::metrics::{bump, Metrics};
 use crate::operation::Operation;
-use crate::peers::{new_request_id, PeerClient};
+use crate::peers::PeerClient;
 use crate::proposer::Proposer;
 use crate::quorum::Quorum;
 use crate::readiness::Readiness;
 use crate::rebalance::{self, Progress, Rebalancer};
+use crate::request_id;
 use crate::scan::{Cursor, ScanPage, Scanner, MAX_SCAN_LIMIT};
 use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
 use crate::status::Figures;
+use crate::telemetry::Telemetry;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
 
 /// How often the evictor looks at its store's bytes (in cache mode).
@@ -108,6 +110,9 @@ pub struct BatchWrite {
 pub type BatchWriteResult = Result<Result<Entry, Conflict>, Error>;
 
 /// A cluster node. Shared behind an `Arc`; every method takes `&self`.
+///
+/// An operation's peer messages carry the id of the client request being served (see
+/// [`request_id::scope`]), or a fresh id when called outside one.
 pub struct Node {
     config: Config,
     incarnation: Arc<Incarnation>,
@@ -117,6 +122,7 @@ pub struct Node {
     detector: Arc<FailureDetector>,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
     under_replicated: Arc<AtomicU64>,
     progress: Arc<Progress>,
     drift: Arc<Drift>,
@@ -213,6 +219,7 @@ impl Node {
         let incarnation = Arc::new(Incarnation::new(incarnation));
         let lifecycle = Arc::new(Lifecycle::new());
         let metrics = Arc::new(Metrics::default());
+        let telemetry = Arc::new(Telemetry::default());
         let detector = Arc::new(FailureDetector::new(topology.peers(), config.down_after()));
         let readiness = Arc::new(Readiness::new(ready));
         let incarnations = Arc::new(Incarnations::default());
@@ -224,6 +231,7 @@ impl Node {
             transport,
             topology.clone(),
             incarnation.clone(),
+            telemetry.clone(),
         ));
         let acceptor = Arc::new(Acceptor::new(
             incarnation.clone(),
@@ -309,6 +317,7 @@ impl Node {
             drift.clone(),
             client.clone(),
             figures.clone(),
+            telemetry.clone(),
         ));
         Ok(Node {
             config: config.clone(),
@@ -320,6 +329,7 @@ impl Node {
             readiness,
             metrics,
             under_replicated,
+            telemetry,
             progress: Arc::default(),
             drift,
             backfill_queue: std::sync::Mutex::new(Some(backfill_queue)),
@@ -476,6 +486,11 @@ impl Node {
         &self.metrics
     }
 
+    /// The node's measurements of its traffic (request latencies, peer calls, connections).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// A peer's state as this node's failure detector sees it.
     pub fn peer_state(&self, id: NodeId) -> PeerState {
         if id == self.id() {
@@ -486,6 +501,18 @@ impl Node {
             };
         }
         self.detector.state(id)
+    }
+
+    /// The state of node `id` as `/cluster` and `/metrics` show it: down to this node's failure
+    /// detector, else where the membership change in `record` has it (`joining`, `leaving`), this
+    /// node itself once `removed`, else as the detector sees it (`up`, `recovering`).
+    pub fn node_state(&self, record: &Membership, id: NodeId) -> &'static str {
+        let seen = self.peer_state(id);
+        match seen {
+            PeerState::Down => seen.as_str(),
+            _ if id == self.id() && self.is_removed() => "removed",
+            _ => crate::membership::recorded_state(record, id).unwrap_or(seen.as_str()),
+        }
     }
 
     /// Copies kept of each key.
@@ -522,7 +549,7 @@ impl Node {
     /// Asks node `to` for its own figures (a [`FetchStatus`]). Bounded by the transport's
     /// request timeout only: a caller that must not wait that long sets its own.
     pub async fn fetch_status(&self, to: &NodeInfo) -> Result<NodeStatus, CallError> {
-        let frame = self.client.frame(new_request_id(), 1, &FetchStatus);
+        let frame = self.client.frame(request_id::current(), 1, &FetchStatus);
         self.client.send(to, &frame).await
     }
 
@@ -643,7 +670,7 @@ impl Node {
         bump(&self.metrics.gets);
         validate_client_key(key)?;
         self.check_not_removed()?;
-        let read = self.coordinator.get(key, 0, new_request_id());
+        let read = self.coordinator.get(key, 0, request_id::current());
         self.lifecycle
             .unless_stopped(read)
             .await
@@ -654,7 +681,7 @@ impl Node {
     /// applied, so that is an unknown outcome.
     async fn write<O: Operation>(&self, op: O) -> Result<O::Reply, Error> {
         self.check_not_removed()?;
-        let write = self.coordinator.write(op, 0, new_request_id());
+        let write = self.coordinator.write(op, 0, request_id::current());
         self.lifecycle
             .unless_stopped(write)
             .await
@@ -764,7 +791,7 @@ impl Node {
                 Err(e) => answers.push(Some(Err(e.into()))),
             }
         }
-        let read = self.batches.get_many(valid, new_request_id());
+        let read = self.batches.get_many(valid, request_id::current());
         let mut read = self
             .lifecycle
             .unless_stopped(read)
@@ -812,7 +839,7 @@ impl Node {
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        let write = self.batches.set_many(sets, new_request_id());
+        let write = self.batches.set_many(sets, request_id::current());
         let written =
             self.lifecycle
                 .unless_stopped(write)
@@ -875,9 +902,12 @@ impl Node {
             ));
         }
         bump(&self.metrics.scans);
-        let page = self
-            .scanner
-            .page(prefix, after, limit.min(MAX_SCAN_LIMIT), new_request_id());
+        let page = self.scanner.page(
+            prefix,
+            after,
+            limit.min(MAX_SCAN_LIMIT),
+            request_id::current(),
+        );
         self.lifecycle
             .unless_stopped(page)
             .await

@@ -8,6 +8,7 @@ use kvnet::{CallError, Frame, Header, Peers, Rpc, Transport};
 
 use crate::incarnations::Incarnation;
 use crate::membership::Membership;
+use crate::telemetry::Telemetry;
 use crate::topology::Topology;
 
 /// Sends this node's requests: builds the frame header (sender, incarnation, epoch, request id,
@@ -18,22 +19,25 @@ pub struct PeerClient {
     peers: Peers,
     topology: Arc<Topology>,
     incarnation: Arc<Incarnation>,
+    telemetry: Arc<Telemetry>,
     /// Map fetches, one at a time.
     fetching: tokio::sync::Mutex<()>,
 }
 
 impl PeerClient {
     /// A client sending through `transport` on behalf of the node described by `topology`,
-    /// in its current incarnation.
+    /// in its current incarnation, timing its calls in `telemetry`.
     pub fn new(
         transport: Arc<dyn Transport>,
         topology: Arc<Topology>,
         incarnation: Arc<Incarnation>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         PeerClient {
             peers: Peers::new(transport),
             topology,
             incarnation,
+            telemetry,
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -77,7 +81,9 @@ impl PeerClient {
         to: &NodeInfo,
         frame: &Frame<R>,
     ) -> Result<R::Reply, CallError> {
+        let started = std::time::Instant::now();
         let answer = self.peers.send(to, frame).await;
+        self.telemetry.peer_call(R::KIND, started.elapsed());
         if let Err(e) = &answer {
             if e.remote_code() == Some(ErrorCode::EpochMismatch) {
                 self.fetch_map(to).await;
@@ -127,7 +133,10 @@ impl PeerClient {
             return true;
         }
         let frame = self.frame(new_request_id(), 1, &FetchMap);
-        let copy = match self.peers.send(from, &frame).await {
+        let started = std::time::Instant::now();
+        let copy = self.peers.send(from, &frame).await;
+        self.telemetry.peer_call(FetchMap::KIND, started.elapsed());
+        let copy = match copy {
             Ok(copy) => copy,
             Err(e) => {
                 tracing::debug!(error = %e, from = %from.id, "fetching the cluster map failed");

@@ -507,13 +507,14 @@ impl Proposer {
             .map(|(n, _)| *n)
             .collect();
         if !lagging.is_empty() {
-            self.repair_in_background(placement, key, chosen.clone(), gather.into_rest(), lagging);
+            let rest = gather.into_rest();
+            self.repair_in_background(placement, key, chosen.clone(), rest, lagging, request_id);
         }
         Ok(Some(chosen))
     }
 
     /// Waits (in the background) for the replicas that had not answered a read and brings any
-    /// that lag up to `chosen`.
+    /// that lag up to `chosen`, under the read's request id.
     fn repair_in_background(
         &self,
         placement: &Placement,
@@ -521,6 +522,7 @@ impl Proposer {
         chosen: Register,
         mut rest: mpsc::UnboundedReceiver<Answer<Read>>,
         mut lagging: Vec<NodeId>,
+        request_id: u64,
     ) {
         let client = self.client.clone();
         let placement = placement.clone();
@@ -537,8 +539,7 @@ impl Proposer {
             if lagging.is_empty() {
                 return;
             }
-            let id = crate::peers::new_request_id();
-            let frame = client.frame_at(placement.map.epoch(), id, 1, &repair);
+            let frame = client.frame_at(placement.map.epoch(), request_id, 1, &repair);
             for node in lagging {
                 if let Some(info) = placement.node(node) {
                     let _ = client.send(info, &frame).await;
@@ -593,6 +594,7 @@ impl Proposer {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            bump(&self.metrics.rounds);
             let ballot = self.ballots.next(key);
 
             // Phase 1: promises from a majority.
@@ -745,6 +747,7 @@ impl Proposer {
         {
             return Fast::NotApplied;
         }
+        bump(&self.metrics.rounds);
         let quorum = placement.quorum();
         let (next, reply) = apply_at(op, &current, self.clock.now_ms());
         let mut register = next.unwrap_or(current);

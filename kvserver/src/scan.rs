@@ -29,6 +29,7 @@ use kvcore::{validate_key, ClusterMap, ErrorCode, NodeId, Store, MAX_KEY_BYTES};
 use kvnet::rpc::{KeysPage, ScanKeys, MAX_BATCH_ITEMS};
 use kvnet::{CallError, RemoteError};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::batch::in_window;
 use crate::clock::Clock;
@@ -247,7 +248,7 @@ impl Scanner {
                 continue;
             }
             let (client, frame, node) = (self.client.clone(), frame.clone(), node.clone());
-            tasks.spawn(async move {
+            let ask = async move {
                 let answer = match client.send(&node, &frame).await {
                     Ok(page) => Answer::Page(page),
                     Err(e) if e.remote_code() == Some(ErrorCode::EpochMismatch) => {
@@ -256,7 +257,9 @@ impl Scanner {
                     Err(e) => Answer::Silent(silence(&e)),
                 };
                 (node.id, answer)
-            });
+            };
+            // In this request's span, as every task serving it.
+            tasks.spawn(ask.in_current_span());
         }
         if map.node(me).is_some() {
             answers.insert(me, self.own_page(map.epoch(), request));

@@ -157,6 +157,7 @@ async fn connection(
     peer: std::net::SocketAddr,
     _slot: OwnedSemaphorePermit,
 ) {
+    let _open = shared.node.telemetry().connection();
     let Some(acceptor) = shared.tls.clone() else {
         return serve(&shared, stream, peer, false).await;
     };

@@ -9,7 +9,9 @@ use kvnet::rpc::{
     Incr, KeysPage, MapCopy, MultiGet, MultiSet, NodeStatus, Ping, Pong, Prepare, Read, Repair,
     ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard, MAX_BATCH_ITEMS,
 };
+use kvnet::wire::Incoming;
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
+use tracing::Instrument;
 
 use crate::acceptor::{Acceptor, AcceptorFields, AcceptorRpc};
 use crate::batch::BatchCoordinator;
@@ -22,8 +24,10 @@ use crate::operation::is_seed_key;
 use crate::operation::Operation;
 use crate::peers::PeerClient;
 use crate::readiness::Readiness;
+use crate::request_id::RequestId;
 use crate::scan;
 use crate::status::Figures;
+use crate::telemetry::Telemetry;
 use crate::topology::Topology;
 
 /// Answers peer requests for one node.
@@ -42,6 +46,7 @@ pub struct PeerHandler {
     drift: Arc<Drift>,
     client: Arc<PeerClient>,
     figures: Arc<Figures>,
+    telemetry: Arc<Telemetry>,
 }
 
 type Reply<'a, T> = BoxFuture<'a, Result<T, RemoteError>>;
@@ -63,6 +68,7 @@ impl PeerHandler {
         drift: Arc<Drift>,
         client: Arc<PeerClient>,
         figures: Arc<Figures>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         PeerHandler {
             incarnation,
@@ -78,6 +84,7 @@ impl PeerHandler {
             drift,
             client,
             figures,
+            telemetry,
         }
     }
 
@@ -215,15 +222,45 @@ impl PeerHandler {
 }
 
 impl FrameHandler for PeerHandler {
+    /// Handles a frame within a span carrying its client request's id, so whatever the handler
+    /// logs can be found by that id; the line it logs when done is at DEBUG level.
     fn handle_frame(&self, frame: Bytes) -> BoxFuture<'_, Result<Bytes, FrameError>> {
         bump(&self.metrics.peer);
-        Box::pin(async move {
-            // A crash of this node ends the handler where it stands, as it would end a process.
-            self.lifecycle
-                .unless_stopped(rpc::dispatch(self, &frame))
-                .await
-                .unwrap_or(Err(FrameError::Stopped))
-        })
+        let span = match Incoming::parse(&frame) {
+            Ok(incoming) => {
+                let kind = incoming.kind;
+                self.telemetry.peer_received(kind);
+                let header = incoming.header;
+                tracing::info_span!(
+                    "peer",
+                    request_id = %RequestId(header.request_id),
+                    kind = kind.name(),
+                    from = %header.from,
+                    node = %self.topology.me(),
+                )
+            }
+            // Refused by `dispatch` below.
+            Err(_) => tracing::Span::none(),
+        };
+        Box::pin(
+            async move {
+                let started = std::time::Instant::now();
+                // A crash of this node ends the handler where it stands, as it would end a
+                // process.
+                let answer = self
+                    .lifecycle
+                    .unless_stopped(rpc::dispatch(self, &frame))
+                    .await
+                    .unwrap_or(Err(FrameError::Stopped));
+                let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                match &answer {
+                    Ok(_) => tracing::debug!(duration_us, "peer message handled"),
+                    Err(e) => tracing::debug!(duration_us, error = %e, "peer message refused"),
+                }
+                answer
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -17,9 +17,7 @@ use kvnet::CallError;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
-use crate::detector::PeerState;
 use crate::incarnations::Incarnation;
-use crate::membership::{self, Membership};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::readiness::Readiness;
@@ -172,16 +170,6 @@ impl From<NodeStatus> for NodeFigures {
     }
 }
 
-/// A node's state as `node` sees it, from its failure detector and the cluster's record.
-pub fn seen_state(node: &Node, record: &Membership, id: NodeId) -> &'static str {
-    let seen = node.peer_state(id);
-    match seen {
-        PeerState::Down => seen.as_str(),
-        _ if id == node.id() && node.is_removed() => "removed",
-        _ => membership::recorded_state(record, id).unwrap_or(seen.as_str()),
-    }
-}
-
 /// Asks `info` for its figures, within [`ASK_TIMEOUT`].
 async fn ask(node: &Node, info: &NodeInfo) -> Result<NodeStatus, String> {
     let report = match tokio::time::timeout(ASK_TIMEOUT, node.fetch_status(info)).await {
@@ -232,7 +220,7 @@ pub async fn overview(node: &Node) -> Json {
             NodeOverview {
                 id: info.id,
                 addr: info.addr.clone(),
-                state: seen_state(node, &record, info.id),
+                state: node.node_state(&record, info.id),
                 serving: info.id == node.id(),
                 figures,
                 error,

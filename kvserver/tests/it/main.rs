@@ -12,6 +12,7 @@ mod eviction;
 mod fuzz;
 mod hardening;
 mod membership;
+mod metrics;
 mod openapi;
 mod process;
 mod protocol;

@@ -590,6 +590,7 @@ async fn every_answer_matches_the_schema_its_operation_documents() {
             (M::GET, "/cluster", "/cluster".into(), None, ok, ""),
             (M::GET, "/stats", "/stats".into(), None, ok, ""),
             (M::GET, "/", "/".into(), None, ok, ""),
+            (M::GET, "/metrics", "/metrics".into(), None, ok, ""),
             (
                 M::GET,
                 "/cluster/overview",
