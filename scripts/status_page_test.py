@@ -5,7 +5,7 @@
 
 Starts three `kvserver node` processes on 127.0.0.1 (ports found free at run time), writes a few
 keys, then renders http://NODE/ with `chromium --headless --dump-dom` until the page shows every
-node (id and address) as up with a key count and a request rate. Then it kills one node and
+node (id and address) as up with a key count and an operation rate. Then it kills one node and
 renders the page again until that node shows as down with its figures unavailable while the
 others stay up. Against a stand-in for the serving node it also checks that an address from the
 overview is shown as text, never parsed as markup, and that a banner appears (over the last

@@ -386,12 +386,14 @@ mod raw_bytes {
     }
 }
 
-/// `f` as an `i64` if it is a whole number within ±2^53. Past that a JSON number parsed as an f64
-/// may have been rounded (`-9223372036854775809` reads as -2^63), so it is refused rather than
-/// stored as a number the client did not send.
+/// `f` as an `i64` if it is a whole number below 2^53 in magnitude. From 2^53 on a JSON number
+/// parsed as an f64 may have been rounded (`9007199254740993.0` reads as 2^53,
+/// `-9223372036854775809` as -2^63), so it is refused rather than stored as a number the client
+/// did not send. (Below, only a fraction too small for a double to hold, such as
+/// `1.0000000000000001`, is lost in parsing.)
 fn whole_i64(f: f64) -> Option<i64> {
     const EXACT: f64 = 9_007_199_254_740_992.0;
-    (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
+    (f.fract() == 0.0 && f.abs() < EXACT).then_some(f as i64)
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {
@@ -494,11 +496,19 @@ mod tests {
         assert_eq!(ok(Encoding::Integer, parse("5.0")), json!(5));
         assert_eq!(ok(Encoding::Integer, parse("-3e2")), json!(-300));
         assert_eq!(
-            ok(Encoding::Integer, parse("9007199254740992.0")),
-            json!(9_007_199_254_740_992i64)
+            ok(Encoding::Integer, parse("9007199254740991.0")),
+            json!(9_007_199_254_740_991i64)
         );
-        // Past 2^53 a number read as a float may have been rounded: refused, not stored rounded.
-        for text in ["9007199254740994.0", "-9223372036854775809", "1e19", "5.5"] {
+        // From 2^53 a number read as a float may have been rounded (the first two read as
+        // 2^53): refused, not stored rounded.
+        for text in [
+            "9007199254740992.0",
+            "9007199254740993.0",
+            "9007199254740994.0",
+            "-9223372036854775809",
+            "1e19",
+            "5.5",
+        ] {
             assert_eq!(err(Encoding::Integer, parse(text)).code(), "invalid_value");
         }
     }

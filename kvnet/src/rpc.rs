@@ -609,11 +609,11 @@ pub struct RequestCounts {
 }
 
 impl RequestCounts {
-    /// Client requests of every kind: reads, writes, batches and scan pages.
-    pub fn client(&self) -> u64 {
+    /// Client operations: reads and writes of keys (each item of a batch counts once, the
+    /// batch itself not again) and scan pages.
+    pub fn operations(&self) -> u64 {
         self.reads
             .saturating_add(self.writes)
-            .saturating_add(self.batches)
             .saturating_add(self.scans)
     }
 }

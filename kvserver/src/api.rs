@@ -1,7 +1,8 @@
 //! The HTTP/JSON API: routing, request parsing and response bodies.
 //!
 //! Every response body is JSON, errors included: `{"error": {"code": ..., "message": ...}}`;
-//! only `GET /metrics` answers in the Prometheus text format.
+//! but for `GET /metrics`, in the Prometheus text format, and the status page (`GET /`), in
+//! HTML.
 
 use std::time::Instant;
 
@@ -70,7 +71,7 @@ fn batch_limit(node: &Node) -> usize {
 pub type HttpResponse = Response<Full<Bytes>>;
 
 /// Answers one HTTP request. Never panics on any input; every outcome is a JSON response (but
-/// for the metrics text).
+/// for the metrics text and the status page).
 ///
 /// A client request is served under its request id (see [`request_id`]): within a span that
 /// carries it, echoed in the response's `x-request-id`, and logged (at DEBUG level) with its
@@ -409,7 +410,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
 
 /// Integers in request bodies. JSON has one kind of number, so a number with a zero fraction
 /// (`5.0`, `1e3`) is the integer it equals, as JSON Schema (and so the OpenAPI description) counts
-/// it, up to ±2^53; a fraction, or a number outside the field's range, is refused.
+/// it, below ±2^53; a fraction, or a number outside the field's range, is refused.
 mod integer {
     use serde::de::{Error as _, Unexpected};
     use serde::{Deserialize, Deserializer};
@@ -419,9 +420,10 @@ mod integer {
         let whole = match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => Some(i128::from(u)),
             (_, Some(i), _) => Some(i128::from(i)),
-            // Past ±2^53 an f64 may be a rounded integer literal (`18446744073709551617` reads
-            // as 2^64): refused rather than taken as a number the client did not send.
-            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
+            // From ±2^53 on an f64 may be a rounded integer literal (`9007199254740993.0`
+            // reads as 2^53, `18446744073709551617` as 2^64): refused rather than taken as a
+            // number the client did not send.
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
                 Some(f as i128)
             }
             _ => None,
@@ -1101,15 +1103,9 @@ fn html_response(page: &'static str) -> HttpResponse {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // The page loads nothing from anywhere and talks only to the node that served it; the
-    // browser enforces that, whatever a node's address in the map says.
     headers.insert(
         CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
-             frame-ancestors 'none'",
-        ),
+        HeaderValue::from_static(status::content_security_policy()),
     );
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response

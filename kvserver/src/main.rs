@@ -2,7 +2,8 @@
 //! (or, for a node, until it is removed from the cluster); `kvserver admin` asks a running node
 //! for membership changes; `kvserver get`, `set`, `delete`, `incr` and `keys` are the key
 //! commands of [`kvserver::cli`]. The only place that reads the environment
-//! (`KV_CLUSTER_SECRET`, `KV_NODE`, `RUST_LOG`).
+//! (`KV_CLUSTER_SECRET`, `KV_NODE`, `RUST_LOG`, and through clap each option's `KV_*` variable,
+//! `KV_LOG_FORMAT` among them).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use kvnet::{CallError, Frame, Header, Peers, Rpc, Transport};
 
 use crate::incarnations::Incarnation;
 use crate::membership::Membership;
+use crate::request_id;
 use crate::telemetry::Telemetry;
 use crate::topology::Topology;
 
@@ -81,9 +82,9 @@ impl PeerClient {
         to: &NodeInfo,
         frame: &Frame<R>,
     ) -> Result<R::Reply, CallError> {
-        let started = std::time::Instant::now();
+        let timer = self.telemetry.time_peer_call(R::KIND);
         let answer = self.peers.send(to, frame).await;
-        self.telemetry.peer_call(R::KIND, started.elapsed());
+        drop(timer);
         if let Err(e) = &answer {
             if e.remote_code() == Some(ErrorCode::EpochMismatch) {
                 self.fetch_map(to).await;
@@ -132,10 +133,10 @@ impl PeerClient {
         if self.topology.record().version_key() != before {
             return true;
         }
-        let frame = self.frame(new_request_id(), 1, &FetchMap);
-        let started = std::time::Instant::now();
+        let frame = self.frame(request_id::current(), 1, &FetchMap);
+        let timer = self.telemetry.time_peer_call(FetchMap::KIND);
         let copy = self.peers.send(from, &frame).await;
-        self.telemetry.peer_call(FetchMap::KIND, started.elapsed());
+        drop(timer);
         let copy = match copy {
             Ok(copy) => copy,
             Err(e) => {

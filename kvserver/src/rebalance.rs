@@ -20,8 +20,9 @@ use crate::error::Error;
 use crate::incarnations::Incarnation;
 use crate::membership::{Membership, Step};
 use crate::metrics::Metrics;
-use crate::peers::{new_request_id, PeerClient};
+use crate::peers::PeerClient;
 use crate::readiness::Readiness;
+use crate::request_id;
 use crate::topology::{forget_foreign, replicas_into, Topology, MAP_KEY};
 
 /// Reads the record from the map register, linearizably, with the register's version.
@@ -29,7 +30,7 @@ use crate::topology::{forget_foreign, replicas_into, Topology, MAP_KEY};
 pub async fn read_record(
     coordinator: &Coordinator,
 ) -> Result<Option<(Membership, Version)>, Error> {
-    let Some(entry) = coordinator.get(MAP_KEY, 0, new_request_id()).await? else {
+    let Some(entry) = coordinator.get(MAP_KEY, 0, request_id::current()).await? else {
         return Ok(None);
     };
     let record = serde_json::from_slice(entry.value.as_bytes()).map_err(|e| {
@@ -78,7 +79,7 @@ pub async fn change(
             ttl_ms: None,
             keep_ttl: false,
         };
-        match coordinator.write(set, 0, new_request_id()).await {
+        match coordinator.write(set, 0, request_id::current()).await {
             Ok(SetReply::Written { .. }) => {
                 adopt(topology, next.clone());
                 return Ok((next, true));

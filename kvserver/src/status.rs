@@ -1,21 +1,27 @@
-//! The status page and what it shows: a node's own figures ([`Figures`], answered to peers as a
-//! [`FetchStatus`](kvnet::rpc::FetchStatus)) and the cluster overview (`GET /cluster/overview`) that the serving node
-//! builds from every node's figures, which the page (`GET /`, [`PAGE`]) polls.
+//! The status page and what it shows: a node's own figures ([`Figures`], answered to peers as
+//! a [`FetchStatus`](kvnet::rpc::FetchStatus)) and the cluster overview
+//! (`GET /cluster/overview`) that the serving node builds from every node's figures, which the
+//! page (`GET /`, [`PAGE`]) polls.
 //!
 //! The overview never waits on one node for long: every node of the map is asked at once, each
 //! within [`ASK_TIMEOUT`], and a node that does not answer, answers with an error (an older
-//! build refuses a [`FetchStatus`](kvnet::rpc::FetchStatus) as an unknown message kind) or answers something that does
-//! not add up is listed with its state as this node sees it and its figures marked unavailable.
+//! build refuses a [`FetchStatus`](kvnet::rpc::FetchStatus) as an unknown message kind) or
+//! answers with another node's figures is listed with its state as this node sees it and its
+//! figures marked unavailable. Its figures are numbers of fixed size, summed saturating, so a
+//! peer's answer can mislead the page about that node but not break the overview.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use kvcore::{NodeId, NodeInfo, Store};
 use kvnet::rpc::{NodeStatus, RequestCounts};
 use kvnet::CallError;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
 
 use crate::incarnations::Incarnation;
 use crate::metrics::Metrics;
@@ -26,6 +32,27 @@ use crate::topology::{Topology, MAP_KEY};
 /// The status page: one HTML document with its styles and script inline, no other assets. It
 /// polls `cluster/overview` (relative to itself) on the node that served it.
 pub const PAGE: &str = include_str!("status.html");
+
+/// The page's `Content-Security-Policy`: it loads nothing from anywhere, talks only to the
+/// node that served it, and runs only its own inline script, allowed by its SHA-256 (so a
+/// script that found its way into the page some other way would not run). The browser
+/// enforces that, whatever a node's address in the map says.
+pub fn content_security_policy() -> &'static str {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let script = PAGE
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map(|(script, _)| script)
+            .expect("the status page has its script inline");
+        let hash = BASE64.encode(Sha256::digest(script.as_bytes()));
+        format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'"
+        )
+    })
+}
 
 /// How long the overview waits for one node's figures.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -138,9 +165,10 @@ pub struct NodeFigures {
     pub max_memory: Option<u64>,
     /// Keys it is primary for that lacked a copy at its last anti-entropy pass.
     pub under_replicated: u64,
-    /// Client requests it served since it started (reads, writes, batches and scan pages):
-    /// the page divides the growth between two polls by the time between them.
-    pub requests_total: u64,
+    /// Client operations it served since it started (reads and writes of keys, each item of
+    /// a batch counting once, and scan pages): the page divides the growth between two polls
+    /// by the time between them.
+    pub operations_total: u64,
     /// Its counters one by one.
     pub requests: RequestCounts,
     /// Whether it has caught up and votes.
@@ -160,7 +188,7 @@ impl From<NodeStatus> for NodeFigures {
             bytes: s.bytes,
             max_memory: s.max_memory,
             under_replicated: s.under_replicated,
-            requests_total: s.requests.client(),
+            operations_total: s.requests.operations(),
             requests: s.requests,
             ready: s.ready,
             epoch: s.epoch,
@@ -238,7 +266,7 @@ pub async fn overview(node: &Node) -> Json {
             .iter()
             .filter_map(|n| n.figures.as_ref())
             .map(|f| f.under_replicated)
-            .sum::<u64>(),
+            .fold(0, u64::saturating_add),
         "nodes": nodes,
         "unavailable": unavailable,
         "removed": record.removed,
@@ -289,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn the_total_counts_client_requests_only() {
+    fn the_total_counts_client_operations_only() {
         let counts = RequestCounts {
             reads: 1,
             writes: 2,
@@ -303,6 +331,7 @@ mod tests {
             requests: counts,
             ..report(0)
         });
-        assert_eq!(figures.requests_total, 10);
+        // The batches' items are among the reads and writes already.
+        assert_eq!(figures.operations_total, 7);
     }
 }

@@ -52,6 +52,20 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Records a peer call's time when dropped (see [`Telemetry::time_peer_call`]).
+#[derive(Debug)]
+pub struct PeerCallTimer<'a> {
+    telemetry: &'a Telemetry,
+    kind: Kind,
+    started: std::time::Instant,
+}
+
+impl Drop for PeerCallTimer<'_> {
+    fn drop(&mut self) {
+        self.telemetry.peer_call(self.kind, self.started.elapsed());
+    }
+}
+
 /// A node's measurements of its traffic. Shared behind an `Arc`; cloning a family shares it.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -100,6 +114,17 @@ impl Telemetry {
         self.peer_call_seconds
             .get_or_create(&KindLabels { kind: kind.name() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Times a call to a peer of kind `kind` until the timer is dropped: when the answer (or
+    /// the failure) came, or when the caller gave up waiting and dropped the call, so calls
+    /// cut short by a caller's timeout are counted too, at the time they were given.
+    pub fn time_peer_call(&self, kind: Kind) -> PeerCallTimer<'_> {
+        PeerCallTimer {
+            telemetry: self,
+            kind,
+            started: std::time::Instant::now(),
+        }
     }
 
     /// Records a message of kind `kind` received from a peer.

@@ -140,7 +140,7 @@ async fn the_overview_lists_every_node_with_the_figures_it_reports_itself() {
         let at = |o: &Json| node(o, id)["figures"]["requests"][field].as_u64().unwrap();
         at(&after) - at(&before)
     };
-    let total = |o: &Json, id: u64| node(o, id)["figures"]["requests_total"].as_u64().unwrap();
+    let total = |o: &Json, id: u64| node(o, id)["figures"]["operations_total"].as_u64().unwrap();
     assert_eq!(
         (grown(1, "reads"), grown(0, "reads"), grown(2, "reads")),
         (5, 0, 0)
@@ -377,6 +377,9 @@ async fn the_status_page_is_one_html_document_that_reads_the_overview() {
         policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"),
         "{policy}"
     );
+    // Only the page's own script runs: by its hash, not any inline script.
+    assert!(policy.contains("script-src 'sha256-"), "{policy}");
+    assert!(!policy.contains("script-src 'unsafe-inline'"), "{policy}");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let page = std::str::from_utf8(&body).unwrap();
     assert!(page.starts_with("<!DOCTYPE html>"));
