@@ -894,15 +894,7 @@ fn cluster(node: &Node) -> HttpResponse {
             json!({"id": n.id, "addr": n.addr, "state": state})
         })
         .collect();
-    let progress = node.rebalance_progress();
-    let rebalance = json!({
-        "state": if map.is_changing() { "running" } else { "idle" },
-        "from": map.previous_members(),
-        "copying": record.copying,
-        "moved_keys": record.moved_keys,
-        "remaining_keys": progress.remaining_keys,
-        "forced": record.forced,
-    });
+    let rebalance = status::rebalance(node, &map, &record);
     json_response(
         StatusCode::OK,
         &json!({

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use kvcore::{NodeId, NodeInfo, Store};
+use kvcore::{ClusterMap, NodeId, NodeInfo, Store};
 use kvnet::rpc::{NodeStatus, RequestCounts};
 use kvnet::CallError;
 use serde::Serialize;
@@ -24,6 +24,7 @@ use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
 use crate::incarnations::Incarnation;
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::readiness::Readiness;
@@ -255,7 +256,6 @@ pub async fn overview(node: &Node) -> Json {
             }
         })
         .collect();
-    let progress = node.rebalance_progress();
     json!({
         "node": node.id(),
         "epoch": map.epoch(),
@@ -270,14 +270,21 @@ pub async fn overview(node: &Node) -> Json {
         "nodes": nodes,
         "unavailable": unavailable,
         "removed": record.removed,
-        "rebalance": {
-            "state": if map.is_changing() { "running" } else { "idle" },
-            "from": map.previous_members(),
-            "copying": record.copying,
-            "moved_keys": record.moved_keys,
-            "remaining_keys": progress.remaining_keys,
-            "forced": record.forced,
-        },
+        "rebalance": rebalance(node, &map, &record),
+    })
+}
+
+/// The running (or last) membership change under `map` and `record`, as `/cluster` and the
+/// overview show it: its state, the members it moves keys from, the nodes still copying, the
+/// keys moved so far, this node's keys left to copy, and whether it was forced.
+pub fn rebalance(node: &Node, map: &ClusterMap, record: &Membership) -> Json {
+    json!({
+        "state": if map.is_changing() { "running" } else { "idle" },
+        "from": map.previous_members(),
+        "copying": record.copying,
+        "moved_keys": record.moved_keys,
+        "remaining_keys": node.rebalance_progress().remaining_keys,
+        "forced": record.forced,
     })
 }
 
