@@ -397,7 +397,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<HttpResponse, Erro
             Ok(response)
         }
         (Endpoint::StatusPage, _) => Ok(html_response(status::PAGE)),
-        (Endpoint::Overview, _) => Ok(json_response(StatusCode::OK, &status::overview(node).await)),
+        (Endpoint::Overview, _) => Ok(json_response(StatusCode::OK, &*node.overview().await)),
         (Endpoint::Metrics, _) => Ok(metrics(node)),
         (Endpoint::Peer, _) => peer(node, req).await,
         (endpoint, method) => Err(Error::MethodNotAllowed {

@@ -46,7 +46,7 @@ use crate::request_id;
 use crate::scan::{Cursor, ScanPage, Scanner, MAX_SCAN_LIMIT};
 use crate::seed::{seed, write_once};
 use crate::service::PeerHandler;
-use crate::status::Figures;
+use crate::status::{Figures, Overviews};
 use crate::telemetry::Telemetry;
 use crate::topology::{is_reserved, Topology, MAP_KEY};
 
@@ -136,6 +136,7 @@ pub struct Node {
     clock: Arc<Clock>,
     room: Arc<Room>,
     figures: Arc<Figures>,
+    overviews: Overviews,
 }
 
 impl fmt::Debug for Node {
@@ -342,6 +343,7 @@ impl Node {
             clock,
             room,
             figures,
+            overviews: Overviews::default(),
         })
     }
 
@@ -539,6 +541,12 @@ impl Node {
     /// Keys this node is primary for that lacked a copy at the last anti-entropy pass.
     pub fn under_replicated(&self) -> u64 {
         self.under_replicated.load(Ordering::Relaxed)
+    }
+
+    /// The cluster overview the status page shows, as this node gathers it (see
+    /// [`Overviews`]): at most a second old.
+    pub async fn overview(&self) -> Arc<serde_json::Value> {
+        self.overviews.get(self).await
     }
 
     /// This node's own figures, as it reports them to its peers for the status page.

@@ -9,6 +9,10 @@
 //! answers with another node's figures is listed with its state as this node sees it and its
 //! figures marked unavailable. Its figures are numbers of fixed size, summed saturating, so a
 //! peer's answer can mislead the page about that node but not break the overview.
+//!
+//! A node builds an overview at most once per [`FRESH_FOR`] ([`Overviews`]): callers within
+//! that time of the last one, or while one is being built, are given it, so pages open on many
+//! screens, or a client asking in a loop, do not multiply the messages between nodes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -53,6 +57,31 @@ pub fn content_security_policy() -> &'static str {
              frame-ancestors 'none'"
         )
     })
+}
+
+/// How long a built overview is given to later callers.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The overview a node built last, given again for [`FRESH_FOR`].
+#[derive(Debug, Default)]
+pub struct Overviews {
+    last: tokio::sync::Mutex<Option<(Instant, Arc<Json>)>>,
+}
+
+impl Overviews {
+    /// The overview as `node` sees it: the last one built if it is fresh, else one built now.
+    /// Callers that come while one is being built wait for it (one build at a time).
+    pub async fn get(&self, node: &Node) -> Arc<Json> {
+        let mut last = self.last.lock().await;
+        if let Some((built, seen)) = &*last {
+            if built.elapsed() < FRESH_FOR {
+                return seen.clone();
+            }
+        }
+        let seen = Arc::new(overview(node).await);
+        *last = Some((Instant::now(), seen.clone()));
+        seen
+    }
 }
 
 /// How long the overview waits for one node's figures.

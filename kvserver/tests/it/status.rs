@@ -135,7 +135,21 @@ async fn the_overview_lists_every_node_with_the_figures_it_reports_itself() {
         let (status, _) = http.get(&format!("{}/get/k{i}", cluster.url(1))).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let after = complete_overview(&http, &cluster.url(2)).await;
+    // Overviews are given again for up to a second after they are built.
+    let reads = |o: &Json, id: u64| {
+        node(o, id)["figures"]["requests"]["reads"]
+            .as_u64()
+            .unwrap()
+    };
+    let after = poll(
+        "an overview built after the reads",
+        Duration::from_secs(10),
+        || async {
+            let seen = complete_overview(&http, &cluster.url(2)).await;
+            (reads(&seen, 1) > reads(&before, 1)).then_some(seen)
+        },
+    )
+    .await;
     let grown = |id: u64, field: &str| {
         let at = |o: &Json| node(o, id)["figures"]["requests"][field].as_u64().unwrap();
         at(&after) - at(&before)
@@ -147,6 +161,32 @@ async fn the_overview_lists_every_node_with_the_figures_it_reports_itself() {
     );
     assert_eq!(total(&after, 1) - total(&before, 1), 5);
     assert_eq!(node(&after, 2)["serving"], true);
+    cluster.shutdown().await;
+}
+
+/// How many status requests `node` has received from its peers, as its `/metrics` count them.
+fn status_requests_received(node: &Node) -> u64 {
+    kvserver::exposition::render(node)
+        .lines()
+        .find(|l| l.starts_with("kv_peer_messages_received_total{kind=\"FetchStatus\"}"))
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn overviews_asked_together_share_one_round_of_status_requests() {
+    let cluster = LocalCluster::builder().nodes(3).start().await.unwrap();
+    let http = Http::new();
+    let before = status_requests_received(cluster.node(1));
+    let url = cluster.url(0);
+    let asks = (0..10).map(|_| overview(&http, &url));
+    let seen = futures_util::future::join_all(asks).await;
+    let after = status_requests_received(cluster.node(1));
+    // Ten at once are one build (two if they straddle the end of one's freshness), not ten.
+    assert!(after - before <= 2, "{} status requests", after - before);
+    assert!(after > before);
+    assert!(seen
+        .iter()
+        .all(|o| o["nodes"].as_array().unwrap().len() == 3));
     cluster.shutdown().await;
 }
 
