@@ -544,7 +544,7 @@ impl Node {
     }
 
     /// The cluster overview the status page shows, as this node gathers it (see
-    /// [`Overviews`]): at most a second old.
+    /// [`Overviews`]): built while this call waited, shared with calls made at the same time.
     pub async fn overview(&self) -> Arc<serde_json::Value> {
         self.overviews.get(self).await
     }

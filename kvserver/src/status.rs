@@ -10,9 +10,10 @@
 //! figures marked unavailable. Its figures are numbers of fixed size, summed saturating, so a
 //! peer's answer can mislead the page about that node but not break the overview.
 //!
-//! A node builds an overview at most once per [`FRESH_FOR`] ([`Overviews`]): callers within
-//! that time of the last one, or while one is being built, are given it, so pages open on many
-//! screens, or a client asking in a loop, do not multiply the messages between nodes.
+//! A node builds one overview at a time ([`Overviews`]): requests that come while one is being
+//! built are given that one, so many pages polling at once do not multiply the messages between
+//! nodes; a request that comes after the last build ended gets a new one, so figures are never
+//! older than the request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,42 +40,46 @@ use crate::topology::{Topology, MAP_KEY};
 pub const PAGE: &str = include_str!("status.html");
 
 /// The page's `Content-Security-Policy`: it loads nothing from anywhere, talks only to the
-/// node that served it, and runs only its own inline script, allowed by its SHA-256 (so a
-/// script that found its way into the page some other way would not run). The browser
-/// enforces that, whatever a node's address in the map says.
+/// node that served it, and applies only its own inline style sheet and runs only its own
+/// inline script, each allowed by its SHA-256 (so markup or script that found its way into the
+/// page some other way would not apply or run). The browser enforces that, whatever a node's
+/// address in the map says.
 pub fn content_security_policy() -> &'static str {
     static POLICY: OnceLock<String> = OnceLock::new();
     POLICY.get_or_init(|| {
-        let script = PAGE
-            .split_once("<script>")
-            .and_then(|(_, rest)| rest.split_once("</script>"))
-            .map(|(script, _)| script)
-            .expect("the status page has its script inline");
-        let hash = BASE64.encode(Sha256::digest(script.as_bytes()));
+        let hash = |tag: &str| {
+            let inline = PAGE
+                .split_once(&format!("<{tag}>"))
+                .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+                .map(|(inline, _)| inline)
+                .expect("the status page has its style sheet and script inline");
+            BASE64.encode(Sha256::digest(inline.as_bytes()))
+        };
         format!(
-            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+            "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; \
              connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
-             frame-ancestors 'none'"
+             frame-ancestors 'none'",
+            hash("script"),
+            hash("style"),
         )
     })
 }
 
-/// How long a built overview is given to later callers.
-pub const FRESH_FOR: Duration = Duration::from_secs(1);
-
-/// The overview a node built last, given again for [`FRESH_FOR`].
+/// The overview a node built last, and when that build ended.
 #[derive(Debug, Default)]
 pub struct Overviews {
     last: tokio::sync::Mutex<Option<(Instant, Arc<Json>)>>,
 }
 
 impl Overviews {
-    /// The overview as `node` sees it: the last one built if it is fresh, else one built now.
-    /// Callers that come while one is being built wait for it (one build at a time).
+    /// The overview as `node` sees it: one whose build ended after this call began (so built,
+    /// at least in part, while it waited), else one built now. One build at a time: callers
+    /// that come during a build wait for it and share it.
     pub async fn get(&self, node: &Node) -> Arc<Json> {
+        let asked = Instant::now();
         let mut last = self.last.lock().await;
-        if let Some((built, seen)) = &*last {
-            if built.elapsed() < FRESH_FOR {
+        if let Some((ended, seen)) = &*last {
+            if *ended >= asked {
                 return seen.clone();
             }
         }
