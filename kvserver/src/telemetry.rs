@@ -155,7 +155,7 @@ impl Telemetry {
         );
         registry.register_with_unit(
             "kv_peer_call_duration",
-            "Time this node waited for a peer's answer to its message (or the failure), by message kind",
+            "Time this node waited for a peer's answer to its message (or the failure, or until it gave up waiting), by message kind",
             Unit::Seconds,
             self.peer_call_seconds.clone(),
         );
