@@ -1020,6 +1020,14 @@ async fn read_json_within<T: for<'de> Deserialize<'de>>(
             message: "the request body is empty; expected a JSON object".into(),
         });
     }
+    // Every body is an object; serde would also read a struct from an array of its fields.
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !object && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+        return Err(Error::BadRequest {
+            code: ErrorCode::InvalidRequest,
+            message: "invalid request body: expected a JSON object".into(),
+        });
+    }
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         let code = match e.classify() {

@@ -184,6 +184,14 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
+        // The fields of a body in an array, in order: still not an object.
+        (
+            Method::POST,
+            set.clone(),
+            Some(r#"["k", "v"]"#.into()),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (
             Method::POST,
             set.clone(),

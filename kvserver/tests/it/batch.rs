@@ -279,6 +279,12 @@ async fn batches_over_the_limit_empty_or_malformed_are_refused_whole() {
             "invalid_request",
         ),
         (
+            "/mget",
+            r#"[["a"]]"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
             "/mset",
             r#"{"entries": [{"key": "a", "value": 1}"#.into(),
             StatusCode::BAD_REQUEST,
