@@ -153,7 +153,7 @@ impl Value {
             },
             Encoding::Integer => match json {
                 // JSON has one kind of number: `5.0` and `5e0` are the integer 5.
-                J::Number(n) => match n.as_i64().or_else(|| n.as_f64().and_then(whole_i64)) {
+                J::Number(n) => match n.as_i64().or_else(|| n.as_f64().and_then(whole_number)) {
                     Some(i) => Ok(Value::integer(i)),
                     None => fail(format!("{n} is not an integer in the signed 64-bit range")),
                 },
@@ -386,12 +386,13 @@ mod raw_bytes {
     }
 }
 
-/// `f` as an `i64` if it is a whole number below 2^53 in magnitude. From 2^53 on a JSON number
-/// parsed as an f64 may have been rounded (`9007199254740993.0` reads as 2^53,
-/// `-9223372036854775809` as -2^63), so it is refused rather than stored as a number the client
-/// did not send. (Below, only a fraction too small for a double to hold, such as
-/// `1.0000000000000001`, is lost in parsing.)
-fn whole_i64(f: f64) -> Option<i64> {
+/// `f` as an `i64` if it is a whole number below 2^53 in magnitude: how a number written with a
+/// fraction or exponent is read as an integer, for values and for integer fields of requests
+/// alike. From 2^53 on a JSON number parsed as an f64 may have been rounded
+/// (`9007199254740993.0` reads as 2^53, `-9223372036854775809` as -2^63), so it is refused
+/// rather than taken as a number the client did not send. (Below, only a fraction too small
+/// for a double to hold, such as `1.0000000000000001`, is lost in parsing.)
+pub fn whole_number(f: f64) -> Option<i64> {
     const EXACT: f64 = 9_007_199_254_740_992.0;
     (f.fract() == 0.0 && f.abs() < EXACT).then_some(f as i64)
 }

@@ -182,6 +182,8 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in the order paths are matched: `/kv/{key}/incr` before `/kv/{key}`.
     pub const ALL: &'static [Endpoint] = &[
+        // First: every message between nodes comes this way.
+        Endpoint::Peer,
         Endpoint::Get,
         Endpoint::Incr,
         Endpoint::Kv,
@@ -199,7 +201,6 @@ impl Endpoint {
         Endpoint::StatusPage,
         Endpoint::Overview,
         Endpoint::Metrics,
-        Endpoint::Peer,
     ];
 
     /// The path, as the OpenAPI description writes it: `{key}` stands for a percent-encoded key.
@@ -420,12 +421,8 @@ mod integer {
         let whole = match (n.as_u64(), n.as_i64(), n.as_f64()) {
             (Some(u), _, _) => Some(i128::from(u)),
             (_, Some(i), _) => Some(i128::from(i)),
-            // From ±2^53 on an f64 may be a rounded integer literal (`9007199254740993.0`
-            // reads as 2^53, `18446744073709551617` as 2^64): refused rather than taken as a
-            // number the client did not send.
-            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
-                Some(f as i128)
-            }
+            // As a value is read (`18446744073709551617` reads as 2^64: refused).
+            (_, _, Some(f)) => kvcore::value::whole_number(f).map(i128::from),
             _ => None,
         };
         whole.and_then(|i| T::try_from(i).ok()).ok_or_else(|| {
