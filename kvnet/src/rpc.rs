@@ -7,7 +7,7 @@
 //!
 //! The messages, by what they are for:
 //! - **operations** a coordinator forwards to one of a key's replicas: [`Get`], [`Set`],
-//!   [`Delete`], [`Incr`], [`Seed`]; and in batches, to the node that coordinates them:
+//!   [`Delete`], [`Incr`], [`Seed`], and [`Evict`] for a node in cache mode; and in batches, to the node that coordinates them:
 //!   [`MultiGet`], [`MultiSet`];
 //! - **scans**: [`ScanKeys`], a page of the live keys a node replicates, in an order every node
 //!   shares;
@@ -134,6 +134,8 @@ kinds! {
     ScanKeys = 18,
     /// [`FetchStatus`].
     FetchStatus = 19,
+    /// [`Evict`].
+    Evict = 20,
 }
 
 /// Handles one kind of request.
@@ -208,14 +210,33 @@ impl Rpc for Set {
 pub struct Delete {
     /// The key.
     pub key: String,
-    /// Delete only if the key is at exactly this version: how a node evicts or expires the
-    /// state it looked at and never a newer write.
+    /// Delete only if the key is at exactly this version.
     pub if_version: Option<Version>,
 }
 
 impl Rpc for Delete {
     type Reply = Option<Entry>;
     const KIND: Kind = Kind::Delete;
+}
+
+/// Deletes a key if it still holds exactly the state a node in cache mode sampled from its own
+/// replica: the same version, and the same value and expiry time by
+/// [digest](kvcore::Register::digest). A version alone is not enough: the sampled copy may be a
+/// state accepted on that replica but never chosen, and another write can be chosen at the
+/// same version later. The reply says whether the key was deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evict {
+    /// The key.
+    pub key: String,
+    /// The version sampled.
+    pub version: Version,
+    /// The digest of the state sampled.
+    pub digest: u64,
+}
+
+impl Rpc for Evict {
+    type Reply = bool;
+    const KIND: Kind = Kind::Evict;
 }
 
 /// Adds to an integer key (a missing key counts as 0); the reply is the new entry.
@@ -761,6 +782,11 @@ mod tests {
             now_ms: 1_700_000_000_000,
         });
         round_trip(FetchStatus);
+        round_trip(Evict {
+            key: "k".into(),
+            version: Version(7),
+            digest: u64::MAX - 1,
+        });
     }
 
     #[test]
@@ -854,7 +880,8 @@ mod tests {
         MultiGet,
         MultiSet,
         ScanKeys,
-        FetchStatus
+        FetchStatus,
+        Evict
     );
 
     #[tokio::test]

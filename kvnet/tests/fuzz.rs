@@ -22,9 +22,10 @@ use kvcore::{
     MAX_KEY_BYTES,
 };
 use kvnet::rpc::{
-    dispatch, Accept, AcceptReply, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap,
-    FetchStatus, Get, Incr, KeysPage, MultiGet, MultiSet, NodeStatus, Ping, Pong, Prepare,
-    PrepareReply, Read, Repair, RequestCounts, ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard,
+    dispatch, Accept, AcceptReply, Backfill, Collect, Delete, DigestPage, DigestShard, Evict,
+    FetchMap, FetchStatus, Get, Incr, KeysPage, MultiGet, MultiSet, NodeStatus, Ping, Pong,
+    Prepare, PrepareReply, Read, Repair, RequestCounts, ScanKeys, Seed, Set, SetReply, SyncPage,
+    SyncShard,
 };
 use kvnet::wire::{decode_reply, encode_reply, Incoming};
 use kvnet::{
@@ -238,6 +239,7 @@ enum AnyRequest {
     MultiSet(MultiSet),
     ScanKeys(ScanKeys),
     FetchStatus(FetchStatus),
+    Evict(Evict),
 }
 
 /// Calls `$f::<R>($args)` with the request inside an [`AnyRequest`].
@@ -263,6 +265,7 @@ macro_rules! with_request {
             AnyRequest::MultiSet(r) => $f($($args,)* r),
             AnyRequest::ScanKeys(r) => $f($($args,)* r),
             AnyRequest::FetchStatus(r) => $f($($args,)* r),
+            AnyRequest::Evict(r) => $f($($args,)* r),
         }
     };
 }
@@ -335,6 +338,13 @@ fn request() -> impl Strategy<Value = AnyRequest> {
         Just(AnyRequest::Ping(Ping)),
         Just(AnyRequest::FetchMap(FetchMap)),
         Just(AnyRequest::FetchStatus(FetchStatus)),
+        (key(), version(), edge_u64()).prop_map(|(key, version, digest)| {
+            AnyRequest::Evict(Evict {
+                key,
+                version,
+                digest,
+            })
+        }),
         prop::collection::vec(repair(), 0..4)
             .prop_map(|repairs| AnyRequest::Backfill(Backfill { repairs })),
         (key(), value()).prop_map(|(key, value)| AnyRequest::Seed(Seed { key, value })),
@@ -790,7 +800,7 @@ fn check_reply<T: Serialize + DeserializeOwned + PartialEq + Debug>(
 type ReplyCheck = fn(&[u8]) -> Result<bool, TestCaseError>;
 
 /// Every reply type, as each request kind's [`Rpc::Reply`] names it.
-const REPLY_CHECKS: [ReplyCheck; 19] = [
+const REPLY_CHECKS: [ReplyCheck; 20] = [
     check_reply::<<Get as Rpc>::Reply>,
     check_reply::<<Set as Rpc>::Reply>,
     check_reply::<<Delete as Rpc>::Reply>,
@@ -810,6 +820,7 @@ const REPLY_CHECKS: [ReplyCheck; 19] = [
     check_reply::<<MultiSet as Rpc>::Reply>,
     check_reply::<<ScanKeys as Rpc>::Reply>,
     check_reply::<<FetchStatus as Rpc>::Reply>,
+    check_reply::<<Evict as Rpc>::Reply>,
 ];
 
 /// Counts of outcomes, so a property that only ever saw one outcome fails instead of passing
@@ -874,10 +885,11 @@ fn damaged_frames_of_every_kind_are_refused_as_client_errors_or_round_trip() {
         }
         Ok(())
     });
+    let kinds = (0..=u8::MAX).filter_map(Kind::from_u8).count();
     tally
         .into_inner()
         .unwrap()
-        .assert_saw_both("damaged request frames", cases, 19);
+        .assert_saw_both("damaged request frames", cases, kinds);
 }
 
 #[test]

@@ -4,16 +4,15 @@
 //! # Design
 //! - **What is evicted, and how.** Each node's [`Evictor`] picks keys from what its own store
 //!   holds (values only, never the cluster's reserved records) and removes each through the
-//!   consensus path, as a client's conditional delete: `Delete { key, if_version }` with the
-//!   version it sampled, run by the coordinator like any write. Replicas therefore agree on
-//!   every eviction, a read never sees an evicted key come back (an eviction is a chosen
-//!   tombstone, like any delete), and an eviction does not remove a newer write: a key written
-//!   since it was sampled is at another version and the delete changes nothing. One exception:
-//!   the sample is this replica's copy, which may be a state accepted here but never chosen
-//!   (a write that ended 504), and another write can later be chosen at that same version; an
-//!   eviction sampled from the first then removes the second. Reading the chosen version
-//!   first would close this at a read per eviction, which slowed evictions enough under load
-//!   for writes to outrun them.
+//!   consensus path, as a conditional delete run by the coordinator like any write: an
+//!   [`Evict`] of the state it sampled, named by its version and its
+//!   [digest](kvcore::Register::digest). Replicas therefore agree on every eviction, a read
+//!   never sees an evicted key come back (an eviction is a chosen tombstone, like any delete),
+//!   and an eviction never removes a newer write: a key written since it was sampled is at
+//!   another version, and the digest covers the one case the version does not, a sample of a
+//!   state this replica accepted but that was never chosen (a write that ended 504) while
+//!   another write was chosen at the same version. The condition costs nothing extra: the
+//!   delete's own round reads the chosen state.
 //! - **Which keys.** Sampled as Redis does: a few keys at a time from random store shards
 //!   ([`Store::sample`]) into a pool of the best candidates seen ([`EvictionPool`]), ranked by
 //!   the access word each key keeps in its store (see [`kvcore::Eviction`]); the best is checked
@@ -61,7 +60,7 @@ use std::time::Duration;
 
 use kvcore::store::{Candidate, EvictionPool};
 use kvcore::{Ballot, NodeId, Store, StoreConfig};
-use kvnet::rpc::{Delete, Read};
+use kvnet::rpc::{Evict, Read};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, Notify};
@@ -297,19 +296,24 @@ impl Evictor {
         picks
     }
 
-    /// Deletes each of `picks` if it is still at the version sampled, all at once; returns
-    /// those deleted.
+    /// Deletes each of `picks` if it still holds the state sampled, all at once; returns those
+    /// deleted.
     async fn evict(&self, picks: Vec<Candidate>) -> Vec<Candidate> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Candidate, Result<bool, Error>)>();
         for candidate in picks {
+            let sampled = self.store.register(&candidate.key);
+            if sampled.value.is_none() || sampled.version != candidate.version {
+                continue; // changed since it was picked
+            }
             let (coordinator, tx) = (self.coordinator.clone(), tx.clone());
             self.lifecycle.spawn(async move {
-                let delete = Delete {
+                let evict = Evict {
                     key: candidate.key.clone(),
-                    if_version: Some(candidate.version),
+                    version: candidate.version,
+                    digest: sampled.digest(),
                 };
-                let deleted = coordinator.write(delete, 0, new_request_id()).await;
-                let _ = tx.send((candidate, deleted.map(|old| old.is_some())));
+                let deleted = coordinator.write(evict, 0, new_request_id()).await;
+                let _ = tx.send((candidate, deleted));
             });
         }
         drop(tx);

@@ -1,9 +1,9 @@
 //! Client operations as functions from a key's current state to its next state.
 //!
-//! Each operation is a peer message ([`Get`], [`Set`], [`Delete`], [`Incr`], [`Seed`]) so that a
-//! coordinator can forward it to a replica as it is, and its reply type is what the client gets.
-//! Running one is the same for all: find the current register, [`apply_at`] the operation,
-//! accept the result.
+//! Each operation is a peer message ([`Get`], [`Set`], [`Delete`], [`Incr`], [`Seed`],
+//! [`Evict`]) so that a coordinator can forward it to a replica as it is, and its reply type is
+//! what the client gets. Running one is the same for all: find the current register,
+//! [`apply_at`] the operation, accept the result.
 //!
 //! Expiry is part of that step: a register whose expiry time has passed (by the clock of the
 //! node running the round) counts as deleted one version later, and the round chooses that
@@ -11,7 +11,7 @@
 //! replicated round, and once one has removed it no node reads it again, whatever its clock.
 
 use kvcore::{Entry, ErrorCode, Limits, Precondition, Register, Value};
-use kvnet::rpc::{Delete, Get, Incr, Seed, Set, SetReply};
+use kvnet::rpc::{Delete, Evict, Get, Incr, Seed, Set, SetReply};
 use kvnet::Rpc;
 
 use crate::error::Error;
@@ -175,6 +175,41 @@ impl Operation for Delete {
     }
 }
 
+/// Deletes the state an evictor sampled, and only that one (see [`Evict`]).
+impl Operation for Evict {
+    const WRITES: bool = true;
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn may_change_nothing(&self) -> bool {
+        true
+    }
+
+    /// Only clients' keys are evicted: the cluster's own records are never sampled.
+    fn check_options(&self) -> Result<(), Error> {
+        if crate::topology::is_reserved(&self.key) {
+            return Err(Error::bad_request(
+                ErrorCode::InvalidKey,
+                "keys starting with U+0000 are the cluster's own records and are never evicted",
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply(&self, current: &Register, _: u64) -> (Option<Register>, Result<bool, Error>) {
+        let sampled = current.value.is_some()
+            && current.version == self.version
+            && current.digest() == self.digest;
+        if sampled {
+            (Some(next(current, None, None)), Ok(true))
+        } else {
+            (None, Ok(false))
+        }
+    }
+}
+
 impl Operation for Incr {
     const WRITES: bool = true;
 
@@ -284,6 +319,31 @@ mod tests {
             precondition,
             ttl_ms: None,
             keep_ttl: false,
+        }
+    }
+
+    #[test]
+    fn an_eviction_removes_only_the_state_it_sampled() {
+        let sampled = reg(4, Some(Value::string("a")));
+        let evict = Evict {
+            key: "k".into(),
+            version: Version(4),
+            digest: sampled.digest(),
+        };
+        let (next, reply) = apply_at(&evict, &sampled, NOW);
+        let next = next.expect("the sampled state is deleted");
+        assert_eq!((next.version, next.value), (Version(5), None));
+        assert!(reply.unwrap());
+        // Another write chosen at the same version (the sample was a state never chosen), a
+        // later write, and the key gone already: nothing changes.
+        for current in [
+            reg(4, Some(Value::string("b"))),
+            reg(5, Some(Value::string("a"))),
+            reg(5, None),
+        ] {
+            let (next, reply) = apply_at(&evict, &current, NOW);
+            assert_eq!(next, None, "{current:?}");
+            assert!(!reply.unwrap());
         }
     }
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kvcore::{validate_key, Ballot, Entry, ErrorCode, Limits, Register};
 use kvnet::rpc::{
-    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, FetchMap, FetchStatus, Get,
-    Incr, KeysPage, MapCopy, MultiGet, MultiSet, NodeStatus, Ping, Pong, Prepare, Read, Repair,
-    ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard, MAX_BATCH_ITEMS,
+    self, Accept, Backfill, Collect, Delete, DigestPage, DigestShard, Evict, FetchMap, FetchStatus,
+    Get, Incr, KeysPage, MapCopy, MultiGet, MultiSet, NodeStatus, Ping, Pong, Prepare, Read,
+    Repair, ScanKeys, Seed, Set, SetReply, SyncPage, SyncShard, MAX_BATCH_ITEMS,
 };
 use kvnet::wire::Incoming;
 use kvnet::{BoxFuture, FrameError, FrameHandler, Handle, Header, RemoteError, Rpc};
@@ -371,7 +371,7 @@ macro_rules! write_handlers {
     )*};
 }
 
-write_handlers!(Set, Delete, Incr, Seed);
+write_handlers!(Set, Delete, Incr, Seed, Evict);
 
 /// Acceptor messages: checked like any peer message, then answered by the acceptor.
 macro_rules! acceptor_handlers {

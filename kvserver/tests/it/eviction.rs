@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use kvcore::{Eviction, StoreConfig};
+use kvcore::{
+    Ballot, ErrorCode, Eviction, NodeId, NodeInfo, Register, StoreConfig, Value, Version,
+};
+use kvnet::rpc::Evict;
+use kvnet::{Header, HttpTransport, HttpTransportConfig, Peers};
 use kvserver::LocalCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -390,5 +394,87 @@ async fn a_lone_cache_node_evicts_too_and_refuses_only_what_cannot_fit() {
     let (status, answer) = http.post(&format!("{url}/set"), &big).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{answer}");
     assert_eq!(answer["error"]["code"], "memory_full");
+    cluster.shutdown().await;
+}
+
+/// An eviction names the state it sampled by version and digest, and removes only that: a
+/// different value at the same version (a replica's copy that was never chosen, while another
+/// write was chosen at its version) stays, through the peer protocol over HTTP.
+#[tokio::test]
+async fn an_eviction_removes_only_the_state_it_names() {
+    let cluster = cache(3, Eviction::Lru).await;
+    let http = Http::new();
+    let (status, written) = http
+        .post(
+            &format!("{}/set", cluster.url(0)),
+            &json!({"key": "k", "value": "chosen"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{written}");
+    let version = Version(written["version"].as_u64().expect("a version"));
+    let state = |value: &str| Register {
+        ballot: Ballot::ZERO,
+        version,
+        value: Some(Value::string(value)),
+        expires: None,
+    };
+    let peers = Peers::new(Arc::new(HttpTransport::new(HttpTransportConfig {
+        secret: cluster.secret().cloned(),
+        ..Default::default()
+    })));
+    let to = NodeInfo {
+        id: NodeId(1),
+        addr: cluster.addr(1).to_string(),
+    };
+    let header = Header {
+        from: NodeId(2),
+        incarnation: cluster.node(2).incarnation(),
+        epoch: cluster.node(2).map().epoch(),
+        request_id: 7,
+        hops: 1,
+    };
+    let evict = |version: Version, digest: u64| Evict {
+        key: "k".into(),
+        version,
+        digest,
+    };
+
+    // Another state at the same version, and the chosen state at another version: kept.
+    for wrong in [
+        evict(version, state("never chosen").digest()),
+        evict(Version(version.0 + 1), state("chosen").digest()),
+    ] {
+        let deleted = peers.call(&to, &header, &wrong).await.unwrap();
+        assert!(!deleted, "{wrong:?}");
+    }
+    for n in 0..3 {
+        let (status, got) = http.get(&format!("{}/get/k", cluster.url(n))).await;
+        assert_eq!(
+            (status, got["value"].as_str()),
+            (StatusCode::OK, Some("chosen"))
+        );
+    }
+    // The state it names: removed, on every node.
+    let deleted = peers
+        .call(&to, &header, &evict(version, state("chosen").digest()))
+        .await
+        .unwrap();
+    assert!(deleted);
+    for n in 0..3 {
+        let (status, got) = http.get(&format!("{}/get/k", cluster.url(n))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "node {n}: {got}");
+    }
+    // The cluster's own records are not a peer's to evict.
+    let map = Evict {
+        key: "\u{0}cluster-map".into(),
+        version: Version(1),
+        digest: 0,
+    };
+    let refused = peers.call(&to, &header, &map).await.unwrap_err();
+    assert_eq!(
+        refused.remote_code(),
+        Some(ErrorCode::InvalidKey),
+        "{refused}"
+    );
     cluster.shutdown().await;
 }
