@@ -6,9 +6,19 @@
 //! tombstone is then collected like any other. A key is swept by its primary, or, while the
 //! primary is down, by the first of its replicas that is up, so one round removes it instead
 //! of one per replica.
+//!
+//! Rather than sample keys at random as Redis does (it keeps a separate table of the keys with
+//! an expiry time to sample from), the sweep walks shards in turn: every expired key is found
+//! within one pass over the store ([`Store::SHARDS`] / [`SHARDS_PER_TICK`] ticks), and a shard
+//! holding no value with an expiry time is skipped without a walk, so keys without a TTL cost
+//! it nothing. At most [`MAX_PER_TICK`] keys are removed per tick, [`IN_FLIGHT`] rounds at a
+//! time; a mass expiry beyond that rate is spread over the following passes (reads still see
+//! every expired key as missing at once).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use kvcore::Store;
 
@@ -21,10 +31,13 @@ use crate::readiness::Readiness;
 use crate::topology::{is_reserved, Topology};
 
 /// Shards looked at per tick: with a tick every 100 ms, the whole store every 6.4 s.
-const SHARDS_PER_TICK: usize = 4;
+pub const SHARDS_PER_TICK: usize = 4;
 
 /// Keys removed per tick at most, so a mass expiry is spread out rather than run at once.
-const MAX_PER_TICK: usize = 256;
+pub const MAX_PER_TICK: usize = 256;
+
+/// Removal rounds run at once.
+pub const IN_FLIGHT: usize = 16;
 
 /// The background sweep of expired keys.
 #[derive(Debug)]
@@ -71,16 +84,20 @@ impl Expirer {
     /// tried.
     async fn sweep(&self, shard: usize, max: usize) -> usize {
         let now = self.clock.now_ms();
-        let expired = self.store.expired(shard, now, max);
-        let mut tried = 0;
-        for (key, _) in expired {
-            if is_reserved(&key) || !self.sweeps(&key) {
-                continue;
-            }
-            tried += 1;
-            // A read round removes the value if it is still the expired one; a failure leaves
-            // it for the next pass (or for the next read, which removes it the same way).
-            match self.coordinator.settle(&key, new_request_id()).await {
+        let expired = self
+            .store
+            .expired(shard, now, max, |key| !is_reserved(key) && self.sweeps(key));
+        let tried = expired.len();
+        // A read round removes the value if it is still the expired one; a failure leaves it for
+        // the next pass (or for the next read, which removes it the same way).
+        let mut rounds = futures_util::stream::iter(expired)
+            .map(|(key, _)| async move {
+                let removed = self.coordinator.settle(&key, new_request_id()).await;
+                (key, removed)
+            })
+            .buffer_unordered(IN_FLIGHT);
+        while let Some((key, removed)) = rounds.next().await {
+            match removed {
                 Ok(None) => bump(&self.metrics.expired),
                 Ok(Some(_)) => {} // written again meanwhile
                 Err(e) => tracing::debug!(key, error = %e, "expired key not removed yet"),

@@ -764,21 +764,40 @@ impl Store {
         )
     }
 
-    /// Up to `max` keys of shard `shard` whose value expired at or before `now_ms`, with the
-    /// version that holds it: what a background sweep removes (through a replicated round; the
-    /// store never drops a value because of its expiry time). Reads the whole shard under its
-    /// read lock, so a sweep goes one shard at a time.
-    pub fn expired(&self, shard: usize, now_ms: u64, max: usize) -> Vec<(String, Version)> {
+    /// Up to `max` keys of shard `shard` whose value expired at or before `now_ms` and that
+    /// `keep` accepts, with the version that holds it: what a background sweep removes (through
+    /// a replicated round; the store never drops a value because of its expiry time). Walks the
+    /// shard under its read lock, so a sweep goes one shard at a time; a shard with no value
+    /// that expires is not walked at all, so a store without expiry times costs a sweep nothing.
+    pub fn expired(
+        &self,
+        shard: usize,
+        now_ms: u64,
+        max: usize,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, Version)> {
         let Some(shard) = self.shards.get(shard) else {
             return Vec::new();
         };
         let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+        if shard.expiring() == 0 {
+            return Vec::new();
+        }
         shard
             .records()
             .filter(|r| r.has_value() && r.expires().is_some_and(|at| at <= now_ms))
+            .filter(|r| keep(r.key_str()))
             .take(max)
             .map(|r| (r.key_str().to_owned(), r.version()))
             .collect()
+    }
+
+    /// Number of keys holding a value with an expiry time (expired or not).
+    pub fn expiring(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.0.read().unwrap_or_else(|p| p.into_inner()).expiring())
+            .sum()
     }
 
     /// Up to `limit` keys that hold a live value at `now_ms` (one without an expiry time, or

@@ -57,6 +57,12 @@ pub(super) fn hash_key(hasher: &ahash::RandomState, key: &[u8]) -> u64 {
     hasher.hash_one(key)
 }
 
+/// Whether a record holds a value with an expiry time.
+#[inline]
+fn expiring(record: &Record<'_>) -> bool {
+    record.has_value() && record.expires().is_some()
+}
+
 /// `a == b`, for keys: most are 8 to 16 bytes, which two overlapping 8-byte loads compare without
 /// a call to `memcmp`.
 #[inline]
@@ -106,6 +112,9 @@ pub(super) struct Shard {
     garbage: usize,
     /// Records that hold a value.
     values: usize,
+    /// Records that hold a value with an expiry time: a sweep for expired values skips a shard
+    /// without any.
+    expiring: usize,
     /// Mutations so far.
     changes: u64,
     /// What a key without a record counts as: see [`Floor`].
@@ -264,6 +273,11 @@ impl Shard {
         self.values
     }
 
+    /// Number of records that hold a value with an expiry time.
+    pub fn expiring(&self) -> usize {
+        self.expiring
+    }
+
     /// Number of writes so far.
     pub fn changes(&self) -> u64 {
         self.changes
@@ -302,6 +316,7 @@ impl Shard {
             let r = self.record(at);
             (at as usize, r.len(), r.has_value())
         });
+        let was_expiring = at.is_some_and(|at| expiring(&self.record(at)));
         // Where the record goes: in place if it fits there, else at the end.
         let place = match old {
             Some((start, old_len, _)) if start + old_len == self.arena.len() => start,
@@ -361,6 +376,12 @@ impl Shard {
             (true, false) => self.values -= 1,
             _ => {}
         }
+        let is_expiring = value.is_some() && meta.expires.is_some();
+        match (was_expiring, is_expiring) {
+            (false, true) => self.expiring += 1,
+            (true, false) => self.expiring -= 1,
+            _ => {}
+        }
         self.changes += 1;
         if self.garbage > self.arena.len() / 4 {
             self.compact(self.arena.len() / 8);
@@ -380,6 +401,7 @@ impl Shard {
     pub fn remove(&mut self, hasher: &ahash::RandomState, hash: u64, at: u32) {
         let record = self.record(at);
         let (start, len, had_value) = (at as usize, record.len(), record.has_value());
+        let was_expiring = expiring(&record);
         self.table
             .find_entry(hash, |slot| slot.at == at)
             .unwrap_or_else(|_| unreachable!("the record being removed is in the table"))
@@ -390,6 +412,7 @@ impl Shard {
             self.garbage += len;
         }
         self.values -= usize::from(had_value);
+        self.expiring -= usize::from(was_expiring);
         self.changes += 1;
 
         if self.table.is_empty() {

@@ -1629,3 +1629,58 @@ fn a_walk_resumes_after_any_key_and_past_the_last_shard_is_empty() {
         (Vec::new(), false)
     );
 }
+
+#[test]
+fn expired_values_are_found_by_shard_and_a_store_without_expiry_times_is_not_walked() {
+    let s = Store::new(StoreConfig::default());
+    let now = 1_700_000_000_000;
+    let expiring = |version: u64, at: u64| Register {
+        expires: Some(at),
+        ..reg(ballot(1, 0), version, Some(1))
+    };
+    for i in 0..200 {
+        s.set(&format!("plain{i}"), Value::integer(i)).unwrap();
+    }
+    assert_eq!(s.expiring(), 0);
+    let expired_everywhere = |s: &Store, now: u64| -> Vec<String> {
+        let mut keys: Vec<String> = (0..Store::SHARDS)
+            .flat_map(|shard| s.expired(shard, now, usize::MAX, |_| true))
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert!(expired_everywhere(&s, u64::MAX).is_empty());
+
+    for i in 0..10 {
+        s.accept(&format!("ttl{i}"), expiring(1, now + i))
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(s.expiring(), 10);
+    assert_eq!(expired_everywhere(&s, now + 2), ["ttl0", "ttl1", "ttl2"]);
+    // Overwritten without an expiry time, deleted, forgotten: no longer expiring. Written again
+    // with one: counted once.
+    s.accept("ttl0", reg(ballot(2, 0), 2, Some(5)))
+        .unwrap()
+        .unwrap();
+    s.accept("ttl1", reg(ballot(2, 0), 2, None))
+        .unwrap()
+        .unwrap();
+    assert!(s.forget("ttl2"));
+    s.accept("ttl3", expiring(2, now + 100)).unwrap().unwrap();
+    assert_eq!(s.expiring(), 7);
+    assert_eq!(expired_everywhere(&s, now + 3), Vec::<String>::new());
+    assert_eq!(expired_everywhere(&s, now + 9).len(), 6);
+    // `keep` picks keys out before `max` counts them.
+    let shard = Store::shard_of("ttl9");
+    let kept = s.expired(shard, now + 9, 1, |k| k == "ttl9");
+    assert_eq!(kept, [("ttl9".to_owned(), Version(1))]);
+    // The count holds through rewrites in place and a store emptied of them.
+    for i in 3..10 {
+        s.accept(&format!("ttl{i}"), reg(ballot(3, 0), 3, None))
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(s.expiring(), 0);
+}
