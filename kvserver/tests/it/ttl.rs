@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::StatusCode;
 use kvcore::NodeId;
-use kvserver::LocalCluster;
+use kvnet::Faults;
+use kvserver::{LocalCluster, Transport};
 use serde_json::Value as Json;
 
 use crate::util::{poll, Http};
@@ -333,7 +334,8 @@ async fn the_sweep_removes_expired_keys_from_every_replica_without_reads() {
 }
 
 /// A restarted replica copies the key with its expiry time and expires it like the others;
-/// one down while its key expires does not bring the key back when it returns.
+/// one down while its key expires comes back empty and copies the removal. (A replica that
+/// still holds the expired value in memory is the next test.)
 #[tokio::test]
 async fn an_expired_key_never_comes_back_after_a_replica_restarts() {
     let mut cluster = three_nodes().await;
@@ -372,4 +374,105 @@ async fn an_expired_key_never_comes_back_after_a_replica_restarts() {
         assert_eq!(cluster.node(node).store().get("short"), None, "node {node}");
     }
     cluster.shutdown().await;
+}
+
+/// Whether `node`'s replica of `key` holds a value (expired or not).
+fn holds_value(cluster: &LocalCluster, node: usize, key: &str) -> bool {
+    cluster.node(node).store().register(key).value.is_some()
+}
+
+/// A replica that missed the removal of an expired key, and so still holds the value in memory,
+/// cannot bring it back: not when another replica restarts and copies from it, nor once
+/// everything heals. Peer messages pass through injected faults, over HTTP or in process.
+async fn a_replica_that_missed_an_expiry_does_not_resurrect_the_key(transport: Transport) {
+    let faults = Faults::new(1);
+    let mut cluster = LocalCluster::builder()
+        .nodes(3)
+        .transport(transport)
+        .faults(faults.clone())
+        .configure(|c| {
+            c.replicas = 3;
+            c.seed_keys = false;
+        })
+        .start()
+        .await
+        .expect("cluster starts");
+    let http = Http::new();
+    let key = "stale";
+    let all: Vec<NodeId> = (0..3).map(NodeId).collect();
+    // The primary removes the key with the restarted replica; the stale one misses it.
+    let owners = cluster.node(0).owners(key);
+    let [primary, stale, restarted] = [0, 1, 2].map(|i| owners[i].0 as usize);
+
+    let (status, put) = http
+        .put(
+            &format!("{}/kv/{key}", cluster.url(primary)),
+            r#"{"value": "lived", "ttl_ms": 300}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    poll("every replica to hold the value", TIMEOUT, || async {
+        (0..3).all(|n| holds_value(&cluster, n, key)).then_some(())
+    })
+    .await;
+
+    faults.isolate(NodeId(stale as u32), &all);
+    until_missing(&http, &cluster, primary, key).await;
+    assert!(
+        holds_value(&cluster, stale, key),
+        "node {stale} was cut off, so it still holds the expired value"
+    );
+
+    // The restarted replica copies from both others, the stale one included; the primary stays
+    // cut off from the stale one, so nothing repairs it before the copy.
+    cluster.stop_node(restarted).await;
+    faults.heal();
+    faults.partition(&[NodeId(primary as u32)], &[NodeId(stale as u32)]);
+    assert!(
+        holds_value(&cluster, stale, key),
+        "no round could reach node {stale}"
+    );
+    cluster.restart_node(restarted).await.expect("restarts");
+    assert!(
+        cluster.wait_ready(TIMEOUT).await,
+        "node {restarted} catches up"
+    );
+    assert!(
+        !holds_value(&cluster, restarted, key),
+        "node {restarted} merged the stale copy over the removal: {:?}",
+        cluster.node(restarted).store().register(key)
+    );
+    for node in [restarted, stale, primary] {
+        let (status, got) = read(&http, &cluster, node, key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "node {node}: {got}");
+    }
+
+    faults.heal();
+    poll(
+        "every replica to agree the key is gone",
+        TIMEOUT,
+        || async {
+            let registers: Vec<_> = (0..3)
+                .map(|n| cluster.node(n).store().register(key))
+                .collect();
+            let agree = registers.windows(2).all(|w| w[0] == w[1]);
+            (agree && registers.iter().all(|r| r.value.is_none())).then_some(())
+        },
+    )
+    .await;
+    for node in 0..3 {
+        let (status, got) = read(&http, &cluster, node, key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "node {node}: {got}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_an_expiry_does_not_resurrect_the_key_over_http() {
+    a_replica_that_missed_an_expiry_does_not_resurrect_the_key(Transport::Http).await;
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_an_expiry_does_not_resurrect_the_key_in_process() {
+    a_replica_that_missed_an_expiry_does_not_resurrect_the_key(Transport::InProcess).await;
 }
