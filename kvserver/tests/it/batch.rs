@@ -3,7 +3,7 @@
 //! through different nodes, across a membership change and with a node down; and the peer
 //! messages behind them refusing forged input.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -332,8 +332,12 @@ async fn a_batch_with_an_owner_down_fails_over_and_reports_no_unreadable_success
     let http = Http::new();
     let keys = keys_on_every_node(&cluster, "down:", 60);
     cluster.stop_node(3).await;
-    // At once, before anyone noticed: writes to node 3's keys find it unreachable.
-    let mut acked = Vec::new();
+    // At once, before anyone noticed: writes to node 3's keys find it unreachable. What each
+    // key may hold: a write acknowledged is all it can hold; one refused changes nothing; one
+    // of unknown outcome may or may not have been applied.
+    let mut possible: HashMap<&str, Vec<Option<String>>> =
+        keys.iter().map(|k| (k.as_str(), vec![None])).collect();
+    let mut acked = 0;
     for round in 0..2 {
         let entries: Vec<Json> = keys
             .iter()
@@ -341,14 +345,32 @@ async fn a_batch_with_an_owner_down_fails_over_and_reports_no_unreadable_success
             .collect();
         let (status, body) = mset(&http, &cluster.url(round), &entries).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        for (key, result) in keys.iter().zip(body["results"].as_array().unwrap()) {
-            match item_code(result) {
-                "" => acked.push((key.clone(), format!("{key}@{round}"))),
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), keys.len(), "{body}");
+        for (key, result) in keys.iter().zip(results) {
+            assert_eq!(result["key"], json!(key), "{result}");
+            let value = Some(format!("{key}@{round}"));
+            let may = possible.get_mut(key.as_str()).unwrap();
+            let code = item_code(result);
+            match code {
+                "" => {
+                    assert!(result["version"].is_u64(), "{key}: {result}");
+                    *may = vec![value];
+                    acked += 1;
+                    continue;
+                }
                 // Never a silent failure: refused before anything applied, or unknown.
-                "owner_unavailable" | "quorum_unavailable" | "outcome_unknown" => {}
+                "owner_unavailable" | "quorum_unavailable" => {}
+                "outcome_unknown" => may.push(value),
                 other => panic!("{key}: {other}: {result}"),
             }
+            let message = result["error"]["message"].as_str().unwrap_or("");
+            assert!(!message.is_empty(), "{key}: {result}");
+            assert!(result.get("version").is_none(), "{key}: {result}");
         }
+        // Every acknowledged item reads back with its value, and every other one as it may be,
+        // through every live node.
+        read_back(&http, &cluster, &[0, 1, 2], &possible).await;
     }
     // Once node 3 is known to be down, every write goes through the other replicas.
     poll("node 3 to be seen down", TIMEOUT, || async {
@@ -365,15 +387,69 @@ async fn a_batch_with_an_owner_down_fails_over_and_reports_no_unreadable_success
     for (key, result) in keys.iter().zip(body["results"].as_array().unwrap()) {
         assert!(result.get("error").is_none(), "{key}: {result}");
     }
-    // Every success is readable, by batch and by single reads.
-    let asked: Vec<Json> = keys.iter().map(|k| json!(k)).collect();
-    let (status, body) = mget(&http, &cluster.url(2), &asked).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    for (key, entry) in keys.iter().zip(body["entries"].as_array().unwrap()) {
-        assert_eq!(entry["value"], format!("{key}@last"), "{key}: {entry}");
-    }
-    assert!(!acked.is_empty());
+    // Every success is readable through every live node, by batch and by single reads.
+    let last: HashMap<&str, Vec<Option<String>>> = keys
+        .iter()
+        .map(|k| (k.as_str(), vec![Some(format!("{k}@last"))]))
+        .collect();
+    read_back(&http, &cluster, &[0, 1, 2], &last).await;
+    assert!(acked > 0, "no write was acknowledged with node 3 down");
     cluster.shutdown().await;
+}
+
+/// Reads every key of `possible` through each of `nodes`, by `/mget` and, for the keys with one
+/// possible value, by single reads too; each must hold one of its possible values (`None`:
+/// missing). A read that fails (a replica just crashed and not yet seen down) is tried again.
+async fn read_back(
+    http: &Http,
+    cluster: &LocalCluster,
+    nodes: &[usize],
+    possible: &HashMap<&str, Vec<Option<String>>>,
+) {
+    let keys: Vec<&str> = possible.keys().copied().collect();
+    let asked: Vec<Json> = keys.iter().map(|k| json!(k)).collect();
+    let fits = |key: &str, got: Option<&Json>| {
+        let got = got.map(|v| v.as_str().expect("written as strings").to_owned());
+        possible[key].contains(&got)
+    };
+    for &node in nodes {
+        let entries = poll("an mget with every item read", TIMEOUT, || async {
+            let (status, body) = mget(http, &cluster.url(node), &asked).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let entries = body["entries"].as_array().unwrap().clone();
+            entries
+                .iter()
+                .all(|e| e.get("error").is_none())
+                .then_some(entries)
+        })
+        .await;
+        for (key, entry) in keys.iter().zip(&entries) {
+            let got = (!entry.is_null()).then(|| &entry["value"]);
+            assert!(
+                fits(key, got),
+                "{key} through node {node}: {entry}, expected one of {:?}",
+                possible[key]
+            );
+        }
+        for key in keys.iter().filter(|k| possible[**k].len() == 1) {
+            let url = format!("{}/kv/{}", cluster.url(node), encode_key(key));
+            let (status, got) = poll("a single read", TIMEOUT, || async {
+                let (status, got) = http.get(&url).await;
+                (status != StatusCode::SERVICE_UNAVAILABLE).then_some((status, got))
+            })
+            .await;
+            let got = match status {
+                StatusCode::OK => Some(&got["value"]),
+                StatusCode::NOT_FOUND => None,
+                other => panic!("{key} through node {node}: {other} {got}"),
+            };
+            assert!(
+                fits(key, got),
+                "{key} through node {node}: {got:?}, expected {:?}",
+                possible[*key]
+            );
+        }
+    }
 }
 
 /// Every key of a scan of `prefix`, page by page of `limit`, each page through the next node in

@@ -76,6 +76,10 @@ pub enum Op {
     },
     /// Add to the value, an absent key counting as 0, and return the sum.
     Incr(i64),
+    /// Remove the key only while it holds this value: the store's expiry of a value written
+    /// with a TTL, recorded by [`History::expiry`]. The store decides it by a round that found
+    /// the expired value still there, so it cannot remove a value written after it.
+    Expire(i64),
 }
 
 /// What a client saw when its operation completed.
@@ -233,17 +237,32 @@ impl History {
     }
 
     /// Records that the value `write` sets expires `ttl` after the write was invoked: the
-    /// store deletes it at some time after that (the first round to find it expired), or never
-    /// if it was replaced first. That is an [`Outcome::Unknown`] delete invoked then, by a
-    /// client of its own. It may thus be linearized after a later write too, which makes the
-    /// check lenient there; it still catches an expired value coming back.
+    /// store removes it at some time after that (the first round to find it expired), or never
+    /// if it was replaced first. That is an [`Outcome::Unknown`] [`Op::Expire`] of the written
+    /// value, invoked then by a client of its own: it can take effect only while the key still
+    /// holds that value, so the written values must be unique for it to mean this write.
+    ///
+    /// The store reads expiry against whole milliseconds of its wall clock (an expiry time is
+    /// the truncated time of the write plus the TTL, reached when the truncated clock gets
+    /// there), so it may remove the value up to a millisecond before `ttl` has passed since the
+    /// write; the expiry is invoked that much earlier.
+    ///
+    /// # Panics
+    /// If `write` is not a write or compare-and-set: only those set a TTL.
     pub fn expiry(&self, write: &Ticket, key: &str, ttl: std::time::Duration) {
         let mut events = self.lock();
-        let invoke = events[write.index].invoke + ttl.as_nanos() as u64;
+        let written = &events[write.index];
+        let value = match written.op {
+            Op::Write(v) | Op::Cas { new: v, .. } => v,
+            op => panic!("{op} sets no TTL"),
+        };
+        assert_eq!(written.key, key, "an expiry is of the key written");
+        let granularity = std::time::Duration::from_millis(1);
+        let invoke = written.invoke + ttl.saturating_sub(granularity).as_nanos() as u64;
         events.push(Event {
             client: usize::MAX,
             key: key.to_owned(),
-            op: Op::Delete,
+            op: Op::Expire(value),
             invoke,
             complete: u64::MAX,
             outcome: Outcome::Unknown,
@@ -284,6 +303,9 @@ impl Op {
             Op::Delete => (None, Observed::Done),
             Op::Cas { expect, new } if state == expect => (Some(new), Observed::Cas(true)),
             Op::Cas { .. } => (state, Observed::Cas(false)),
+            Op::Expire(v) if state == Some(v) => (None, Observed::Done),
+            // Not the value it expires: removing nothing, it never happens.
+            Op::Expire(_) => return None,
             Op::Incr(delta) => {
                 // The store refuses an overflowing increment, so it never takes effect.
                 let sum = state.unwrap_or(0).checked_add(delta)?;
@@ -296,7 +318,7 @@ impl Op {
         matches!(
             (self, observed),
             (Op::Read, Observed::Read(_))
-                | (Op::Write(_) | Op::Delete, Observed::Done)
+                | (Op::Write(_) | Op::Delete | Op::Expire(_), Observed::Done)
                 | (Op::Cas { .. }, Observed::Cas(_))
                 | (Op::Incr(_), Observed::Incr(_))
         )
@@ -688,6 +710,7 @@ impl fmt::Display for Op {
             Op::Delete => write!(f, "delete"),
             Op::Cas { expect, new } => write!(f, "cas({expect:?} -> {new})"),
             Op::Incr(delta) => write!(f, "incr({delta})"),
+            Op::Expire(v) => write!(f, "expire({v})"),
         }
     }
 }
@@ -879,9 +902,9 @@ mod tests {
 
     #[test]
     fn a_value_may_expire_after_its_ttl_but_never_before_nor_come_back() {
-        // Written at 0..10 with a TTL of 100: an unknown delete invoked at 100, as
+        // Written at 0..10 with a TTL of 100: an unknown expiry of the value invoked at 100, as
         // `History::expiry` records it.
-        let expiry = unknown(usize::MAX, Op::Delete, 100);
+        let expiry = unknown(usize::MAX, Op::Expire(1), 100);
         let gone_after = [write(0, 1, 0, 10), expiry.clone(), read(1, None, 150, 160)];
         assert!(linearizable(&gone_after));
         let gone_before = [write(0, 1, 0, 10), expiry.clone(), read(1, None, 50, 60)];
@@ -893,6 +916,72 @@ mod tests {
             read(2, Some(1), 170, 180),
         ];
         assert!(!linearizable(&back));
+    }
+
+    #[test]
+    fn an_expiry_cannot_remove_a_value_written_after_the_one_it_expires() {
+        // The bug conditional expiry prevents: 1 is written with a TTL, 2 replaces it before
+        // it expires, and the expiry of 1 removes 2.
+        let expiry = unknown(usize::MAX, Op::Expire(1), 100);
+        let overwritten = [write(0, 1, 0, 10), write(0, 2, 20, 30), expiry.clone()];
+        let mut lost = overwritten.to_vec();
+        lost.push(read(1, None, 150, 160));
+        assert!(!linearizable(&lost));
+        // The overwrite is still there after the first value's TTL ran out.
+        let mut kept = overwritten.to_vec();
+        kept.push(read(1, Some(2), 150, 160));
+        assert!(linearizable(&kept));
+        // Nor can it remove the value once the key was deleted and written again.
+        let rewritten = [
+            write(0, 1, 0, 10),
+            ok(0, Op::Delete, 20, 30, Observed::Done),
+            write(0, 3, 40, 50),
+            expiry.clone(),
+            read(1, None, 150, 160),
+        ];
+        assert!(!linearizable(&rewritten));
+        // But an overwrite concurrent with the expiry may come before or after it.
+        let racing = [write(0, 1, 0, 10), expiry, write(0, 2, 90, 200)];
+        for seen in [None, Some(2)] {
+            let mut events = racing.to_vec();
+            events.push(read(1, seen, 150, 160));
+            assert!(linearizable(&events), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn history_records_an_expiry_of_the_value_written() {
+        let history = History::new();
+        let ttl = std::time::Duration::from_millis(50);
+        let write = history.start(0, KEY, Op::Write(7));
+        history.expiry(&write, KEY, ttl);
+        history.finish(write, Outcome::Ok(Observed::Done));
+        let cas = history.start(
+            1,
+            KEY,
+            Op::Cas {
+                expect: Some(7),
+                new: 8,
+            },
+        );
+        history.expiry(&cas, KEY, ttl);
+        history.finish(cas, Outcome::Ok(Observed::Cas(true)));
+        let events = history.events();
+        // Invoked the TTL, less the store's millisecond granularity, after its write.
+        let early = (ttl - std::time::Duration::from_millis(1)).as_nanos() as u64;
+        for (expiry, write, value) in [(&events[1], &events[0], 7), (&events[3], &events[2], 8)] {
+            assert_eq!(expiry.op, Op::Expire(value));
+            assert_eq!(expiry.outcome, Outcome::Unknown);
+            assert_eq!(expiry.invoke, write.invoke + early);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "sets no TTL")]
+    fn only_a_write_expires() {
+        let history = History::new();
+        let read = history.start(0, KEY, Op::Read);
+        history.expiry(&read, KEY, std::time::Duration::from_millis(5));
     }
 
     #[test]
@@ -1240,6 +1329,14 @@ mod tests {
         let mut events = Vec::with_capacity(shape.ops);
         for (_, client, invoke, complete, kind) in slots {
             let op = match rng.below(100) {
+                // Expiries are never answered: the store removes a value on its own.
+                _ if matches!(kind, Kind::Unknown) && rng.percent(30) => {
+                    let value = match state {
+                        Some(v) if rng.percent(60) => v,
+                        _ => (rng.below(fresh as u64 + 1) << 32) as i64,
+                    };
+                    Op::Expire(value)
+                }
                 0..=34 => Op::Read,
                 35..=54 => Op::Write(fresh_value(&mut fresh)),
                 55..=59 => Op::Delete,
@@ -1257,7 +1354,8 @@ mod tests {
             };
             let applies = match kind {
                 Kind::Ok => true,
-                Kind::Unknown => rng.percent(50),
+                // An expiry of a value the key does not hold cannot apply.
+                Kind::Unknown => rng.percent(50) && op.apply(state).is_some(),
                 Kind::Fail => false,
             };
             let mut observed = None;

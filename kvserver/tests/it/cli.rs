@@ -98,14 +98,15 @@ async fn key_commands_print_readable_lines_and_exit_0() {
         (Some(0), "deleted visits (version 3)\n")
     );
     // --node wins over KV_NODE.
+    let closed = closed_port();
     let flag = kvserver_with(
-        Some(closed_port().to_string()),
+        Some(closed.addr().to_string()),
         &["get", "greeting", "--node", &node.to_string()],
     )
     .await;
     assert_eq!(flag.code, Some(0), "{flag:?}");
     // Several nodes: the first is down, the next answers.
-    let nodes = format!("{},{}", closed_port(), cluster.addr(0));
+    let nodes = format!("{},{}", closed.addr(), cluster.addr(0));
     let failover = kvserver_with(None, &["get", "greeting", "--node", &nodes]).await;
     assert_eq!(failover.code, Some(0), "{failover:?}");
     cluster.shutdown().await;
@@ -178,7 +179,8 @@ async fn missing_keys_and_failed_conditions_exit_1_with_the_reason_on_stderr() {
 async fn usage_errors_refusals_and_closed_ports_exit_2() {
     let cluster = LocalCluster::builder().nodes(1).start().await.unwrap();
     let node = cluster.addr(0);
-    let unreachable = kvserver(closed_port(), &["get", "a"]).await;
+    let closed = closed_port();
+    let unreachable = kvserver(closed.addr(), &["get", "a"]).await;
     assert_eq!(unreachable.code, Some(2), "{unreachable:?}");
     assert!(
         unreachable.stderr.contains("cannot reach"),
@@ -306,9 +308,10 @@ async fn the_existing_commands_still_parse() {
             "{command}: {help:?}"
         );
     }
+    let closed = closed_port();
     let admin = kvserver_with(
         None,
-        &["admin", "--node", &closed_port().to_string(), "status"],
+        &["admin", "--node", &closed.addr().to_string(), "status"],
     )
     .await;
     assert_eq!(admin.code, Some(2), "{admin:?}");

@@ -191,7 +191,8 @@ async fn refusals_keep_the_nodes_status_code_and_message() {
 async fn a_client_fails_over_past_nodes_that_are_down() {
     let mut cluster = cluster(3).await;
     // A port nothing listens on comes first: the call moves on to a live node.
-    let client = Client::new([closed_port(), cluster.addr(1)]).unwrap();
+    let (closed, other) = (closed_port(), closed_port());
+    let client = Client::new([closed.addr(), cluster.addr(1)]).unwrap();
     assert_eq!(client.set("k", "v").await.unwrap().version, Version(1));
     assert_eq!(
         client.get("k").await.unwrap().map(|e| e.value),
@@ -207,7 +208,7 @@ async fn a_client_fails_over_past_nodes_that_are_down() {
     drop(client);
 
     // With every node down, the call ends after its attempts with the last failure.
-    let dead = Client::builder([closed_port(), closed_port()])
+    let dead = Client::builder([closed.addr(), other.addr()])
         .max_attempts(3)
         .backoff(Duration::from_millis(1), Duration::from_millis(2))
         .build()

@@ -150,8 +150,22 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-/// The address of a port nothing listens on: bound, then released.
-pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A port nothing listens on, held for as long as this lives: a socket bound to it that never
+/// listens, so connections to it are refused (the kernel resets them) and no other test can bind
+/// the port meanwhile, as it could if it were bound and released.
+#[derive(Debug)]
+pub struct ClosedPort(tokio::net::TcpSocket);
+
+impl ClosedPort {
+    /// The port's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
+}
+
+/// A [`ClosedPort`] on 127.0.0.1.
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    ClosedPort(socket)
 }
