@@ -21,7 +21,8 @@
 //! the memory before and after deleting KEYS keys. If `redis-server`
 //! is on the PATH, it then starts one on a free loopback port with persistence off, loads the
 //! same keys and values with pipelined `SET`s, and prints its `used_memory` and RSS growth per
-//! key and the ratios.
+//! key and the ratios; then the same in a second, fresh server with `SET ... PX` (a TTL),
+//! against the store's keys with a TTL.
 //!
 //! The process uses the system allocator, as the kvserver binary does.
 
@@ -271,14 +272,21 @@ impl Redis {
         rss_kib(&self.child.id().to_string())
     }
 
-    /// `SET`s every key, pipelined 10 000 at a time like `redis-cli --pipe`.
-    fn load(&mut self, keys: u64) {
+    /// `SET`s every key, with a time to live of `ttl_ms` if given, pipelined 10 000 at a time
+    /// like `redis-cli --pipe`.
+    fn load(&mut self, keys: u64, ttl_ms: Option<u64>) {
+        let ttl = ttl_ms.map(|ms| ms.to_string());
         let mut i = 0;
         while i < keys {
             let batch = (keys - i).min(10_000);
             let mut out = Vec::new();
             for j in i..i + batch {
-                out.extend(self.command(&[b"SET", key(j).as_bytes(), value(j).as_bytes()]));
+                let (key, value) = (key(j), value(j));
+                let mut args = vec![b"SET".as_slice(), key.as_bytes(), value.as_bytes()];
+                if let Some(ttl) = &ttl {
+                    args.extend([b"PX".as_slice(), ttl.as_bytes()]);
+                }
+                out.extend(self.command(&args));
             }
             self.conn.get_mut().write_all(&out).expect("send SETs");
             let mut reply = String::new();
@@ -289,6 +297,17 @@ impl Redis {
             }
             i += batch;
         }
+    }
+
+    /// Bytes per key of a fresh server loading `keys` keys: RSS growth and `used_memory`.
+    fn per_key(keys: u64, ttl_ms: Option<u64>) -> Option<(f64, f64)> {
+        let mut redis = Redis::start()?;
+        let (used_before, rss_before) = (redis.used_memory(), redis.rss_kib());
+        redis.load(keys, ttl_ms);
+        let (used_after, rss_after) = (redis.used_memory(), redis.rss_kib());
+        let used = (used_after - used_before) as f64 / keys as f64;
+        let rss = ((rss_after - rss_before) * 1024) as f64 / keys as f64;
+        Some((rss, used))
     }
 }
 
@@ -346,20 +365,24 @@ fn main() {
     }
     println!();
 
-    let Some(mut redis) = Redis::start() else {
+    let Some((rss, used)) = Redis::per_key(keys, None) else {
         println!("redis-server not found on the PATH: no Redis figures");
         return;
     };
-    let (used_before, rss_before) = (redis.used_memory(), redis.rss_kib());
-    redis.load(keys);
-    let (used_after, rss_after) = (redis.used_memory(), redis.rss_kib());
-    let used = (used_after - used_before) as f64 / keys as f64;
-    let rss = ((rss_after - rss_before) * 1024) as f64 / keys as f64;
+    let (rss_ttl, used_ttl) = Redis::per_key(keys, Some(3_600_000)).expect("Redis started once");
     println!(
         "{:<34} {rss:>18.1} {used:>18.1}",
         "Redis, SET (counted: used_memory)"
     );
-    for (name, g) in [("set", &set), ("prepare + accept", &acceptor)] {
+    println!(
+        "{:<34} {rss_ttl:>18.1} {used_ttl:>18.1}",
+        "Redis, SET PX (with a TTL)"
+    );
+    for (name, g, rss, used) in [
+        ("set", &set, rss, used),
+        ("prepare + accept", &acceptor, rss, used),
+        ("prepare + accept, TTL", &with_ttl, rss_ttl, used_ttl),
+    ] {
         println!(
             "kvcore {name} / Redis: RSS {:.2}, RSS against used_memory {:.2}",
             g.rss_per_key / rss,
