@@ -59,7 +59,9 @@ pub enum KeyCommand {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     /// The node to ask, as HOST:PORT (plain HTTP); several, comma-separated, are tried in turn
-    /// when one is down. Also from the KV_NODE environment variable [default: 127.0.0.1:5100].
+    /// when one is down. `keys` also learns the cluster's other members from the first node
+    /// that answers, and moves on to them if that node goes down while it lists. Also from the
+    /// KV_NODE environment variable [default: 127.0.0.1:5100].
     #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
     pub node: Vec<String>,
     /// Print the node's answer as JSON, for scripts.
@@ -240,7 +242,13 @@ pub fn nodes(flag: &[String], from_env: Option<&str>) -> Vec<String> {
 /// printing the answer to stdout and any error to stderr.
 pub async fn run(command: KeyCommand, node_env: Option<String>) -> ExitCode {
     let connection = command.connection().clone();
-    let client = match Client::new(nodes(&connection.node, node_env.as_deref())) {
+    // Only `keys` makes more than one call: learning the other members after the first would
+    // be a wasted request for a command that is done by then.
+    let discover = matches!(command, KeyCommand::Keys(_));
+    let client = Client::builder(nodes(&connection.node, node_env.as_deref()))
+        .discover(discover)
+        .build();
+    let client = match client {
         Ok(client) => client,
         Err(e) => return fail(&Failed::Client(e)),
     };

@@ -472,6 +472,34 @@ pub(crate) struct MgetAnswer {
     pub entries: Vec<Option<Slot>>,
 }
 
+/// The part of `GET /cluster` that discovery reads: `{"nodes": [{"id", "addr", "state"}],
+/// "removed": [id]}`.
+#[derive(Deserialize)]
+pub(crate) struct ClusterMembers {
+    nodes: Vec<Member>,
+    #[serde(default)]
+    removed: Vec<NodeId>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    id: NodeId,
+    addr: String,
+    #[serde(default)]
+    state: String,
+}
+
+impl ClusterMembers {
+    /// The addresses of the members that are not removed (`up`, `down`, `recovering`,
+    /// `joining`, `leaving`: a node that is down now may be back by the time it is needed).
+    pub fn serving(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .filter(|m| m.state != "removed" && !self.removed.contains(&m.id))
+            .map(|m| m.addr.as_str())
+    }
+}
+
 /// Answer of `POST /mset`: `entry | {"key", "error"}` per entry, in order.
 #[derive(Deserialize)]
 pub(crate) struct MsetAnswer {
@@ -628,6 +656,26 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert!(results[1].as_ref().unwrap_err().may_have_applied());
+    }
+
+    #[test]
+    fn discovery_reads_the_members_that_are_not_removed() {
+        let members: ClusterMembers = serde_json::from_value(json!({
+            "node": 0, "epoch": 3,
+            "nodes": [
+                {"id": 0, "addr": "10.0.0.1:5100", "state": "up"},
+                {"id": 1, "addr": "10.0.0.2:5100", "state": "down"},
+                {"id": 2, "addr": "10.0.0.3:5100", "state": "leaving"},
+                {"id": 3, "addr": "10.0.0.4:5100", "state": "removed"},
+                {"id": 4, "addr": "10.0.0.5:5100", "state": "up"},
+            ],
+            "removed": [4],
+        }))
+        .unwrap();
+        assert_eq!(
+            members.serving().collect::<Vec<_>>(),
+            ["10.0.0.1:5100", "10.0.0.2:5100", "10.0.0.3:5100"]
+        );
     }
 
     #[test]

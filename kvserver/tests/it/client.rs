@@ -28,6 +28,12 @@ where
         .unwrap()
 }
 
+/// A client of one stub that does not ask it for the cluster's members, so that what the stub
+/// saw is the calls alone.
+fn stubbed(addr: std::net::SocketAddr) -> Client {
+    Client::builder([addr]).discover(false).build().unwrap()
+}
+
 #[tokio::test]
 async fn the_client_reads_writes_deletes_and_increments_through_any_node() {
     let cluster = cluster(3).await;
@@ -220,6 +226,57 @@ async fn a_client_fails_over_past_nodes_that_are_down() {
 }
 
 #[tokio::test]
+async fn a_client_given_one_node_learns_the_others_and_fails_over_to_them() {
+    let mut cluster = cluster(3).await;
+    let client = Client::new([cluster.addr(0)]).unwrap();
+    assert_eq!(client.nodes(), [cluster.addr(0).to_string()]);
+    assert_eq!(client.set("k", "v").await.unwrap().version, Version(1));
+    let mut known = client.nodes();
+    known.sort();
+    let mut members: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    members.sort();
+    assert_eq!(known, members);
+    // The seed stays first.
+    assert_eq!(client.nodes()[0], cluster.addr(0).to_string());
+
+    cluster.stop_node(0).await;
+    // A read first: the connection the client kept to node 0 may be one a write would go out
+    // on and lose its answer (an unknown outcome, rightly not retried); a read moves on.
+    assert_eq!(
+        client.get("k").await.unwrap().map(|e| e.value),
+        Some(Value::string("v"))
+    );
+    assert_eq!(client.set("k", "w").await.unwrap().version, Version(2));
+    assert_eq!(client.incr("n", 2).await.unwrap().value.as_i64(), Some(2));
+    let written = client.mset([("m1", 1), ("m2", 2)]).await.unwrap();
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    assert_eq!(
+        client.get("k").await.unwrap().map(|e| e.value),
+        Some(Value::string("w"))
+    );
+    drop(client);
+
+    // Without discovery, the node given is the only one.
+    let mut cluster2 = self::cluster(2).await;
+    let alone = Client::builder([cluster2.addr(0)])
+        .discover(false)
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .build()
+        .unwrap();
+    alone.set("k", "v").await.unwrap();
+    assert_eq!(alone.nodes(), [cluster2.addr(0).to_string()]);
+    cluster2.stop_node(0).await;
+    let error = alone.get("k").await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Unreachable { .. }),
+        "{error:?}"
+    );
+    drop(alone);
+    cluster2.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_503_moves_on_to_the_next_node_and_the_client_stays_there() {
     let cluster = cluster(2).await;
     let busy = Stub::failing(503, "quorum_unavailable").await;
@@ -306,7 +363,7 @@ async fn scan_follows_the_cursor_to_the_last_page() {
         Reply::Json(200, page)
     })
     .await;
-    let client = Client::new([pages.addr]).unwrap();
+    let client = stubbed(pages.addr);
     let keys: Vec<String> = client.scan("user:").try_collect().await.unwrap();
     assert_eq!(keys, ["user:1", "user:2", "user:3"]);
     let page = client.keys_page("x", Some(2), Some("c=")).await.unwrap();
@@ -320,7 +377,7 @@ async fn scan_follows_the_cursor_to_the_last_page() {
     assert_eq!(error.code(), Some(ErrorCode::NoRoute));
 
     let stuck = Stub::start(|_| Reply::Json(200, json!({"keys": ["a"], "cursor": "same"}))).await;
-    let client = Client::new([stuck.addr]).unwrap();
+    let client = stubbed(stuck.addr);
     let error = client.scan("").try_collect::<Vec<_>>().await.unwrap_err();
     assert!(matches!(error, ClientError::BadAnswer { .. }), "{error:?}");
     assert_eq!(stuck.count(), 2);
@@ -347,7 +404,7 @@ async fn batches_send_the_documented_bodies_and_read_every_result_in_order() {
         _ => Reply::error(404, "no_route"),
     })
     .await;
-    let client = Client::new([node.addr]).unwrap();
+    let client = stubbed(node.addr);
     let read = client.mget(["a", "b", "c"]).await.unwrap();
     assert_eq!(read.len(), 3);
     assert_eq!(
@@ -405,7 +462,7 @@ async fn ttl_options_are_sent_and_the_remaining_ttl_is_read_back() {
         Reply::Json(200, entry)
     })
     .await;
-    let client = Client::new([node.addr]).unwrap();
+    let client = stubbed(node.addr);
     let options = SetOptions::new().ttl(Duration::from_secs(10));
     let entry = client.set_with("s", 7, options).await.unwrap().unwrap();
     assert_eq!(entry.ttl, Some(Duration::from_millis(9_999)));
