@@ -312,30 +312,70 @@ impl SetOptions {
     }
 }
 
-/// One write of [`Client::mset`](super::Client::mset): `(key, value)` converts into one.
+/// One write of [`Client::mset`](super::Client::mset): `(key, value)` converts into one. It
+/// takes the options of a single write, with the same chained calls:
+///
+/// ```
+/// # use std::time::Duration;
+/// # use kvcore::Version;
+/// use kvserver::client::SetItem;
+/// let items = [
+///     SetItem::new("session:1", "abc").if_absent().ttl(Duration::from_secs(60)),
+///     SetItem::new("visits", 42).if_version(Version(7)).keep_ttl(),
+/// ];
+/// # assert!(items[1].options.keep_ttl);
+/// ```
+///
+/// An item whose precondition does not hold fails on its own, with `version_mismatch` or
+/// `key_exists` in its [`KeyError`]; the rest of the batch is unaffected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetItem {
     /// The key.
     pub key: String,
     /// The value.
     pub value: Value,
-    /// Expire the key this long after the write.
-    pub ttl: Option<Duration>,
+    /// How it is written: precondition and expiry, as for
+    /// [`Client::set_with`](super::Client::set_with).
+    pub options: SetOptions,
 }
 
 impl SetItem {
-    /// A write of `value` to `key`, without expiry.
+    /// An unconditional write of `value` to `key`, without expiry.
     pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
         SetItem {
             key: key.into(),
             value: value.into(),
-            ttl: None,
+            options: SetOptions::new(),
         }
+    }
+
+    /// The same write, as `options` say (replacing any option set before).
+    pub fn with(mut self, options: SetOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The same write, only if the key exists at exactly `version`.
+    pub fn if_version(mut self, version: Version) -> Self {
+        self.options = self.options.if_version(version);
+        self
+    }
+
+    /// The same write, only if the key does not exist.
+    pub fn if_absent(mut self) -> Self {
+        self.options = self.options.if_absent();
+        self
     }
 
     /// The same write, expiring `ttl` after it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.options = self.options.ttl(ttl);
+        self
+    }
+
+    /// The same write, keeping the key's current expiry.
+    pub fn keep_ttl(mut self) -> Self {
+        self.options = self.options.keep_ttl();
         self
     }
 }
@@ -423,23 +463,19 @@ pub(crate) struct MsetBody<'a> {
     pub entries: Vec<MsetEntry<'a>>,
 }
 
-/// One entry of `POST /mset`.
+/// One entry of `POST /mset`: the key, and the body a single `PUT` of it would have.
 #[derive(Serialize)]
 pub(crate) struct MsetEntry<'a> {
     pub key: &'a str,
-    pub value: JsonView<'a>,
-    pub encoding: Encoding,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
+    #[serde(flatten)]
+    pub write: PutBody<'a>,
 }
 
 impl<'a> From<&'a SetItem> for MsetEntry<'a> {
     fn from(item: &'a SetItem) -> Self {
         MsetEntry {
             key: &item.key,
-            value: item.value.as_json(),
-            encoding: item.value.encoding(),
-            ttl_ms: item.ttl.map(ttl_ms),
+            write: PutBody::new(&item.value, &item.options),
         }
     }
 }
@@ -610,6 +646,10 @@ mod tests {
         let items = [
             SetItem::from(("a", 1i64)),
             SetItem::new("b", "x").ttl(Duration::from_secs(2)),
+            SetItem::new("c", true).if_version(Version(3)).keep_ttl(),
+            SetItem::new("d", Value::float(0.5).unwrap()).if_absent(),
+            SetItem::new("e", "y")
+                .with(SetOptions::new().if_absent().ttl(Duration::from_millis(5))),
         ];
         let body = MsetBody {
             entries: items.iter().map(MsetEntry::from).collect(),
@@ -619,6 +659,10 @@ mod tests {
             json!({"entries": [
                 {"key": "a", "value": 1, "encoding": "integer"},
                 {"key": "b", "value": "x", "encoding": "string", "ttl_ms": 2000},
+                {"key": "c", "value": true, "encoding": "boolean", "if_version": 3,
+                 "keep_ttl": true},
+                {"key": "d", "value": 0.5, "encoding": "float", "if_absent": true},
+                {"key": "e", "value": "y", "encoding": "string", "if_absent": true, "ttl_ms": 5},
             ]})
         );
     }

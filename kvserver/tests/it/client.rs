@@ -536,6 +536,60 @@ async fn a_ttl_set_through_the_client_expires_through_every_node() {
     cluster.shutdown().await;
 }
 
+#[tokio::test]
+async fn batch_items_carry_their_own_conditions_and_expiry() {
+    let cluster = cluster(3).await;
+    let client = Client::new(cluster.addrs()).unwrap();
+    // Distinct keys: the items of a batch run concurrently, so two writes of one key race.
+    let v1 = client.set("held", 1).await.unwrap().version;
+    let stale = client.set("moved", 1).await.unwrap().version;
+    client.set("moved", 2).await.unwrap();
+    client.set("taken", "t").await.unwrap();
+    let timed = SetOptions::new().ttl(Duration::from_secs(600));
+    client.set_with("timed", "t", timed).await.unwrap().unwrap();
+    let written = client
+        .mset([
+            SetItem::new("held", 2).if_version(v1),
+            SetItem::new("moved", 3).if_version(stale),
+            SetItem::new("fresh", "f").if_absent(),
+            SetItem::new("taken", "again").if_absent(),
+            SetItem::new("timed", "kept").keep_ttl(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(written[0].as_ref().unwrap().value, Value::integer(2));
+    assert_eq!(
+        written[1].as_ref().unwrap_err().code,
+        ErrorCode::VersionMismatch
+    );
+    assert_eq!(written[2].as_ref().unwrap().version, Version(1));
+    assert_eq!(written[3].as_ref().unwrap_err().code, ErrorCode::KeyExists);
+    let kept = written[4].as_ref().unwrap().ttl;
+    assert!(
+        kept.is_some_and(|t| t > Duration::from_secs(500)),
+        "{kept:?}"
+    );
+    let read = client
+        .mget(["held", "moved", "fresh", "taken"])
+        .await
+        .unwrap();
+    let values: Vec<Value> = read
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().value)
+        .collect();
+    assert_eq!(
+        values,
+        [
+            Value::integer(2),
+            Value::integer(2),
+            Value::string("f"),
+            Value::string("t")
+        ]
+    );
+    drop(client);
+    cluster.shutdown().await;
+}
+
 /// The client's batches and scans against a real cluster: items on every node, a failing item
 /// answered in its place, and a scan that lists every key once.
 #[tokio::test]
