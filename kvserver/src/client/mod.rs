@@ -67,7 +67,8 @@
 //! | 504 (`outcome_unknown`, `owner_timeout`) | **never retried**: [`ClientError::Api`] | **never retried**: [`ClientError::OutcomeUnknown`] |
 //! | any other answer | returned | returned |
 //!
-//! Reads are `get`, `mget`, `keys_page`, `scan`, `health`, `cluster` and `stats`; every other
+//! Reads are `get`, `mget`, `keys_page`, `scan` (and `scan_with_limit`), `health`, `cluster` and
+//! `stats`; every other
 //! call is a write (`incr` and `delete` included: neither may be applied twice). When every
 //! attempt fails, the call returns the last 503 as [`ClientError::Api`], or
 //! [`ClientError::Unreachable`] when no node answered. Only
@@ -556,8 +557,9 @@ impl Client {
             .expect(Kind::Read)
     }
 
-    /// Every key starting with `prefix`, page after page, following the node's cursor. The
-    /// stream ends after the last page, or with the first error.
+    /// Every key starting with `prefix`, page after page (of the node's default size),
+    /// following the node's cursor. The stream ends after the last page, or with the first
+    /// error.
     ///
     /// ```no_run
     /// # async fn example(client: kvserver::Client) -> Result<(), kvserver::ClientError> {
@@ -570,17 +572,47 @@ impl Client {
         &self,
         prefix: impl Into<String>,
     ) -> impl Stream<Item = Result<String>> + Send + 'static {
+        self.scan_pages(prefix.into(), None)
+    }
+
+    /// As [`scan`](Self::scan), asking for pages of up to `limit` keys: fewer requests for a
+    /// long listing, or smaller answers. The node lowers a limit above its maximum (1000) to
+    /// it, and refuses 0 (`invalid_request`, the stream's one item).
+    ///
+    /// ```no_run
+    /// # async fn example(client: kvserver::Client) -> Result<(), kvserver::ClientError> {
+    /// use futures_util::TryStreamExt;
+    /// let mut keys = client.scan_with_limit("", 1000);
+    /// while let Some(key) = keys.try_next().await? {
+    ///     println!("{key}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scan_with_limit(
+        &self,
+        prefix: impl Into<String>,
+        limit: usize,
+    ) -> impl Stream<Item = Result<String>> + Send + 'static {
+        self.scan_pages(prefix.into(), Some(limit))
+    }
+
+    fn scan_pages(
+        &self,
+        prefix: String,
+        limit: Option<usize>,
+    ) -> impl Stream<Item = Result<String>> + Send + 'static {
         /// Where the scan stands: the cursor of the next page (`None` for the first), or done.
         enum Next {
             Page(Option<String>),
             Done,
         }
-        let start = (self.clone(), prefix.into(), Next::Page(None));
-        stream::try_unfold(start, |(client, prefix, next)| async move {
+        let start = (self.clone(), prefix, Next::Page(None));
+        stream::try_unfold(start, move |(client, prefix, next)| async move {
             let Next::Page(cursor) = next else {
                 return Ok(None);
             };
-            let page = client.keys_page(&prefix, None, cursor.as_deref()).await?;
+            let page = client.keys_page(&prefix, limit, cursor.as_deref()).await?;
             let next = match page.cursor {
                 // A node that hands back the cursor it was given would page forever.
                 Some(c) if Some(&c) == cursor.as_ref() => {

@@ -358,6 +358,8 @@ async fn scan_follows_the_cursor_to_the_last_page() {
             "/keys?prefix=user%3A&cursor=c%201" => json!({"keys": [], "cursor": "c2"}),
             "/keys?prefix=user%3A&cursor=c2" => json!({"keys": ["user:3"], "cursor": null}),
             "/keys?prefix=x&limit=2&cursor=c%3D" => json!({"keys": ["x1"], "cursor": "c4"}),
+            "/keys?prefix=p&limit=2" => json!({"keys": ["p1", "p2"], "cursor": "n"}),
+            "/keys?prefix=p&limit=2&cursor=n" => json!({"keys": ["p3"], "cursor": null}),
             _ => return Reply::error(404, "no_route"),
         };
         Reply::Json(200, page)
@@ -371,6 +373,9 @@ async fn scan_follows_the_cursor_to_the_last_page() {
         (page.keys, page.cursor),
         (vec!["x1".to_owned()], Some("c4".into()))
     );
+    // A chosen page size goes with every page.
+    let keys: Vec<String> = client.scan_with_limit("p", 2).try_collect().await.unwrap();
+    assert_eq!(keys, ["p1", "p2", "p3"]);
     assert!(pages.seen().iter().all(|s| s.method == "GET"));
     // An endpoint the node does not have is an error, not an empty listing.
     let error = client.scan("y").try_collect::<Vec<_>>().await.unwrap_err();
@@ -638,5 +643,27 @@ async fn batches_and_scans_through_the_client_span_every_node() {
     expected.push("batch:ttl".into());
     expected.sort();
     assert_eq!(listed, expected);
+    // Pages of 7: the same keys, once each, in more pages.
+    let pages_before = scan_pages(&cluster);
+    let mut by_seven: Vec<String> = client
+        .scan_with_limit("batch:", 7)
+        .try_collect()
+        .await
+        .unwrap();
+    by_seven.sort();
+    assert_eq!(by_seven, expected);
+    assert!(scan_pages(&cluster) - pages_before >= 9);
+    let refused = client
+        .scan_with_limit("batch:", 0)
+        .try_collect::<Vec<_>>()
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::InvalidRequest));
     cluster.shutdown().await;
+}
+
+/// Scan pages served by the cluster's nodes so far.
+fn scan_pages(cluster: &LocalCluster) -> u64 {
+    (0..cluster.len())
+        .map(|i| cluster.node(i).metrics().snapshot().scans)
+        .sum()
 }
