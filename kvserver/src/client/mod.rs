@@ -68,9 +68,8 @@
 //! | any other answer | returned | returned |
 //!
 //! Reads are `get`, `mget`, `keys_page`, `scan` (and `scan_with_limit`), `health`, `cluster` and
-//! `stats`; every other
-//! call is a write (`incr` and `delete` included: neither may be applied twice). When every
-//! attempt fails, the call returns the last 503 as [`ClientError::Api`], or
+//! `stats`; every other call is a write (`incr` and `delete` included: neither may be applied
+//! twice). When every attempt fails, the call returns the last 503 as [`ClientError::Api`], or
 //! [`ClientError::Unreachable`] when no node answered. Only
 //! [`ClientError::may_have_applied`] errors leave a write's outcome open; read the key to
 //! learn it.

@@ -392,20 +392,29 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
-/// A duration as people read it: `250ms`, `9.5s`, `12m30s`, `3h5m`.
+/// A duration as people read it, rounded to its last unit: `250ms`, `9.5s`, `12m30s`, `3h5m`.
+///
+/// Rounded to the nearest, not cut: a TTL of 30 minutes that the node reports a few
+/// milliseconds later as 1 799 996 ms reads `30m0s`, not `29m59s`.
 pub fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    let s = d.as_secs();
+    // Each unit rounded from the exact duration: rounding an already rounded figure could
+    // carry twice (3h5m29.9996s would become 3h5m30s, then 3h6m).
+    let nanos = d.as_nanos();
+    let rounded = |unit: u128| (nanos + unit / 2) / unit;
+    let ms = rounded(1_000_000);
     if ms < 1000 {
-        format!("{ms}ms")
-    } else if s < 60 {
-        let tenths = ms / 100;
-        format!("{}.{}s", tenths / 10, tenths % 10)
-    } else if s < 3600 {
-        format!("{}m{}s", s / 60, s % 60)
-    } else {
-        format!("{}h{}m", s / 3600, s % 3600 / 60)
+        return format!("{ms}ms");
     }
+    let tenths = rounded(100_000_000);
+    if tenths < 600 {
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
+    let s = rounded(1_000_000_000);
+    if s < 3600 {
+        return format!("{}m{}s", s / 60, s % 60);
+    }
+    let m = rounded(60_000_000_000);
+    format!("{}h{}m", m / 60, m % 60)
 }
 
 /// Body of `PUT /kv/{key}`.
@@ -755,5 +764,32 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(9_540)), "9.5s");
         assert_eq!(human_duration(Duration::from_secs(750)), "12m30s");
         assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 300)), "3h5m");
+    }
+
+    #[test]
+    fn durations_round_to_the_nearest_unit_shown() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (Duration::from_micros(1_499), "1ms"),
+            (Duration::from_micros(999_600), "1.0s"),
+            (ms(9_549), "9.5s"),
+            (ms(9_550), "9.6s"),
+            (ms(59_949), "59.9s"),
+            (ms(59_950), "1m0s"),
+            (ms(1_799_996), "30m0s"),
+            (ms(1_800_499), "30m0s"),
+            (ms(1_800_500), "30m1s"),
+            (ms(90_000 - 500), "1m30s"),
+            (ms(3_599_499), "59m59s"),
+            (ms(3_599_500), "1h0m"),
+            (ms(3 * 3_600_000 + 329_999), "3h5m"),
+            (ms(3 * 3_600_000 + 330_000), "3h6m"),
+            (ms(24 * 3_600_000 - 1), "24h0m"),
+            (Duration::new(3 * 3600 + 329, 999_600_000), "3h5m"),
+            (Duration::from_micros(9_549_600), "9.5s"),
+        ];
+        for (d, shown) in cases {
+            assert_eq!(human_duration(d), shown, "{d:?}");
+        }
     }
 }

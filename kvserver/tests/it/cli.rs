@@ -238,9 +238,10 @@ async fn ttls_are_sent_in_milliseconds_and_shown_as_time_left() {
         )
     })
     .await;
+    // The time left is shown to the nearest second: 89.5 s is 1m30s.
     let run = kvserver(node.addr, &["set", "s", "x", "--ttl", "1m30s"]).await;
     assert_eq!(
-        run.stdout, "s = \"x\" (string, version 1, expires in 1m29s)\n",
+        run.stdout, "s = \"x\" (string, version 1, expires in 1m30s)\n",
         "{run:?}"
     );
     let run = kvserver(node.addr, &["set", "s", "x", "--ttl", "1500ms", "--json"]).await;
