@@ -581,7 +581,8 @@ impl Client {
     /// ```no_run
     /// # async fn example(client: kvserver::Client) -> Result<(), kvserver::ClientError> {
     /// use futures_util::TryStreamExt;
-    /// let mut keys = client.scan_with_limit("", 1000);
+    /// // Pinned to be polled in place, as any stream of async steps.
+    /// let mut keys = std::pin::pin!(client.scan_with_limit("", 1000));
     /// while let Some(key) = keys.try_next().await? {
     ///     println!("{key}");
     /// }
