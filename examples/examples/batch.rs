@@ -1,34 +1,33 @@
 //! Measures batches and scans over HTTP against an in-process 3-node cluster (R = 3, HTTP between
-//! the nodes):
+//! the nodes), all through `kvserver::Client`:
 //!
-//! - reading `--batch` keys with one `POST /mget`, against the same number of `GET /kv/{key}`
-//!   one after another on one kept-alive connection, and all in flight at once;
-//! - writing them with one `POST /mset`, against as many `PUT /kv/{key}` one after another;
-//! - loading `--keys` fresh keys with `POST /mset` of 1000, against a fifth as many with single
-//!   PUTs, 64 in flight;
-//! - scanning the loaded keys with `GET /keys?prefix=key:&limit=--page`, a page at a time
-//!   through the nodes in turn (keys/s).
+//! - reading `--batch` keys with one `mget` (`POST /mget`), against the same number of `get`s
+//!   (`GET /kv/{key}`) one after another on one kept-alive connection, and all in flight at once;
+//! - writing them with one `mset` (`POST /mset`), against as many `set`s (`PUT /kv/{key}`) one
+//!   after another;
+//! - loading `--keys` fresh keys with `mset` of 1000, against a fifth as many with single `set`s,
+//!   64 in flight;
+//! - scanning the loaded keys with `scan_with_limit("key:", --page)` (`GET /keys?prefix=key:&
+//!   limit=--page`, page after page through one node, following the cursor; keys/s).
 //!
-//! Every round asks a different node, for different random keys. Ratios are of mean times.
+//! Every round asks a different node (a client of each node, which neither retries elsewhere
+//! nor learns the other members), for different random keys. Ratios are of mean times.
 //!
 //! ```console
 //! cargo run --release -p examples --example batch
 //! cargo run --release -p examples --example batch -- --keys 100000 --batch 100 --rounds 200
+//! cargo run --release -p examples --example batch -- --keys 2000 --rounds 10   # a quick run
 //! ```
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use futures_util::TryStreamExt;
+use kvcore::Value;
+use kvserver::client::SetItem;
 use kvserver::LocalCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value as Json};
 
 /// Batches against single-key requests, and scan throughput.
 #[derive(Parser, Debug)]
@@ -48,26 +47,6 @@ struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 32)]
     value_size: usize,
-}
-
-type Http = Client<HttpConnector, Full<Bytes>>;
-
-async fn call(http: &Http, method: Method, url: &str, body: Option<String>) -> (StatusCode, Json) {
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .expect("a valid request");
-    let response = http.request(request).await.expect("the node answers");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a whole body")
-        .to_bytes();
-    (status, serde_json::from_slice(&body).expect("a JSON body"))
 }
 
 fn key(i: usize) -> String {
@@ -107,6 +86,13 @@ fn ratio(a: &Timings, b: &Timings) -> f64 {
     a.mean().as_secs_f64() / b.mean().as_secs_f64()
 }
 
+/// Scan pages the cluster's nodes have served so far.
+fn scan_pages(cluster: &LocalCluster) -> u64 {
+    (0..cluster.len())
+        .map(|i| cluster.node(i).metrics().snapshot().scans)
+        .sum()
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -117,27 +103,19 @@ async fn main() {
         .start()
         .await
         .expect("cluster starts");
-    let urls: Vec<String> = (0..cluster.len()).map(|i| cluster.url(i)).collect();
-    let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let value = "v".repeat(args.value_size);
+    let clients = examples::node_clients(&cluster);
+    let value = Value::string("v".repeat(args.value_size));
 
-    // Load through /mset, a thousand keys a request, the nodes in turn.
+    // Load through mset, a thousand keys a request, the nodes in turn.
     let loading = Instant::now();
     for (n, start) in (0..args.keys).step_by(1000).enumerate() {
-        let entries: Vec<Json> = (start..(start + 1000).min(args.keys))
-            .map(|i| json!({"key": key(i), "value": value}))
-            .collect();
-        let body = json!({ "entries": entries }).to_string();
-        let (status, answer) = call(
-            &http,
-            Method::POST,
-            &format!("{}/mset", urls[n % urls.len()]),
-            Some(body),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        let results = answer["results"].as_array().expect("results");
-        if let Some(failed) = results.iter().find(|r| r.get("error").is_some()) {
+        let items =
+            (start..(start + 1000).min(args.keys)).map(|i| SetItem::new(key(i), value.clone()));
+        let results = clients[n % clients.len()]
+            .mset(items)
+            .await
+            .expect("the node answers the batch");
+        if let Some(failed) = results.iter().find_map(|r| r.as_ref().err()) {
             panic!("a write of the load failed: {failed}");
         }
     }
@@ -150,25 +128,24 @@ async fn main() {
         args.keys as f64 / load.as_secs_f64()
     );
 
-    // The same, fresh keys written one PUT each, 64 in flight.
+    // The same, fresh keys written one set each, 64 in flight.
     let singles = (args.keys / 5).max(1);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let loading = Instant::now();
     let workers: Vec<_> = (0..64)
         .map(|w| {
-            let (http, next) = (http.clone(), next.clone());
-            let url = urls[w % urls.len()].clone();
-            let body = json!({ "value": value }).to_string();
+            let (client, next) = (clients[w % clients.len()].clone(), next.clone());
+            let value = value.clone();
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= singles {
                         break;
                     }
-                    let target = format!("{url}/kv/single:{i:08}");
-                    let (status, answer) =
-                        call(&http, Method::PUT, &target, Some(body.clone())).await;
-                    assert_eq!(status, StatusCode::OK, "{answer}");
+                    client
+                        .set(&format!("single:{i:08}"), value.clone())
+                        .await
+                        .expect("the write succeeds");
                 }
             })
         })
@@ -196,25 +173,26 @@ async fn main() {
     // The first rounds warm connections and caches up and are not counted.
     let warmup = (args.rounds / 10).max(5);
     for round in 0..warmup + args.rounds {
-        let url = &urls[round % urls.len()];
+        let client = &clients[round % clients.len()];
         let keys = pick(&mut rng);
 
-        let body = json!({ "keys": keys }).to_string();
         let started = Instant::now();
-        let (status, answer) = call(&http, Method::POST, &format!("{url}/mget"), Some(body)).await;
+        let read = client
+            .mget(&keys)
+            .await
+            .expect("the node answers the batch");
         let took = started.elapsed();
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        let entries = answer["entries"].as_array().expect("entries");
         assert!(
-            entries.iter().all(|e| e["value"] == json!(value)),
-            "{answer}"
+            read.iter()
+                .all(|r| matches!(r, Ok(Some(e)) if e.value == value)),
+            "{read:?}"
         );
         mget.push(took);
 
         let started = Instant::now();
         for k in &keys {
-            let (status, _) = call(&http, Method::GET, &format!("{url}/kv/{k}"), None).await;
-            assert_eq!(status, StatusCode::OK);
+            let entry = client.get(k).await.expect("the read succeeds");
+            assert!(entry.is_some(), "{k} is missing");
         }
         sequential.push(started.elapsed());
 
@@ -222,36 +200,34 @@ async fn main() {
         let gets: Vec<_> = keys
             .iter()
             .map(|k| {
-                let (http, url) = (http.clone(), format!("{url}/kv/{k}"));
-                tokio::spawn(async move { call(&http, Method::GET, &url, None).await.0 })
+                let (client, k) = (client.clone(), k.clone());
+                tokio::spawn(async move { client.get(&k).await })
             })
             .collect();
         for get in gets {
-            assert_eq!(get.await.expect("the read ran"), StatusCode::OK);
+            let entry = get.await.expect("the read ran").expect("the read succeeds");
+            assert!(entry.is_some());
         }
         parallel.push(started.elapsed());
 
-        let entries: Vec<Json> = keys
+        let items: Vec<SetItem> = keys
             .iter()
-            .map(|k| json!({"key": k, "value": value}))
+            .map(|k| SetItem::new(k.clone(), value.clone()))
             .collect();
-        let body = json!({ "entries": entries }).to_string();
         let started = Instant::now();
-        let (status, answer) = call(&http, Method::POST, &format!("{url}/mset"), Some(body)).await;
+        let written = client
+            .mset(items)
+            .await
+            .expect("the node answers the batch");
         mset.push(started.elapsed());
-        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(written.iter().all(Result::is_ok), "{written:?}");
 
-        let body = json!({ "value": value }).to_string();
         let started = Instant::now();
         for k in &keys {
-            let (status, _) = call(
-                &http,
-                Method::PUT,
-                &format!("{url}/kv/{k}"),
-                Some(body.clone()),
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
+            client
+                .set(k, value.clone())
+                .await
+                .expect("the write succeeds");
         }
         puts.push(started.elapsed());
 
@@ -290,30 +266,18 @@ async fn main() {
         ratio(&puts, &mset)
     );
 
-    // A whole scan, a page at a time, through the nodes in turn.
-    let mut pages = 0;
-    let mut listed = 0;
-    let mut cursor: Option<String> = None;
+    // A whole scan, a page at a time, following the cursor; the pages are counted by the
+    // nodes that served them.
+    let scanner = &clients[0];
+    let pages_before = scan_pages(&cluster);
     let started = Instant::now();
-    loop {
-        let mut url = format!(
-            "{}/keys?prefix=key:&limit={}",
-            urls[pages % urls.len()],
-            args.page
-        );
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let (status, answer) = call(&http, Method::GET, &url, None).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        pages += 1;
-        listed += answer["keys"].as_array().expect("keys").len();
-        match answer["cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let listed = scanner
+        .scan_with_limit("key:", args.page)
+        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .await
+        .expect("the scan succeeds");
     let scan = started.elapsed();
+    let pages = (scan_pages(&cluster) - pages_before).max(1);
     assert_eq!(listed, args.keys, "the scan listed every key once");
     println!();
     println!(
@@ -327,5 +291,6 @@ async fn main() {
         "scan vs GET: listing a key costs {:.1}x less than reading it with sequential GETs",
         (sequential.mean().as_secs_f64() / b as f64) / (scan.as_secs_f64() / listed as f64)
     );
+    drop(clients);
     cluster.shutdown().await;
 }

@@ -265,6 +265,7 @@ struct Worker {
 fn client(target: &Target, timeout: Duration, idle: usize) -> Result<Client, String> {
     Client::builder([target.addr.as_str()])
         .max_attempts(1)
+        .discover(false)
         .timeout(timeout)
         .max_idle_per_node(idle)
         .build()

@@ -23,10 +23,15 @@ use kvcore::Value;
 use kvserver::{Client, LocalCluster};
 
 /// A client of each of the cluster's nodes, by id: what the examples' client traffic goes
-/// through, so that it chooses its node.
+/// through, so that it chooses its node (none of them learns or moves on to the others).
 pub fn node_clients(cluster: &LocalCluster) -> Vec<Client> {
     (0..cluster.len())
-        .map(|i| Client::new([cluster.addr(i)]).expect("a node's address is host:port"))
+        .map(|i| {
+            Client::builder([cluster.addr(i)])
+                .discover(false)
+                .build()
+                .expect("a node's address is host:port")
+        })
         .collect()
 }
 

@@ -10,16 +10,17 @@
 //! {"encoding":"integer","key":"visits","value":42,"version":2}
 //! ```
 //!
-//! Output is one readable line by default, and the node's answer as JSON with `--json`.
-//! Errors go to stderr with the node's message. The exit status says what happened:
-//! [`exit`] has the numbers.
+//! Output is one readable line by default, and the node's answer as JSON with `--json`. `keys`
+//! prints each page as it arrives: a key a line, or with `--json` one object
+//! `{"keys": [...], "cursor": ...}` written page by page (left unfinished if the listing fails
+//! part-way, which the exit status says). Errors go to stderr with the node's message. The
+//! exit status says what happened: [`exit`] has the numbers.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use futures_util::TryStreamExt;
 use kvcore::{Encoding, ErrorCode, Value, Version};
 use serde_json::Value as Json;
 
@@ -32,26 +33,43 @@ pub const DEFAULT_NODE: &str = "127.0.0.1:5100";
 pub mod exit {
     /// The key does not exist, or a condition (`--if-version`, `--if-absent`) did not hold.
     pub const NOT_FOUND_OR_CONFLICT: u8 = 1;
-    /// A usage error, a refused request (a bad value, a wrong encoding...), or no usable
-    /// answer: no node could be reached, or what answered is not a kv node.
+    /// A usage error, a request the node refused as bad (a 4xx status: a value that does not
+    /// fit its encoding, a wrong encoding, a value too large...), or no usable answer: no node
+    /// could be reached, or what answered is not a kv node.
     pub const USAGE_OR_UNREACHABLE: u8 = 2;
-    /// The cluster could not carry the request out for now (503), or a write's outcome is
-    /// unknown (504, or no answer after sending it): read the key to find out.
+    /// The cluster failed to carry the request out: unavailable for now (503), a failure on
+    /// the server's side (any other 5xx, such as 500 or 507 `memory_full`), or a write's
+    /// outcome is unknown (504, or no answer after sending it): read the key to find out.
     pub const UNAVAILABLE: u8 = 3;
 }
+
+/// The exit statuses, as each key command's `--help` ends.
+const EXIT_STATUS_HELP: &str = "\
+Exit status: 0 on success; 1 if the key does not exist or a condition (--if-version,
+--if-absent) did not hold; 2 on a usage error, a request the node refused as bad (4xx, such as
+400 invalid_value or 413 value_too_large), or when no node could be reached; 3 when the cluster
+failed to carry the request out (5xx: 503 unavailable, 500, 507 memory_full...) or a write's
+outcome is unknown (504, or no answer after sending it: read the key to find out).";
 
 /// The key commands, flattened into the binary's subcommands.
 #[derive(Subcommand, Debug, PartialEq, Eq)]
 pub enum KeyCommand {
     /// Print a key's value, encoding and version (exit status 1 if it does not exist).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Get(GetArgs),
     /// Write a key's value (exit status 1 if --if-version or --if-absent does not hold).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Set(SetArgs),
     /// Delete a key (exit status 1 if it does not exist).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Delete(DeleteArgs),
     /// Add to the integer at a key (a missing key counts as 0).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Incr(IncrArgs),
-    /// List the keys, or those starting with a prefix.
+    /// List the keys, or those starting with a prefix, printing each page as it arrives: one
+    /// key a line, or with --json one object {"keys": [...], "cursor": ...} written page by
+    /// page (unfinished if the listing fails part-way; the exit status then says why).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Keys(KeysArgs),
 }
 
@@ -59,7 +77,9 @@ pub enum KeyCommand {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     /// The node to ask, as HOST:PORT (plain HTTP); several, comma-separated, are tried in turn
-    /// when one is down. Also from the KV_NODE environment variable [default: 127.0.0.1:5100].
+    /// when one is down. `keys` also learns the cluster's other members from the first node
+    /// that answers, and moves on to them if that node goes down while it lists. Also from the
+    /// KV_NODE environment variable [default: 127.0.0.1:5100].
     #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
     pub node: Vec<String>,
     /// Print the node's answer as JSON, for scripts.
@@ -136,8 +156,9 @@ pub struct KeysArgs {
     /// Only the keys starting with this.
     #[arg(long, default_value = "")]
     pub prefix: String,
-    /// List at most this many keys.
-    #[arg(long)]
+    /// List at most this many keys (at least 1). With --json, "cursor" is then where the rest
+    /// starts, or null if there is no more.
+    #[arg(long, value_parser = parse_limit)]
     pub limit: Option<usize>,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -201,9 +222,7 @@ impl Failed {
 pub fn client_exit_status(e: &ClientError) -> u8 {
     match e {
         ClientError::OutcomeUnknown { .. } => exit::UNAVAILABLE,
-        ClientError::Api {
-            status: 503 | 504, ..
-        } => exit::UNAVAILABLE,
+        ClientError::Api { status, .. } if *status >= 500 => exit::UNAVAILABLE,
         ClientError::Api {
             code: ErrorCode::NotFound | ErrorCode::VersionMismatch | ErrorCode::KeyExists,
             ..
@@ -240,21 +259,21 @@ pub fn nodes(flag: &[String], from_env: Option<&str>) -> Vec<String> {
 /// printing the answer to stdout and any error to stderr.
 pub async fn run(command: KeyCommand, node_env: Option<String>) -> ExitCode {
     let connection = command.connection().clone();
-    let client = match Client::new(nodes(&connection.node, node_env.as_deref())) {
+    // Only `keys` makes more than one call: learning the other members after the first would
+    // be a wasted request for a command that is done by then.
+    let discover = matches!(command, KeyCommand::Keys(_));
+    let client = Client::builder(nodes(&connection.node, node_env.as_deref()))
+        .discover(discover)
+        .build();
+    let client = match client {
         Ok(client) => client,
         Err(e) => return fail(&Failed::Client(e)),
     };
-    match execute(&client, command).await {
-        Ok(lines) => {
-            let mut out = std::io::stdout().lock();
-            for line in lines {
-                // A closed stdout (`| head`) is not the command's failure.
-                if writeln!(out, "{line}").is_err() {
-                    break;
-                }
-            }
-            ExitCode::SUCCESS
-        }
+    let mut out = Output::new(std::io::stdout());
+    let done = execute(&client, command, &mut out).await;
+    out.flush();
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
         Err(failed) => fail(&failed),
     }
 }
@@ -264,8 +283,46 @@ fn fail(failed: &Failed) -> ExitCode {
     ExitCode::from(failed.exit_status())
 }
 
-/// Carries the command out; returns the lines to print.
-async fn execute(client: &Client, command: KeyCommand) -> Result<Vec<String>, Failed> {
+/// Where the answer is printed. A write that fails (stdout closed: `kvserver keys | head`)
+/// ends the output, not the command's success.
+struct Output<W: Write> {
+    out: std::io::BufWriter<W>,
+    closed: bool,
+}
+
+impl<W: Write> Output<W> {
+    fn new(out: W) -> Self {
+        Output {
+            out: std::io::BufWriter::new(out),
+            closed: false,
+        }
+    }
+
+    fn write(&mut self, text: &str) {
+        if !self.closed && self.out.write_all(text.as_bytes()).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        self.write(text);
+        self.write("\n");
+    }
+
+    /// Sends what was written on, so that a page shows before the next is asked for.
+    fn flush(&mut self) {
+        if !self.closed && self.out.flush().is_err() {
+            self.closed = true;
+        }
+    }
+}
+
+/// Carries the command out, printing its answer to `out`.
+async fn execute<W: Write>(
+    client: &Client,
+    command: KeyCommand,
+    out: &mut Output<W>,
+) -> Result<(), Failed> {
     let json = command.connection().json;
     let show = |entry: &Entry| {
         if json {
@@ -276,8 +333,8 @@ async fn execute(client: &Client, command: KeyCommand) -> Result<Vec<String>, Fa
     };
     match command {
         KeyCommand::Get(args) => match client.get(&args.key).await? {
-            Some(entry) => Ok(vec![show(&entry)]),
-            None => Err(Failed::NotFound(args.key)),
+            Some(entry) => out.line(&show(&entry)),
+            None => return Err(Failed::NotFound(args.key)),
         },
         KeyCommand::Set(args) => {
             let value = parse_value(args.encoding, &args.value).map_err(Failed::Usage)?;
@@ -293,60 +350,72 @@ async fn execute(client: &Client, command: KeyCommand) -> Result<Vec<String>, Fa
                 options = options.if_absent();
             }
             match client.set_with(&args.key, value, options).await? {
-                Ok(entry) => Ok(vec![show(&entry)]),
-                Err(conflict) => Err(Failed::Conflict(conflict)),
+                Ok(entry) => out.line(&show(&entry)),
+                Err(conflict) => return Err(Failed::Conflict(conflict)),
             }
         }
         KeyCommand::Delete(args) => match client.delete(&args.key).await? {
-            Some(deleted) if json => Ok(vec![to_json(&deleted)]),
-            Some(deleted) => Ok(vec![format!(
+            Some(deleted) if json => out.line(&to_json(&deleted)),
+            Some(deleted) => out.line(&format!(
                 "deleted {} (version {})",
                 deleted.key, deleted.version
-            )]),
-            None => Err(Failed::NotFound(args.key)),
+            )),
+            None => return Err(Failed::NotFound(args.key)),
         },
-        KeyCommand::Incr(args) => Ok(vec![show(&client.incr(&args.key, args.by).await?)]),
-        KeyCommand::Keys(args) => keys(client, &args.prefix, args.limit, json).await,
+        KeyCommand::Incr(args) => out.line(&show(&client.incr(&args.key, args.by).await?)),
+        KeyCommand::Keys(args) => keys(client, &args.prefix, args.limit, json, out).await?,
     }
+    Ok(())
 }
 
-/// Lists the keys page by page. With `--json`, one object in the API's shape: the keys and,
-/// when `--limit` stopped the listing early, the cursor the rest starts at.
-async fn keys(
+/// Lists the keys page by page, printing each page as it arrives. With `--json`, one object
+/// in the API's shape, written as the pages come: the keys and, when `--limit` stopped the
+/// listing early, the cursor the rest starts at.
+async fn keys<W: Write>(
     client: &Client,
     prefix: &str,
     limit: Option<usize>,
     json: bool,
-) -> Result<Vec<String>, Failed> {
-    let Some(limit) = limit else {
-        let keys: Vec<String> = client.scan(prefix).try_collect().await?;
-        return Ok(if json {
-            vec![serde_json::json!({"keys": keys, "cursor": null}).to_string()]
-        } else {
-            keys
-        });
-    };
-    let mut keys = Vec::new();
+    out: &mut Output<W>,
+) -> Result<(), Failed> {
+    let mut listed = 0;
     let mut cursor: Option<String> = None;
     loop {
-        let left = limit - keys.len();
-        if left == 0 {
+        let left = limit.map(|limit| limit - listed);
+        if left == Some(0) || out.closed {
             break;
         }
-        let page = client
-            .keys_page(prefix, Some(left), cursor.as_deref())
-            .await?;
-        keys.extend(page.keys.into_iter().take(left));
+        let page = client.keys_page(prefix, left, cursor.as_deref()).await?;
+        if page.cursor.is_some() && page.cursor == cursor {
+            // A node that hands back the cursor it was given would page forever.
+            return Err(Failed::Client(ClientError::BadAnswer {
+                node: client.nodes().join(","),
+                status: 200,
+                reason: format!("GET /keys answered the cursor it was given ({cursor:?})"),
+            }));
+        }
+        for key in page.keys.iter().take(left.unwrap_or(usize::MAX)) {
+            if json {
+                out.write(if listed == 0 { "{\"keys\":[" } else { "," });
+                out.write(&to_json(key));
+            } else {
+                out.line(key);
+            }
+            listed += 1;
+        }
+        out.flush();
         cursor = page.cursor;
         if cursor.is_none() {
             break;
         }
     }
-    Ok(if json {
-        vec![serde_json::json!({"keys": keys, "cursor": cursor}).to_string()]
-    } else {
-        keys
-    })
+    if json {
+        if listed == 0 {
+            out.write("{\"keys\":[");
+        }
+        out.line(&format!("],\"cursor\":{}}}", to_json(&cursor)));
+    }
+    Ok(())
 }
 
 fn to_json(answer: &impl serde::Serialize) -> String {
@@ -362,6 +431,15 @@ pub fn parse_value(encoding: Encoding, text: &str) -> Result<Value, String> {
             .map(|json| Value::json(&json))
             .map_err(|e| format!("the value is not JSON: {e}")),
         _ => Value::from_json(encoding, &Json::String(text.to_owned())).map_err(|e| e.to_string()),
+    }
+}
+
+/// Reads `--limit`: a whole number from 1 (0 would list nothing).
+pub fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("the limit must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
     }
 }
 
@@ -447,6 +525,15 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_is_a_whole_number_from_1() {
+        assert_eq!(parse_limit("1"), Ok(1));
+        assert_eq!(parse_limit("250"), Ok(250));
+        for bad in ["0", "-1", "x", ""] {
+            assert!(parse_limit(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_nodes_are_the_flag_then_the_environment_then_the_default() {
         let flag = vec!["a:1".to_owned(), "b:1".to_owned()];
         assert_eq!(nodes(&flag, Some("c:1")), flag);
@@ -470,6 +557,11 @@ mod tests {
             3
         );
         assert_eq!(client_exit_status(&api(504, ErrorCode::OwnerTimeout)), 3);
+        // Server-side failures are the cluster's, refusals of a bad request the caller's.
+        assert_eq!(client_exit_status(&api(500, ErrorCode::Internal)), 3);
+        assert_eq!(client_exit_status(&api(507, ErrorCode::MemoryFull)), 3);
+        assert_eq!(client_exit_status(&api(413, ErrorCode::ValueTooLarge)), 2);
+        assert_eq!(client_exit_status(&api(400, ErrorCode::InvalidValue)), 2);
         let unknown = ClientError::OutcomeUnknown {
             node: "n:1".into(),
             code: None,

@@ -609,8 +609,10 @@ mod exit {
 
 /// `kvserver health`: the node's `/health`, as an exit status.
 async fn health(addr: String) -> ExitCode {
+    // This node's health, not another member's.
     let answer = match kvserver::Client::builder([addr.as_str()])
         .max_attempts(1)
+        .discover(false)
         .build()
     {
         Ok(client) => client.health().await,
@@ -722,7 +724,8 @@ fn is_first_member(id: Option<&str>, peers: Option<&str>) -> bool {
 /// Removes the node at `addr` from the cluster and waits until it says it is removed (or has
 /// exited), at most `wait`.
 async fn leave(client: &AdminClient, addr: &str, wait: Duration) -> Result<String, ClientError> {
-    let node = kvserver::Client::new([addr])?;
+    // Only this node: once it has left, another member's health would hide that it stopped.
+    let node = kvserver::Client::builder([addr]).discover(false).build()?;
     let id = node.health().await?.node;
     let deadline = tokio::time::Instant::now() + wait;
     let mut every = tokio::time::interval(REMOVAL_POLL);

@@ -42,11 +42,22 @@
 //! ```
 //!
 //! # Retries and failover
-//! The client is given one or more nodes. Each call goes to the node that answered last (the
-//! first one at the start); when it cannot be used the call moves on to the next node, trying
-//! every node once without waiting, then again with exponential backoff, for at most
-//! [`max_attempts`](ClientBuilder::max_attempts) requests in all. Whether a call moves on
-//! depends on what it does, because a write that reached a node may have been applied:
+//! The client is given one or more nodes, its seeds. By default it also learns the cluster's
+//! other members: right after the first call that a node answers (with a status below 500), it
+//! asks that node for `GET /cluster` and adds every member that is not removed to the nodes it
+//! knows, after the seeds, which it always keeps. It asks again after the first answer that
+//! follows a round in which every known node failed, so a member list that has changed is
+//! learned anew. A client given one node thus keeps working when that node goes down, once it
+//! has talked to the cluster. Discovery never fails a call: a node that does not answer
+//! `GET /cluster` as a kv node does leaves the list as it was. Turn it off with
+//! [`ClientBuilder::discover`] to use only the nodes given (behind a proxy or a load balancer,
+//! say, where the members' own addresses cannot be reached).
+//!
+//! Each call goes to the node that answered last (the first one at the start); when it cannot
+//! be used the call moves on to the next node, trying every node once without waiting, then
+//! again with exponential backoff, for at most [`max_attempts`](ClientBuilder::max_attempts)
+//! requests in all. Whether a call moves on depends on what it does, because a write that
+//! reached a node may have been applied:
 //!
 //! | what happened | a read | a write |
 //! |---|---|---|
@@ -56,9 +67,9 @@
 //! | 504 (`outcome_unknown`, `owner_timeout`) | **never retried**: [`ClientError::Api`] | **never retried**: [`ClientError::OutcomeUnknown`] |
 //! | any other answer | returned | returned |
 //!
-//! Reads are `get`, `mget`, `keys_page`, `scan`, `health`, `cluster` and `stats`; every other
-//! call is a write (`incr` and `delete` included: neither may be applied twice). When every
-//! attempt fails, the call returns the last 503 as [`ClientError::Api`], or
+//! Reads are `get`, `mget`, `keys_page`, `scan` (and `scan_with_limit`), `health`, `cluster` and
+//! `stats`; every other call is a write (`incr` and `delete` included: neither may be applied
+//! twice). When every attempt fails, the call returns the last 503 as [`ClientError::Api`], or
 //! [`ClientError::Unreachable`] when no node answered. Only
 //! [`ClientError::may_have_applied`] errors leave a write's outcome open; read the key to
 //! learn it.
@@ -69,8 +80,8 @@ mod error;
 mod transport;
 mod wire;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -87,7 +98,9 @@ pub(crate) use transport::{Answer, Failure, Http};
 pub use wire::{
     human_duration, Conflict, Deleted, Entry, Health, KeyError, KeysPage, SetItem, SetOptions,
 };
-use wire::{IncrBody, MgetAnswer, MgetBody, MsetAnswer, MsetBody, MsetEntry, PutBody, Slot};
+use wire::{
+    ClusterMembers, IncrBody, MgetAnswer, MgetBody, MsetAnswer, MsetBody, MsetEntry, PutBody, Slot,
+};
 
 /// Shorthand for the results of [`Client`]'s calls.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -125,6 +138,7 @@ pub struct ClientBuilder {
     backoff: Duration,
     max_backoff: Duration,
     max_idle_per_node: usize,
+    discover: bool,
 }
 
 impl ClientBuilder {
@@ -142,8 +156,8 @@ impl ClientBuilder {
     }
 
     /// Requests one call may send in all, over every node (at least 1; 1 turns retries
-    /// off). By default, two more than the number of nodes: each node once, then twice more
-    /// after backing off.
+    /// off). By default, two more than the number of nodes known when the call is made (the
+    /// ones given and the ones learned): each node once, then twice more after backing off.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts.max(1));
         self
@@ -165,6 +179,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether to learn the cluster's other members from `GET /cluster` and fail over to them
+    /// too (default `true`); see [Retries and failover](self#retries-and-failover). With
+    /// `false`, calls go to the nodes given only.
+    pub fn discover(mut self, discover: bool) -> Self {
+        self.discover = discover;
+        self
+    }
+
     /// The client. Fails without a node, or with one that is not `host:port` (an
     /// `http://` prefix is accepted and dropped).
     pub fn build(self) -> Result<Client> {
@@ -176,18 +198,22 @@ impl ClientBuilder {
             .iter()
             .map(|n| node_address(n))
             .collect::<Result<Vec<_>>>()?;
-        let max_attempts = self.max_attempts.unwrap_or(
-            u32::try_from(nodes.len())
-                .unwrap_or(u32::MAX)
-                .saturating_add(2),
-        );
+        let mut seeds: Vec<String> = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            if !seeds.contains(&node) {
+                seeds.push(node);
+            }
+        }
         Ok(Client {
             inner: Arc::new(Inner {
                 http: Http::new(self.connect_timeout, self.max_idle_per_node),
-                nodes,
+                nodes: RwLock::new(Arc::new(seeds.clone())),
+                seeds,
                 preferred: AtomicUsize::new(0),
+                discover: self.discover,
+                discovery_due: AtomicBool::new(self.discover),
                 timeout: self.timeout,
-                max_attempts,
+                max_attempts: self.max_attempts,
                 backoff: self.backoff,
                 max_backoff: self.max_backoff,
             }),
@@ -227,19 +253,66 @@ pub struct Client {
 
 struct Inner {
     http: Http,
-    nodes: Vec<String>,
-    /// The node the next call goes to first: the last one that answered.
+    /// The nodes given, always kept first in `nodes`.
+    seeds: Vec<String>,
+    /// Every node a call may go to: the seeds, then the members learned. Replaced whole when
+    /// members are learned; a call works on the list it started with (or found after a
+    /// discovery during the call).
+    nodes: RwLock<Arc<Vec<String>>>,
+    /// The index in `nodes` of the node the next call goes to first: the last one that
+    /// answered.
     preferred: AtomicUsize,
+    /// Whether members are learned at all.
+    discover: bool,
+    /// Whether the next node to answer should be asked for the members: at the start, and
+    /// after a round in which every known node failed.
+    discovery_due: AtomicBool,
     timeout: Duration,
-    max_attempts: u32,
+    /// `None`: two more than the number of nodes known.
+    max_attempts: Option<u32>,
     backoff: Duration,
     max_backoff: Duration,
+}
+
+impl Inner {
+    fn nodes(&self) -> Arc<Vec<String>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn max_attempts(&self, known: usize) -> u32 {
+        self.max_attempts
+            .unwrap_or_else(|| u32::try_from(known).unwrap_or(u32::MAX).saturating_add(2))
+    }
+
+    /// Replaces the members after the seeds with `learned`, keeping the preferred node.
+    fn set_members(&self, learned: impl IntoIterator<Item = String>) {
+        let mut nodes = self.seeds.clone();
+        for node in learned {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        let mut current = self
+            .nodes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let preferred = current.get(self.preferred.load(Ordering::Relaxed) % current.len());
+        let at = preferred
+            .and_then(|p| nodes.iter().position(|n| n == p))
+            .unwrap_or(0);
+        self.preferred.store(at, Ordering::Relaxed);
+        *current = Arc::new(nodes);
+    }
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("nodes", &self.inner.nodes)
+            .field("nodes", &self.inner.nodes())
+            .field("discover", &self.inner.discover)
             .field("timeout", &self.inner.timeout)
             .field("max_attempts", &self.inner.max_attempts)
             .finish_non_exhaustive()
@@ -333,12 +406,14 @@ impl Client {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             max_idle_per_node: 32,
+            discover: true,
         }
     }
 
-    /// The nodes, as `host:port`.
-    pub fn nodes(&self) -> &[String] {
-        &self.inner.nodes
+    /// The nodes calls may go to, as `host:port`: the ones given, then the members learned
+    /// from the cluster (see [Retries and failover](self#retries-and-failover)).
+    pub fn nodes(&self) -> Vec<String> {
+        self.inner.nodes().to_vec()
     }
 
     /// The key's entry; `None` if it does not exist.
@@ -481,8 +556,9 @@ impl Client {
             .expect(Kind::Read)
     }
 
-    /// Every key starting with `prefix`, page after page, following the node's cursor. The
-    /// stream ends after the last page, or with the first error.
+    /// Every key starting with `prefix`, page after page (of the node's default size),
+    /// following the node's cursor. The stream ends after the last page, or with the first
+    /// error.
     ///
     /// ```no_run
     /// # async fn example(client: kvserver::Client) -> Result<(), kvserver::ClientError> {
@@ -495,17 +571,48 @@ impl Client {
         &self,
         prefix: impl Into<String>,
     ) -> impl Stream<Item = Result<String>> + Send + 'static {
+        self.scan_pages(prefix.into(), None)
+    }
+
+    /// As [`scan`](Self::scan), asking for pages of up to `limit` keys: fewer requests for a
+    /// long listing, or smaller answers. The node lowers a limit above its maximum (1000) to
+    /// it, and refuses 0 (`invalid_request`, the stream's one item).
+    ///
+    /// ```no_run
+    /// # async fn example(client: kvserver::Client) -> Result<(), kvserver::ClientError> {
+    /// use futures_util::TryStreamExt;
+    /// // Pinned to be polled in place, as any stream of async steps.
+    /// let mut keys = std::pin::pin!(client.scan_with_limit("", 1000));
+    /// while let Some(key) = keys.try_next().await? {
+    ///     println!("{key}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scan_with_limit(
+        &self,
+        prefix: impl Into<String>,
+        limit: usize,
+    ) -> impl Stream<Item = Result<String>> + Send + 'static {
+        self.scan_pages(prefix.into(), Some(limit))
+    }
+
+    fn scan_pages(
+        &self,
+        prefix: String,
+        limit: Option<usize>,
+    ) -> impl Stream<Item = Result<String>> + Send + 'static {
         /// Where the scan stands: the cursor of the next page (`None` for the first), or done.
         enum Next {
             Page(Option<String>),
             Done,
         }
-        let start = (self.clone(), prefix.into(), Next::Page(None));
-        stream::try_unfold(start, |(client, prefix, next)| async move {
+        let start = (self.clone(), prefix, Next::Page(None));
+        stream::try_unfold(start, move |(client, prefix, next)| async move {
             let Next::Page(cursor) = next else {
                 return Ok(None);
             };
-            let page = client.keys_page(&prefix, None, cursor.as_deref()).await?;
+            let page = client.keys_page(&prefix, limit, cursor.as_deref()).await?;
             let next = match page.cursor {
                 // A node that hands back the cursor it was given would page forever.
                 Some(c) if Some(&c) == cursor.as_ref() => {
@@ -561,22 +668,29 @@ impl Client {
         body: Option<Bytes>,
     ) -> Result<Answered> {
         let inner = &*self.inner;
-        let n = inner.nodes.len();
-        let first = inner.preferred.load(Ordering::Relaxed) % n;
+        let first = inner.preferred.load(Ordering::Relaxed);
         let mut last = None;
-        for attempt in 0..inner.max_attempts {
+        let mut attempt: u32 = 0;
+        loop {
+            // Read each time: a discovery during this call may have added nodes.
+            let nodes = inner.nodes();
+            let n = nodes.len();
+            if attempt >= inner.max_attempts(n) {
+                break;
+            }
             if attempt as usize >= n {
                 tokio::time::sleep(self.backoff(attempt as usize - n)).await;
             }
             let i = (first + attempt as usize) % n;
-            let node = &inner.nodes[i];
+            let node = &nodes[i];
+            attempt += 1;
             let sent = inner
                 .http
                 .exchange(node, method.clone(), path, body.clone(), &[], inner.timeout)
                 .await;
             let unreachable = |reason| ClientError::Unreachable {
                 node: node.clone(),
-                attempts: attempt + 1,
+                attempts: attempt,
                 reason,
             };
             match sent {
@@ -587,6 +701,13 @@ impl Client {
                     };
                     if answered.status() != 503 {
                         inner.preferred.store(i, Ordering::Relaxed);
+                        // A node that served the call (not one failing with 5xx) is asked
+                        // for the members.
+                        if answered.status() < 500
+                            && inner.discovery_due.swap(false, Ordering::Relaxed)
+                        {
+                            self.learn_members(node).await;
+                        }
                         return Ok(answered);
                     }
                     last = Some(Ok(answered));
@@ -603,8 +724,37 @@ impl Client {
                     }
                 },
             }
+            if attempt as usize == n && inner.discover {
+                // Every known node failed: the members may have changed.
+                inner.discovery_due.store(true, Ordering::Relaxed);
+            }
         }
         last.expect("max_attempts is at least 1")
+    }
+
+    /// Asks `node` for the cluster's members (`GET /cluster`) and keeps every one that is not
+    /// removed, after the seeds. Any failure leaves the nodes as they were: discovery only
+    /// adds places to fail over to, and a call must not fail because of it.
+    async fn learn_members(&self, node: &str) {
+        let inner = &*self.inner;
+        let Ok(answer) = inner
+            .http
+            .exchange(node, Method::GET, "/cluster", None, &[], inner.timeout)
+            .await
+        else {
+            return;
+        };
+        if answer.status != 200 {
+            return;
+        }
+        let Ok(members) = serde_json::from_slice::<ClusterMembers>(&answer.body) else {
+            return;
+        };
+        let learned = members
+            .serving()
+            .filter_map(|addr| node_address(addr).ok())
+            .collect::<Vec<_>>();
+        inner.set_members(learned);
     }
 
     /// The wait before retry `k` (from 0) after every node was tried once.
@@ -676,6 +826,24 @@ mod tests {
     }
 
     #[test]
+    fn learned_members_follow_the_seeds_and_the_preferred_node_stays_preferred() {
+        let client = Client::new(["b:1", "a:1", "b:1"]).unwrap();
+        assert_eq!(client.nodes(), ["b:1", "a:1"]);
+        client.inner.preferred.store(1, Ordering::Relaxed);
+        client
+            .inner
+            .set_members(["c:1", "a:1", "d:1"].map(String::from));
+        assert_eq!(client.nodes(), ["b:1", "a:1", "c:1", "d:1"]);
+        assert_eq!(client.inner.preferred.load(Ordering::Relaxed), 1);
+        // Members that left are dropped; the seeds stay whatever the cluster says.
+        client.inner.preferred.store(3, Ordering::Relaxed);
+        client.inner.set_members(["c:1".to_owned()]);
+        assert_eq!(client.nodes(), ["b:1", "a:1", "c:1"]);
+        assert_eq!(client.inner.preferred.load(Ordering::Relaxed), 0);
+        assert_eq!(client.inner.max_attempts(3), 5);
+    }
+
+    #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter() {
         let client = Client::builder(["127.0.0.1:1"])
             .backoff(Duration::from_millis(100), Duration::from_millis(300))
@@ -686,6 +854,6 @@ mod tests {
             let full = Duration::from_millis(full);
             assert!(wait <= full && wait >= full / 2, "{k}: {wait:?}");
         }
-        assert_eq!(client.inner.max_attempts, 3);
+        assert_eq!(client.inner.max_attempts(client.nodes().len()), 3);
     }
 }

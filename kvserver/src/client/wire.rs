@@ -312,30 +312,70 @@ impl SetOptions {
     }
 }
 
-/// One write of [`Client::mset`](super::Client::mset): `(key, value)` converts into one.
+/// One write of [`Client::mset`](super::Client::mset): `(key, value)` converts into one. It
+/// takes the options of a single write, with the same chained calls:
+///
+/// ```
+/// # use std::time::Duration;
+/// # use kvcore::Version;
+/// use kvserver::client::SetItem;
+/// let items = [
+///     SetItem::new("session:1", "abc").if_absent().ttl(Duration::from_secs(60)),
+///     SetItem::new("visits", 42).if_version(Version(7)).keep_ttl(),
+/// ];
+/// # assert!(items[1].options.keep_ttl);
+/// ```
+///
+/// An item whose precondition does not hold fails on its own, with `version_mismatch` or
+/// `key_exists` in its [`KeyError`]; the rest of the batch is unaffected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetItem {
     /// The key.
     pub key: String,
     /// The value.
     pub value: Value,
-    /// Expire the key this long after the write.
-    pub ttl: Option<Duration>,
+    /// How it is written: precondition and expiry, as for
+    /// [`Client::set_with`](super::Client::set_with).
+    pub options: SetOptions,
 }
 
 impl SetItem {
-    /// A write of `value` to `key`, without expiry.
+    /// An unconditional write of `value` to `key`, without expiry.
     pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
         SetItem {
             key: key.into(),
             value: value.into(),
-            ttl: None,
+            options: SetOptions::new(),
         }
+    }
+
+    /// The same write, as `options` say (replacing any option set before).
+    pub fn with(mut self, options: SetOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The same write, only if the key exists at exactly `version`.
+    pub fn if_version(mut self, version: Version) -> Self {
+        self.options = self.options.if_version(version);
+        self
+    }
+
+    /// The same write, only if the key does not exist.
+    pub fn if_absent(mut self) -> Self {
+        self.options = self.options.if_absent();
+        self
     }
 
     /// The same write, expiring `ttl` after it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.options = self.options.ttl(ttl);
+        self
+    }
+
+    /// The same write, keeping the key's current expiry.
+    pub fn keep_ttl(mut self) -> Self {
+        self.options = self.options.keep_ttl();
         self
     }
 }
@@ -352,20 +392,29 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
-/// A duration as people read it: `250ms`, `9.5s`, `12m30s`, `3h5m`.
+/// A duration as people read it, rounded to its last unit: `250ms`, `9.5s`, `12m30s`, `3h5m`.
+///
+/// Rounded to the nearest, not cut: a TTL of 30 minutes that the node reports a few
+/// milliseconds later as 1 799 996 ms reads `30m0s`, not `29m59s`.
 pub fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    let s = d.as_secs();
+    // Each unit rounded from the exact duration: rounding an already rounded figure could
+    // carry twice (3h5m29.9996s would become 3h5m30s, then 3h6m).
+    let nanos = d.as_nanos();
+    let rounded = |unit: u128| (nanos + unit / 2) / unit;
+    let ms = rounded(1_000_000);
     if ms < 1000 {
-        format!("{ms}ms")
-    } else if s < 60 {
-        let tenths = ms / 100;
-        format!("{}.{}s", tenths / 10, tenths % 10)
-    } else if s < 3600 {
-        format!("{}m{}s", s / 60, s % 60)
-    } else {
-        format!("{}h{}m", s / 3600, s % 3600 / 60)
+        return format!("{ms}ms");
     }
+    let tenths = rounded(100_000_000);
+    if tenths < 600 {
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
+    let s = rounded(1_000_000_000);
+    if s < 3600 {
+        return format!("{}m{}s", s / 60, s % 60);
+    }
+    let m = rounded(60_000_000_000);
+    format!("{}h{}m", m / 60, m % 60)
 }
 
 /// Body of `PUT /kv/{key}`.
@@ -423,23 +472,19 @@ pub(crate) struct MsetBody<'a> {
     pub entries: Vec<MsetEntry<'a>>,
 }
 
-/// One entry of `POST /mset`.
+/// One entry of `POST /mset`: the key, and the body a single `PUT` of it would have.
 #[derive(Serialize)]
 pub(crate) struct MsetEntry<'a> {
     pub key: &'a str,
-    pub value: JsonView<'a>,
-    pub encoding: Encoding,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
+    #[serde(flatten)]
+    pub write: PutBody<'a>,
 }
 
 impl<'a> From<&'a SetItem> for MsetEntry<'a> {
     fn from(item: &'a SetItem) -> Self {
         MsetEntry {
             key: &item.key,
-            value: item.value.as_json(),
-            encoding: item.value.encoding(),
-            ttl_ms: item.ttl.map(ttl_ms),
+            write: PutBody::new(&item.value, &item.options),
         }
     }
 }
@@ -470,6 +515,34 @@ impl Slot {
 #[derive(Deserialize)]
 pub(crate) struct MgetAnswer {
     pub entries: Vec<Option<Slot>>,
+}
+
+/// The part of `GET /cluster` that discovery reads: `{"nodes": [{"id", "addr", "state"}],
+/// "removed": [id]}`.
+#[derive(Deserialize)]
+pub(crate) struct ClusterMembers {
+    nodes: Vec<Member>,
+    #[serde(default)]
+    removed: Vec<NodeId>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    id: NodeId,
+    addr: String,
+    #[serde(default)]
+    state: String,
+}
+
+impl ClusterMembers {
+    /// The addresses of the members that are not removed (`up`, `down`, `recovering`,
+    /// `joining`, `leaving`: a node that is down now may be back by the time it is needed).
+    pub fn serving(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .filter(|m| m.state != "removed" && !self.removed.contains(&m.id))
+            .map(|m| m.addr.as_str())
+    }
 }
 
 /// Answer of `POST /mset`: `entry | {"key", "error"}` per entry, in order.
@@ -582,6 +655,10 @@ mod tests {
         let items = [
             SetItem::from(("a", 1i64)),
             SetItem::new("b", "x").ttl(Duration::from_secs(2)),
+            SetItem::new("c", true).if_version(Version(3)).keep_ttl(),
+            SetItem::new("d", Value::float(0.5).unwrap()).if_absent(),
+            SetItem::new("e", "y")
+                .with(SetOptions::new().if_absent().ttl(Duration::from_millis(5))),
         ];
         let body = MsetBody {
             entries: items.iter().map(MsetEntry::from).collect(),
@@ -591,6 +668,10 @@ mod tests {
             json!({"entries": [
                 {"key": "a", "value": 1, "encoding": "integer"},
                 {"key": "b", "value": "x", "encoding": "string", "ttl_ms": 2000},
+                {"key": "c", "value": true, "encoding": "boolean", "if_version": 3,
+                 "keep_ttl": true},
+                {"key": "d", "value": 0.5, "encoding": "float", "if_absent": true},
+                {"key": "e", "value": "y", "encoding": "string", "if_absent": true, "ttl_ms": 5},
             ]})
         );
     }
@@ -631,6 +712,26 @@ mod tests {
     }
 
     #[test]
+    fn discovery_reads_the_members_that_are_not_removed() {
+        let members: ClusterMembers = serde_json::from_value(json!({
+            "node": 0, "epoch": 3,
+            "nodes": [
+                {"id": 0, "addr": "10.0.0.1:5100", "state": "up"},
+                {"id": 1, "addr": "10.0.0.2:5100", "state": "down"},
+                {"id": 2, "addr": "10.0.0.3:5100", "state": "leaving"},
+                {"id": 3, "addr": "10.0.0.4:5100", "state": "removed"},
+                {"id": 4, "addr": "10.0.0.5:5100", "state": "up"},
+            ],
+            "removed": [4],
+        }))
+        .unwrap();
+        assert_eq!(
+            members.serving().collect::<Vec<_>>(),
+            ["10.0.0.1:5100", "10.0.0.2:5100", "10.0.0.3:5100"]
+        );
+    }
+
+    #[test]
     fn key_pages_end_with_a_null_cursor() {
         let page: KeysPage =
             serde_json::from_value(json!({"keys": ["a", "b"], "cursor": "opaque"})).unwrap();
@@ -663,5 +764,32 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(9_540)), "9.5s");
         assert_eq!(human_duration(Duration::from_secs(750)), "12m30s");
         assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 300)), "3h5m");
+    }
+
+    #[test]
+    fn durations_round_to_the_nearest_unit_shown() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (Duration::from_micros(1_499), "1ms"),
+            (Duration::from_micros(999_600), "1.0s"),
+            (ms(9_549), "9.5s"),
+            (ms(9_550), "9.6s"),
+            (ms(59_949), "59.9s"),
+            (ms(59_950), "1m0s"),
+            (ms(1_799_996), "30m0s"),
+            (ms(1_800_499), "30m0s"),
+            (ms(1_800_500), "30m1s"),
+            (ms(90_000 - 500), "1m30s"),
+            (ms(3_599_499), "59m59s"),
+            (ms(3_599_500), "1h0m"),
+            (ms(3 * 3_600_000 + 329_999), "3h5m"),
+            (ms(3 * 3_600_000 + 330_000), "3h6m"),
+            (ms(24 * 3_600_000 - 1), "24h0m"),
+            (Duration::new(3 * 3600 + 329, 999_600_000), "3h5m"),
+            (Duration::from_micros(9_549_600), "9.5s"),
+        ];
+        for (d, shown) in cases {
+            assert_eq!(human_duration(d), shown, "{d:?}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use tokio::process::Command;
 
 use crate::stub::{closed_port, Reply, Stub};
-use kvserver::LocalCluster;
+use kvserver::{Client, LocalCluster};
 
 /// What a run of the binary left.
 #[derive(Debug)]
@@ -228,6 +228,26 @@ async fn unavailable_clusters_and_unknown_outcomes_exit_3() {
         "{run:?}"
     );
     assert_eq!(unknown.count(), 1);
+    // Other failures on the server's side are the cluster's too.
+    for (status, code) in [(500, "internal"), (507, "memory_full")] {
+        let failing = Stub::failing(status, code).await;
+        let run = kvserver(failing.addr, &["set", "a", "b"]).await;
+        assert_eq!(run.code, Some(3), "{status}: {run:?}");
+        assert!(run.stderr.contains(&format!("HTTP {status}")), "{run:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_refused_as_bad_exits_2() {
+    let too_large = Stub::failing(413, "value_too_large").await;
+    let run = kvserver(too_large.addr, &["set", "a", "b"]).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("value_too_large, HTTP 413"), "{run:?}");
+    let help = kvserver_with(None, &["keys", "--help"]).await;
+    assert!(
+        help.stdout.contains("Exit status: 0 on success"),
+        "{help:?}"
+    );
 }
 
 #[tokio::test]
@@ -240,9 +260,10 @@ async fn ttls_are_sent_in_milliseconds_and_shown_as_time_left() {
         )
     })
     .await;
+    // The time left is shown to the nearest second: 89.5 s is 1m30s.
     let run = kvserver(node.addr, &["set", "s", "x", "--ttl", "1m30s"]).await;
     assert_eq!(
-        run.stdout, "s = \"x\" (string, version 1, expires in 1m29s)\n",
+        run.stdout, "s = \"x\" (string, version 1, expires in 1m30s)\n",
         "{run:?}"
     );
     let run = kvserver(node.addr, &["set", "s", "x", "--ttl", "1500ms", "--json"]).await;
@@ -284,7 +305,13 @@ async fn keys_are_listed_page_by_page_up_to_the_limit() {
         limited.json(),
         json!({"keys": ["k1", "k2", "k3"], "cursor": "2"})
     );
-    let paths: Vec<String> = pages.seen().into_iter().map(|s| s.path).collect();
+    // `keys` also asks the first node that answers for the cluster's members.
+    let paths: Vec<String> = pages
+        .seen()
+        .into_iter()
+        .map(|s| s.path)
+        .filter(|p| p != "/cluster")
+        .collect();
     assert_eq!(
         &paths[3..],
         [
@@ -315,4 +342,130 @@ async fn the_existing_commands_still_parse() {
     )
     .await;
     assert_eq!(admin.code, Some(2), "{admin:?}");
+}
+
+/// Writes `count` keys `{prefix}{i:04}` through a client of the whole cluster, in batches.
+async fn write_keys(cluster: &LocalCluster, prefix: &str, count: usize) -> Vec<String> {
+    let client = Client::new(cluster.addrs()).unwrap();
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}{i:04}")).collect();
+    let written = client
+        .mset(keys.iter().map(|k| (k.clone(), "v")))
+        .await
+        .unwrap();
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    keys
+}
+
+#[tokio::test]
+async fn keys_lists_a_clusters_keys_over_several_pages() {
+    let cluster = LocalCluster::builder()
+        .nodes(3)
+        .configure(|c| c.replicas = 1)
+        .start()
+        .await
+        .unwrap();
+    // More than two of the node's default pages (100 keys), held one copy each: every node
+    // holds some, so every page gathers keys from every node.
+    let mut expected = write_keys(&cluster, "user:", 250).await;
+    write_keys(&cluster, "other:", 20).await;
+    for n in 0..cluster.len() {
+        assert!(cluster.node(n).store().len() > 30, "node {n}");
+    }
+    expected.sort();
+    let node = cluster.addr(1);
+
+    let listed = kvserver(node, &["keys", "--prefix", "user:"]).await;
+    assert_eq!(listed.code, Some(0), "{listed:?}");
+    let mut lines: Vec<String> = listed.stdout.lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(lines, expected);
+
+    let json = kvserver(node, &["keys", "--prefix", "user:", "--json"]).await;
+    let answer = json.json();
+    assert_eq!(answer["cursor"], Json::Null, "{json:?}");
+    let mut keys: Vec<String> = serde_json::from_value(answer["keys"].clone()).unwrap();
+    keys.sort();
+    assert_eq!(keys, expected);
+
+    // A limit stops part-way and says where the rest starts; nothing is listed twice.
+    let first = kvserver(
+        node,
+        &["keys", "--prefix", "user:", "--limit", "120", "--json"],
+    )
+    .await;
+    let first = first.json();
+    let head: Vec<String> = serde_json::from_value(first["keys"].clone()).unwrap();
+    assert_eq!(head.len(), 120);
+    assert!(first["cursor"].is_string(), "{first}");
+    let client = Client::new([node]).unwrap();
+    let rest = client
+        .keys_page("user:", Some(1000), first["cursor"].as_str())
+        .await
+        .unwrap();
+    let mut all: Vec<String> = head.into_iter().chain(rest.keys).collect();
+    all.sort();
+    assert_eq!(all, expected);
+
+    let empty = kvserver(node, &["keys", "--prefix", "nobody:", "--json"]).await;
+    assert_eq!(empty.json(), json!({"keys": [], "cursor": null}));
+    let zero = kvserver(node, &["keys", "--limit", "0"]).await;
+    assert_eq!((zero.code, zero.stdout.as_str()), (Some(2), ""), "{zero:?}");
+    assert!(zero.stderr.contains("at least 1"), "{zero:?}");
+    drop(client);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_with_a_ttl_shows_the_time_left_and_the_key_keeps_it() {
+    let cluster = LocalCluster::builder().nodes(3).start().await.unwrap();
+    let node = cluster.addr(0);
+    let set = kvserver(
+        node,
+        &["set", "session:1", "abc", "--ttl", "30m", "--if-absent"],
+    )
+    .await;
+    assert_eq!(
+        (set.code, set.stdout.as_str()),
+        (
+            Some(0),
+            "session:1 = \"abc\" (string, version 1, expires in 30m0s)\n"
+        ),
+        "{set:?}"
+    );
+    let get = kvserver(cluster.addr(2), &["get", "session:1", "--json"]).await;
+    let ttl_ms = get.json()["ttl_ms"].as_u64().unwrap();
+    assert!((1_790_000..=1_800_000).contains(&ttl_ms), "{get:?}");
+    // --keep-ttl keeps it; a plain write drops it.
+    let kept = kvserver(node, &["set", "session:1", "abd", "--keep-ttl", "--json"]).await;
+    assert!(kept.json()["ttl_ms"].as_u64().is_some(), "{kept:?}");
+    let plain = kvserver(node, &["set", "session:1", "abe", "--json"]).await;
+    assert_eq!(plain.json().get("ttl_ms"), None, "{plain:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_prints_each_page_before_asking_for_the_next() {
+    // The second page never comes: what was printed before is the first page alone.
+    let broken = Stub::start(|seen| {
+        if seen.path.contains("cursor=") {
+            Reply::Close
+        } else {
+            Reply::Json(200, json!({"keys": ["k1", "k\"2"], "cursor": "1"}))
+        }
+    })
+    .await;
+    let run = kvserver(broken.addr, &["keys"]).await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (Some(2), "k1\nk\"2\n"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("cannot reach"), "{run:?}");
+    // With --json, the object so far, unfinished (the exit status says the listing failed).
+    let run = kvserver(broken.addr, &["keys", "--json"]).await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (Some(2), r#"{"keys":["k1","k\"2""#),
+        "{run:?}"
+    );
 }

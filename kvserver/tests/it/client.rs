@@ -28,6 +28,12 @@ where
         .unwrap()
 }
 
+/// A client of one stub that does not ask it for the cluster's members, so that what the stub
+/// saw is the calls alone.
+fn stubbed(addr: std::net::SocketAddr) -> Client {
+    Client::builder([addr]).discover(false).build().unwrap()
+}
+
 #[tokio::test]
 async fn the_client_reads_writes_deletes_and_increments_through_any_node() {
     let cluster = cluster(3).await;
@@ -221,6 +227,57 @@ async fn a_client_fails_over_past_nodes_that_are_down() {
 }
 
 #[tokio::test]
+async fn a_client_given_one_node_learns_the_others_and_fails_over_to_them() {
+    let mut cluster = cluster(3).await;
+    let client = Client::new([cluster.addr(0)]).unwrap();
+    assert_eq!(client.nodes(), [cluster.addr(0).to_string()]);
+    assert_eq!(client.set("k", "v").await.unwrap().version, Version(1));
+    let mut known = client.nodes();
+    known.sort();
+    let mut members: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    members.sort();
+    assert_eq!(known, members);
+    // The seed stays first.
+    assert_eq!(client.nodes()[0], cluster.addr(0).to_string());
+
+    cluster.stop_node(0).await;
+    // A read first: the connection the client kept to node 0 may be one a write would go out
+    // on and lose its answer (an unknown outcome, rightly not retried); a read moves on.
+    assert_eq!(
+        client.get("k").await.unwrap().map(|e| e.value),
+        Some(Value::string("v"))
+    );
+    assert_eq!(client.set("k", "w").await.unwrap().version, Version(2));
+    assert_eq!(client.incr("n", 2).await.unwrap().value.as_i64(), Some(2));
+    let written = client.mset([("m1", 1), ("m2", 2)]).await.unwrap();
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    assert_eq!(
+        client.get("k").await.unwrap().map(|e| e.value),
+        Some(Value::string("w"))
+    );
+    drop(client);
+
+    // Without discovery, the node given is the only one.
+    let mut cluster2 = self::cluster(2).await;
+    let alone = Client::builder([cluster2.addr(0)])
+        .discover(false)
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .build()
+        .unwrap();
+    alone.set("k", "v").await.unwrap();
+    assert_eq!(alone.nodes(), [cluster2.addr(0).to_string()]);
+    cluster2.stop_node(0).await;
+    let error = alone.get("k").await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Unreachable { .. }),
+        "{error:?}"
+    );
+    drop(alone);
+    cluster2.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_503_moves_on_to_the_next_node_and_the_client_stays_there() {
     let cluster = cluster(2).await;
     let busy = Stub::failing(503, "quorum_unavailable").await;
@@ -302,12 +359,14 @@ async fn scan_follows_the_cursor_to_the_last_page() {
             "/keys?prefix=user%3A&cursor=c%201" => json!({"keys": [], "cursor": "c2"}),
             "/keys?prefix=user%3A&cursor=c2" => json!({"keys": ["user:3"], "cursor": null}),
             "/keys?prefix=x&limit=2&cursor=c%3D" => json!({"keys": ["x1"], "cursor": "c4"}),
+            "/keys?prefix=p&limit=2" => json!({"keys": ["p1", "p2"], "cursor": "n"}),
+            "/keys?prefix=p&limit=2&cursor=n" => json!({"keys": ["p3"], "cursor": null}),
             _ => return Reply::error(404, "no_route"),
         };
         Reply::Json(200, page)
     })
     .await;
-    let client = Client::new([pages.addr]).unwrap();
+    let client = stubbed(pages.addr);
     let keys: Vec<String> = client.scan("user:").try_collect().await.unwrap();
     assert_eq!(keys, ["user:1", "user:2", "user:3"]);
     let page = client.keys_page("x", Some(2), Some("c=")).await.unwrap();
@@ -315,13 +374,16 @@ async fn scan_follows_the_cursor_to_the_last_page() {
         (page.keys, page.cursor),
         (vec!["x1".to_owned()], Some("c4".into()))
     );
+    // A chosen page size goes with every page.
+    let keys: Vec<String> = client.scan_with_limit("p", 2).try_collect().await.unwrap();
+    assert_eq!(keys, ["p1", "p2", "p3"]);
     assert!(pages.seen().iter().all(|s| s.method == "GET"));
     // An endpoint the node does not have is an error, not an empty listing.
     let error = client.scan("y").try_collect::<Vec<_>>().await.unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::NoRoute));
 
     let stuck = Stub::start(|_| Reply::Json(200, json!({"keys": ["a"], "cursor": "same"}))).await;
-    let client = Client::new([stuck.addr]).unwrap();
+    let client = stubbed(stuck.addr);
     let error = client.scan("").try_collect::<Vec<_>>().await.unwrap_err();
     assert!(matches!(error, ClientError::BadAnswer { .. }), "{error:?}");
     assert_eq!(stuck.count(), 2);
@@ -348,7 +410,7 @@ async fn batches_send_the_documented_bodies_and_read_every_result_in_order() {
         _ => Reply::error(404, "no_route"),
     })
     .await;
-    let client = Client::new([node.addr]).unwrap();
+    let client = stubbed(node.addr);
     let read = client.mget(["a", "b", "c"]).await.unwrap();
     assert_eq!(read.len(), 3);
     assert_eq!(
@@ -406,7 +468,7 @@ async fn ttl_options_are_sent_and_the_remaining_ttl_is_read_back() {
         Reply::Json(200, entry)
     })
     .await;
-    let client = Client::new([node.addr]).unwrap();
+    let client = stubbed(node.addr);
     let options = SetOptions::new().ttl(Duration::from_secs(10));
     let entry = client.set_with("s", 7, options).await.unwrap().unwrap();
     assert_eq!(entry.ttl, Some(Duration::from_millis(9_999)));
@@ -480,6 +542,60 @@ async fn a_ttl_set_through_the_client_expires_through_every_node() {
     cluster.shutdown().await;
 }
 
+#[tokio::test]
+async fn batch_items_carry_their_own_conditions_and_expiry() {
+    let cluster = cluster(3).await;
+    let client = Client::new(cluster.addrs()).unwrap();
+    // Distinct keys: the items of a batch run concurrently, so two writes of one key race.
+    let v1 = client.set("held", 1).await.unwrap().version;
+    let stale = client.set("moved", 1).await.unwrap().version;
+    client.set("moved", 2).await.unwrap();
+    client.set("taken", "t").await.unwrap();
+    let timed = SetOptions::new().ttl(Duration::from_secs(600));
+    client.set_with("timed", "t", timed).await.unwrap().unwrap();
+    let written = client
+        .mset([
+            SetItem::new("held", 2).if_version(v1),
+            SetItem::new("moved", 3).if_version(stale),
+            SetItem::new("fresh", "f").if_absent(),
+            SetItem::new("taken", "again").if_absent(),
+            SetItem::new("timed", "kept").keep_ttl(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(written[0].as_ref().unwrap().value, Value::integer(2));
+    assert_eq!(
+        written[1].as_ref().unwrap_err().code,
+        ErrorCode::VersionMismatch
+    );
+    assert_eq!(written[2].as_ref().unwrap().version, Version(1));
+    assert_eq!(written[3].as_ref().unwrap_err().code, ErrorCode::KeyExists);
+    let kept = written[4].as_ref().unwrap().ttl;
+    assert!(
+        kept.is_some_and(|t| t > Duration::from_secs(500)),
+        "{kept:?}"
+    );
+    let read = client
+        .mget(["held", "moved", "fresh", "taken"])
+        .await
+        .unwrap();
+    let values: Vec<Value> = read
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().value)
+        .collect();
+    assert_eq!(
+        values,
+        [
+            Value::integer(2),
+            Value::integer(2),
+            Value::string("f"),
+            Value::string("t")
+        ]
+    );
+    drop(client);
+    cluster.shutdown().await;
+}
+
 /// The client's batches and scans against a real cluster: items on every node, a failing item
 /// answered in its place, and a scan that lists every key once.
 #[tokio::test]
@@ -528,5 +644,27 @@ async fn batches_and_scans_through_the_client_span_every_node() {
     expected.push("batch:ttl".into());
     expected.sort();
     assert_eq!(listed, expected);
+    // Pages of 7: the same keys, once each, in more pages.
+    let pages_before = scan_pages(&cluster);
+    let mut by_seven: Vec<String> = client
+        .scan_with_limit("batch:", 7)
+        .try_collect()
+        .await
+        .unwrap();
+    by_seven.sort();
+    assert_eq!(by_seven, expected);
+    assert!(scan_pages(&cluster) - pages_before >= 9);
+    let refused = client
+        .scan_with_limit("batch:", 0)
+        .try_collect::<Vec<_>>()
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::InvalidRequest));
     cluster.shutdown().await;
+}
+
+/// Scan pages served by the cluster's nodes so far.
+fn scan_pages(cluster: &LocalCluster) -> u64 {
+    (0..cluster.len())
+        .map(|i| cluster.node(i).metrics().snapshot().scans)
+        .sum()
 }
