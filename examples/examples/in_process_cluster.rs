@@ -32,9 +32,10 @@ async fn run() -> Result<(), BoxError> {
         println!("  node {i}: {}", cluster.url(i));
     }
 
-    // One client per node, to choose which node each request goes through.
+    // One client per node, to choose which node each request goes through (without discovery,
+    // which would let a client move on to another node).
     let clients = (0..cluster.len())
-        .map(|i| Client::new([cluster.addr(i)]))
+        .map(|i| Client::builder([cluster.addr(i)]).discover(false).build())
         .collect::<Result<Vec<_>, _>>()?;
     let writes = [
         ("d", json!("onto"), Encoding::String),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::NodeId;
 use crate::store::{Entry, Version};
-use crate::value::{Encoding, Value};
+use crate::value::Value;
 
 /// A proposal number: a round, tie-broken by the proposing node. Totally ordered; never derived
 /// from wall-clock time.
@@ -134,11 +134,7 @@ impl Register {
         match &self.value {
             None => hasher.update(&[0]),
             Some(value) => {
-                let tag = Encoding::ALL
-                    .iter()
-                    .position(|&e| e == value.encoding())
-                    .unwrap_or(Encoding::ALL.len());
-                hasher.update(&[1, tag as u8]);
+                hasher.update(&[1, value.encoding().tag()]);
                 hasher.update(&(value.len() as u64).to_le_bytes());
                 hasher.update(value.as_bytes());
             }

@@ -53,6 +53,19 @@ impl Encoding {
         Encoding::Json,
     ];
 
+    /// The encoding's number, 1 + its index in [`Encoding::ALL`]: how the store's records and
+    /// [digests](crate::Register::digest) name it, the same in every release.
+    pub fn tag(self) -> u8 {
+        match self {
+            Encoding::String => 1,
+            Encoding::Integer => 2,
+            Encoding::Float => 3,
+            Encoding::Boolean => 4,
+            Encoding::Binary => 5,
+            Encoding::Json => 6,
+        }
+    }
+
     /// The encoding's name as used in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -462,6 +475,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn tags_number_the_encodings_from_one_in_their_order() {
+        let tags: Vec<u8> = Encoding::ALL.iter().map(|e| e.tag()).collect();
+        assert_eq!(tags, [1, 2, 3, 4, 5, 6]);
+    }
 
     fn ok(e: Encoding, j: serde_json::Value) -> serde_json::Value {
         Value::from_json(e, &j).unwrap().to_json()

@@ -7,8 +7,8 @@
 //!
 //! The messages, by what they are for:
 //! - **operations** a coordinator forwards to one of a key's replicas: [`Get`], [`Set`],
-//!   [`Delete`], [`Incr`], [`Seed`], and [`Evict`] for a node in cache mode; and in batches, to the node that coordinates them:
-//!   [`MultiGet`], [`MultiSet`];
+//!   [`Delete`], [`Incr`], [`Seed`], and [`Evict`] (what an evicting node sends); and in
+//!   batches, to the node that coordinates them: [`MultiGet`], [`MultiSet`];
 //! - **scans**: [`ScanKeys`], a page of the live keys a node replicates, in an order every node
 //!   shares;
 //! - **acceptor messages** of the replication protocol (CASPaxos): [`Prepare`], [`Accept`],

@@ -253,10 +253,16 @@ impl Evictor {
     }
 
     /// Up to [`BATCH`] keys to evict, about `bytes` of them: the best of the pool after a few
-    /// more samples each, each checked again against the store.
-    fn pick(&self, bytes: u64, rng: &mut SmallRng, pool: &mut EvictionPool) -> Vec<Candidate> {
+    /// more samples each, each checked again against the store, with the digest of the state
+    /// its replica holds then (the state the eviction removes, or nothing).
+    fn pick(
+        &self,
+        bytes: u64,
+        rng: &mut SmallRng,
+        pool: &mut EvictionPool,
+    ) -> Vec<(Candidate, u64)> {
         let me = self.topology.me();
-        let mut picks: Vec<Candidate> = Vec::new();
+        let mut picks: Vec<(Candidate, u64)> = Vec::new();
         let mut freed = 0u64;
         for _ in 0..BATCH * 4 {
             if picks.len() == BATCH || freed >= bytes {
@@ -269,7 +275,8 @@ impl Evictor {
                 }
                 let shard = rng.gen_range(0..Store::SHARDS);
                 let from = rng.gen();
-                let taken = |key: &str| !is_reserved(key) && !picks.iter().any(|p| p.key == key);
+                let taken =
+                    |key: &str| !is_reserved(key) && !picks.iter().any(|(p, _)| p.key == key);
                 sampled += self
                     .store
                     .sample(shard, from, SAMPLE_KEYS - sampled, taken, pool);
@@ -290,27 +297,27 @@ impl Evictor {
             if !self.topology.placement(&now.key).contains(me) {
                 continue; // a copy this node keeps only until a membership change drops it
             }
+            let sampled = self.store.register(&now.key);
+            if sampled.value.is_none() || sampled.version != now.version {
+                continue; // changed since the look above
+            }
             freed += now.bytes;
-            picks.push(now);
+            picks.push((now, sampled.digest()));
         }
         picks
     }
 
-    /// Deletes each of `picks` if it still holds the state sampled, all at once; returns those
-    /// deleted.
-    async fn evict(&self, picks: Vec<Candidate>) -> Vec<Candidate> {
+    /// Deletes each of `picks` if it still holds the state picked (by version and digest), all
+    /// at once; returns those deleted.
+    async fn evict(&self, picks: Vec<(Candidate, u64)>) -> Vec<Candidate> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Candidate, Result<bool, Error>)>();
-        for candidate in picks {
-            let sampled = self.store.register(&candidate.key);
-            if sampled.value.is_none() || sampled.version != candidate.version {
-                continue; // changed since it was picked
-            }
+        for (candidate, digest) in picks {
             let (coordinator, tx) = (self.coordinator.clone(), tx.clone());
             self.lifecycle.spawn(async move {
                 let evict = Evict {
                     key: candidate.key.clone(),
                     version: candidate.version,
-                    digest: sampled.digest(),
+                    digest,
                 };
                 let deleted = coordinator.write(evict, 0, new_request_id()).await;
                 let _ = tx.send((candidate, deleted));

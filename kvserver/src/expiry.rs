@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use kvcore::Store;
+use kvcore::{NodeId, Store};
 
 use crate::clock::Clock;
 use crate::coordinator::Coordinator;
@@ -28,7 +28,7 @@ use crate::detector::FailureDetector;
 use crate::metrics::{bump, Metrics};
 use crate::peers::new_request_id;
 use crate::readiness::Readiness;
-use crate::topology::{is_reserved, Topology};
+use crate::topology::{is_reserved, Placement, Topology};
 
 /// Shards looked at per tick: with a tick every 100 ms, the whole store every 6.4 s.
 pub const SHARDS_PER_TICK: usize = 4;
@@ -84,9 +84,24 @@ impl Expirer {
     /// tried.
     async fn sweep(&self, shard: usize, max: usize) -> usize {
         let now = self.clock.now_ms();
-        let expired = self
-            .store
-            .expired(shard, now, max, |key| !is_reserved(key) && self.sweeps(key));
+        // Which keys are this node's to sweep is decided under the shard's lock, from copies of
+        // the map and of the detector's view taken before: nothing else is locked meanwhile (a
+        // replica holds the map, then a shard, while it applies a message).
+        let (map, r, me) = (
+            self.topology.map(),
+            self.topology.replicas(),
+            self.topology.me(),
+        );
+        let down: Vec<NodeId> = map
+            .nodes()
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| id != me && self.detector.is_down(id))
+            .collect();
+        let mine = |key: &str| {
+            !is_reserved(key) && sweeper(&Topology::placement_in(&map, r, key), &down) == Some(me)
+        };
+        let expired = self.store.expired(shard, now, max, mine);
         let tried = expired.len();
         // A read round removes the value if it is still the expired one; a failure leaves it for
         // the next pass (or for the next read, which removes it the same way).
@@ -105,16 +120,14 @@ impl Expirer {
         }
         tried
     }
+}
 
-    /// Whether this node is the one to remove `key`: its primary, or, while the primary is
-    /// down, the first replica that is up.
-    fn sweeps(&self, key: &str) -> bool {
-        let placement = self.topology.placement(key);
-        let me = self.topology.me();
-        placement
-            .replicas
-            .iter()
-            .find(|&&r| r == me || !self.detector.is_down(r))
-            .is_some_and(|&r| r == me)
-    }
+/// The node to remove a key placed as `placement`: its primary, or, while the primary is down,
+/// the first replica that is up (`None` if all are down).
+fn sweeper(placement: &Placement, down: &[NodeId]) -> Option<NodeId> {
+    placement
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| !down.contains(r))
 }

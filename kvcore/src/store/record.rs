@@ -291,16 +291,9 @@ pub(super) fn overwrite_value(
     true
 }
 
-/// The value kind of an encoding: 1 + its index in [`Encoding::ALL`].
+/// The value kind of an encoding: its [tag](Encoding::tag); 0 is no value.
 fn kind(encoding: Encoding) -> u16 {
-    match encoding {
-        Encoding::String => 1,
-        Encoding::Integer => 2,
-        Encoding::Float => 3,
-        Encoding::Boolean => 4,
-        Encoding::Binary => 5,
-        Encoding::Json => 6,
-    }
+    u16::from(encoding.tag())
 }
 
 /// The encoding of a value kind; `None` for no value.

@@ -606,42 +606,76 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put(u8, Option<Vec<u8>>),
+        Put(u8, Option<Vec<u8>>, Option<u64>),
         Promise(u8, u64),
+        Overwrite(u8, u8),
+        Remove(u8),
     }
 
     fn any_op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (
                 0..20u8,
-                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100))
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
+                proptest::option::of(any::<u64>()),
             )
-                .prop_map(|(k, v)| Op::Put(k, v)),
+                .prop_map(|(k, v, expires)| Op::Put(k, v, expires)),
             (0..20u8, any::<u64>()).prop_map(|(k, b)| Op::Promise(k, b)),
+            (0..20u8, any::<u8>()).prop_map(|(k, fill)| Op::Overwrite(k, fill)),
+            (0..20u8).prop_map(Op::Remove),
         ]
     }
 
     proptest! {
-        /// Whatever the sequence of growing, shrinking and moving records, every key reads
-        /// back what was last written, and the arena holds no more than its records and the
-        /// garbage it counts.
+        /// Whatever the sequence of growing, shrinking, moving, overwritten in place and removed
+        /// records, every key reads back what was last written, the arena holds no more than
+        /// its records and the garbage it counts, and the counts of values and of values with
+        /// an expiry time are right.
         #[test]
         fn the_shard_reads_back_what_was_written(ops in proptest::collection::vec(any_op(), 1..300)) {
             let mut f = Fixture::new();
             let mut model: BTreeMap<String, (Meta, Option<Vec<u8>>)> = BTreeMap::new();
+            let name = |k: u8| format!("key-{k}-{}", "x".repeat(k as usize));
             for op in ops {
                 let (key, meta, value) = match op {
-                    Op::Put(k, value) => {
-                        let key = format!("key-{k}-{}", "x".repeat(k as usize));
+                    Op::Put(k, value, expires) => {
+                        let key = name(k);
                         let mut meta = model.get(&key).map(|(m, _)| *m).unwrap_or_default();
                         meta.version = meta.version.next();
+                        meta.expires = value.as_ref().and(expires);
                         (key, meta, value)
                     }
                     Op::Promise(k, ballot) => {
-                        let key = format!("key-{k}-{}", "x".repeat(k as usize));
+                        let key = name(k);
                         let (mut meta, value) = model.get(&key).cloned().unwrap_or_default();
                         meta.promised = Ballot::from_bits(ballot);
                         (key, meta, value)
+                    }
+                    Op::Overwrite(k, fill) => {
+                        // In place when the value keeps its length and has no expiry time,
+                        // as the store's map API does; refused otherwise, changing nothing.
+                        let key = name(k);
+                        let hash = hash_key(&f.hasher, key.as_bytes());
+                        let Some(at) = f.shard.find(hash, key.as_bytes()) else { continue };
+                        let Some((meta, Some(old))) = model.get(&key).cloned() else { continue };
+                        let new = vec![fill; old.len()];
+                        let version = meta.version.next();
+                        if f.shard.overwrite_value(at, version, (Encoding::Binary, &new)) {
+                            prop_assert_eq!(meta.expires, None);
+                            model.insert(key, (Meta { version, ..meta }, Some(new)));
+                        } else {
+                            prop_assert!(meta.expires.is_some());
+                        }
+                        continue;
+                    }
+                    Op::Remove(k) => {
+                        let key = name(k);
+                        let hash = hash_key(&f.hasher, key.as_bytes());
+                        if let Some(at) = f.shard.find(hash, key.as_bytes()) {
+                            f.shard.remove(&f.hasher, hash, at);
+                            model.remove(&key);
+                        }
+                        continue;
                     }
                 };
                 let hash = hash_key(&f.hasher, key.as_bytes());
@@ -669,6 +703,8 @@ mod tests {
             prop_assert!(garbage * 4 <= len);
             prop_assert_eq!(f.shard.records().count(), model.len());
             prop_assert_eq!(f.shard.values(), model.values().filter(|(_, v)| v.is_some()).count());
+            let expiring = model.values().filter(|(m, v)| v.is_some() && m.expires.is_some());
+            prop_assert_eq!(f.shard.expiring(), expiring.count());
         }
     }
 }

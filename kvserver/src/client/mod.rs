@@ -43,13 +43,14 @@
 //!
 //! # Retries and failover
 //! The client is given one or more nodes, its seeds. By default it also learns the cluster's
-//! other members: right after the first call that a node answers (with a status below 500), it
-//! asks that node for `GET /cluster` and adds every member that is not removed to the nodes it
-//! knows, after the seeds, which it always keeps. It asks again after the first answer that
+//! other members: once a node has answered a call (with a status below 500), it asks that node
+//! for `GET /cluster` in the background and adds every member that is not removed to the nodes
+//! it knows, after the seeds, which it always keeps. It asks again after the first answer that
 //! follows a round in which every known node failed, so a member list that has changed is
 //! learned anew. A client given one node thus keeps working when that node goes down, once it
-//! has talked to the cluster. Discovery never fails a call: a node that does not answer
-//! `GET /cluster` as a kv node does leaves the list as it was. Turn it off with
+//! has talked to the cluster. Discovery never fails or delays a call: a node that does not
+//! answer `GET /cluster` as a kv node does leaves the list as it was (and is asked again after
+//! the next call it serves). Turn it off with
 //! [`ClientBuilder::discover`] to use only the nodes given (behind a proxy or a load balancer,
 //! say, where the members' own addresses cannot be reached).
 //!
@@ -251,6 +252,34 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Asks `node` for the cluster's members (`GET /cluster`) and keeps every one that is not
+/// removed, after the seeds. A failure leaves the nodes as they were and asks again after the
+/// next call served: discovery only adds places to fail over to, and a call never fails
+/// because of it.
+async fn learn_members(inner: Arc<Inner>, node: String) {
+    let members = async {
+        let answer = inner
+            .http
+            .exchange(&node, Method::GET, "/cluster", None, &[], inner.timeout)
+            .await
+            .ok()?;
+        if answer.status != 200 {
+            return None;
+        }
+        serde_json::from_slice::<ClusterMembers>(&answer.body).ok()
+    };
+    match members.await {
+        Some(members) => {
+            let learned = members
+                .serving()
+                .filter_map(|addr| node_address(addr).ok())
+                .collect::<Vec<_>>();
+            inner.set_members(learned);
+        }
+        None => inner.discovery_due.store(true, Ordering::Relaxed),
+    }
+}
+
 struct Inner {
     http: Http,
     /// The nodes given, always kept first in `nodes`.
@@ -362,6 +391,13 @@ impl Answered {
                 status,
                 code: detail.code,
                 message: detail.message,
+            },
+            // A gateway's 504 (a proxy in front of the node gave up waiting): the write may
+            // have reached the node all the same.
+            None if status == 504 && kind == Kind::Write => ClientError::OutcomeUnknown {
+                node: self.node,
+                code: None,
+                reason: format!("504 without a kv answer: {}", self.answer.body_text()),
             },
             None => self.bad(if (200..300).contains(&status) {
                 format!("not the expected answer: {}", self.answer.body_text())
@@ -529,7 +565,9 @@ impl Client {
     }
 
     /// One page of the keys starting with `prefix` (`GET /keys`): at most `limit` keys (the
-    /// node's default when `None`), from `cursor` (the start when `None`).
+    /// node's default when `None`), from `cursor` (the start when `None`). A page that hands
+    /// back the cursor it was given (which would have a caller page forever) is a
+    /// [`BadAnswer`](ClientError::BadAnswer).
     pub async fn keys_page(
         &self,
         prefix: &str,
@@ -551,9 +589,17 @@ impl Client {
         } else {
             format!("/keys?{}", query.join("&"))
         };
-        self.call(Kind::Read, Method::GET, &path, None)
-            .await?
-            .expect(Kind::Read)
+        let answered = self.call(Kind::Read, Method::GET, &path, None).await?;
+        let node = answered.node.clone();
+        let page: KeysPage = answered.expect(Kind::Read)?;
+        if page.cursor.is_some() && page.cursor.as_deref() == cursor {
+            return Err(ClientError::BadAnswer {
+                node,
+                status: 200,
+                reason: format!("GET /keys answered the cursor it was given ({cursor:?})"),
+            });
+        }
+        Ok(page)
     }
 
     /// Every key starting with `prefix`, page after page (of the node's default size),
@@ -614,14 +660,6 @@ impl Client {
             };
             let page = client.keys_page(&prefix, limit, cursor.as_deref()).await?;
             let next = match page.cursor {
-                // A node that hands back the cursor it was given would page forever.
-                Some(c) if Some(&c) == cursor.as_ref() => {
-                    return Err(ClientError::BadAnswer {
-                        node: client.nodes().join(","),
-                        status: 200,
-                        reason: format!("GET /keys answered the cursor it was given ({c:?})"),
-                    })
-                }
                 Some(c) => Next::Page(Some(c)),
                 None => Next::Done,
             };
@@ -702,11 +740,12 @@ impl Client {
                     if answered.status() != 503 {
                         inner.preferred.store(i, Ordering::Relaxed);
                         // A node that served the call (not one failing with 5xx) is asked
-                        // for the members.
+                        // for the members, in the background: the answer is the caller's
+                        // now, and must not wait for (or be lost with) another request.
                         if answered.status() < 500
                             && inner.discovery_due.swap(false, Ordering::Relaxed)
                         {
-                            self.learn_members(node).await;
+                            tokio::spawn(learn_members(self.inner.clone(), node.clone()));
                         }
                         return Ok(answered);
                     }
@@ -730,31 +769,6 @@ impl Client {
             }
         }
         last.expect("max_attempts is at least 1")
-    }
-
-    /// Asks `node` for the cluster's members (`GET /cluster`) and keeps every one that is not
-    /// removed, after the seeds. Any failure leaves the nodes as they were: discovery only
-    /// adds places to fail over to, and a call must not fail because of it.
-    async fn learn_members(&self, node: &str) {
-        let inner = &*self.inner;
-        let Ok(answer) = inner
-            .http
-            .exchange(node, Method::GET, "/cluster", None, &[], inner.timeout)
-            .await
-        else {
-            return;
-        };
-        if answer.status != 200 {
-            return;
-        }
-        let Ok(members) = serde_json::from_slice::<ClusterMembers>(&answer.body) else {
-            return;
-        };
-        let learned = members
-            .serving()
-            .filter_map(|addr| node_address(addr).ok())
-            .collect::<Vec<_>>();
-        inner.set_members(learned);
     }
 
     /// The wait before retry `k` (from 0) after every node was tried once.

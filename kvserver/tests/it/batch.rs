@@ -433,9 +433,11 @@ async fn read_back(
         }
         for key in keys.iter().filter(|k| possible[**k].len() == 1) {
             let url = format!("{}/kv/{}", cluster.url(node), encode_key(key));
+            // A read that fails (503, or 504 from a replica slow to answer) changes nothing:
+            // it is asked again.
             let (status, got) = poll("a single read", TIMEOUT, || async {
                 let (status, got) = http.get(&url).await;
-                (status != StatusCode::SERVICE_UNAVAILABLE).then_some((status, got))
+                (!status.is_server_error()).then_some((status, got))
             })
             .await;
             let got = match status {

@@ -10,6 +10,7 @@ use kvserver::{Client, ClientError, LocalCluster, SetOptions};
 use serde_json::json;
 
 use crate::stub::{closed_port, Reply, Stub};
+use crate::util::poll;
 
 async fn cluster(nodes: usize) -> LocalCluster {
     LocalCluster::builder().nodes(nodes).start().await.unwrap()
@@ -31,6 +32,11 @@ where
 /// A client of one stub that does not ask it for the cluster's members, so that what the stub
 /// saw is the calls alone.
 fn stubbed(addr: std::net::SocketAddr) -> Client {
+    only(addr)
+}
+
+/// A client of this node only, without discovery: what it is answered comes from that node.
+fn only(addr: std::net::SocketAddr) -> Client {
     Client::builder([addr]).discover(false).build().unwrap()
 }
 
@@ -51,7 +57,7 @@ async fn the_client_reads_writes_deletes_and_increments_through_any_node() {
     );
     // Every node answers for every key.
     for i in 0..cluster.len() {
-        let through = Client::new([cluster.addr(i)]).unwrap();
+        let through = only(cluster.addr(i));
         assert_eq!(through.get("d").await.unwrap(), Some(written.clone()));
     }
     let rewritten = client.set("d", "onto again").await.unwrap();
@@ -232,11 +238,15 @@ async fn a_client_given_one_node_learns_the_others_and_fails_over_to_them() {
     let client = Client::new([cluster.addr(0)]).unwrap();
     assert_eq!(client.nodes(), [cluster.addr(0).to_string()]);
     assert_eq!(client.set("k", "v").await.unwrap().version, Version(1));
-    let mut known = client.nodes();
-    known.sort();
     let mut members: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
     members.sort();
-    assert_eq!(known, members);
+    // Learned in the background, after the answer.
+    poll("the members learned", Duration::from_secs(10), || {
+        let mut known = client.nodes();
+        known.sort();
+        std::future::ready((known == members).then_some(()))
+    })
+    .await;
     // The seed stays first.
     assert_eq!(client.nodes()[0], cluster.addr(0).to_string());
 
@@ -325,6 +335,18 @@ async fn a_504_is_never_retried() {
     assert_eq!(error.code(), Some(ErrorCode::OutcomeUnknown));
     assert!(!error.may_have_applied());
     assert_eq!((first.count(), second.count()), (2, 0));
+
+    // A gateway's 504 in front of a node, with a body of its own: a write's outcome is just as
+    // unknown, and it is not retried either.
+    let gateway = Stub::start(|_| Reply::Json(504, json!("upstream timed out"))).await;
+    let client = impatient([gateway.addr, second.addr]);
+    let error = client.set("k", "v").await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { code: None, .. }),
+        "{error:?}"
+    );
+    assert!(error.may_have_applied());
+    assert_eq!((gateway.count(), second.count()), (1, 0));
 }
 
 #[tokio::test]
@@ -528,7 +550,7 @@ async fn a_ttl_set_through_the_client_expires_through_every_node() {
         .unwrap();
     assert!(kept.ttl.is_some());
     for addr in cluster.addrs() {
-        let one = Client::new([addr]).unwrap();
+        let one = only(addr);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut every = tokio::time::interval(Duration::from_millis(20));
         while one.get("fleeting").await.unwrap().is_some() {

@@ -287,9 +287,10 @@ async fn a_node_with_a_clock_behind_never_serves_a_key_the_others_expired() {
     let key = key_placed(&cluster, "due", 0, false);
     let (expires, before, after) = put_with_ttl(&http, &cluster, 0, &key, ttl).await;
     assert!((before + ttl..=after + ttl).contains(&expires), "{expires}");
-    // Unless the machine took longer than the TTL to get here and it has already gone.
+    // More than the TTL itself left by node 0's clock, however long the machine took to get
+    // here (under the skew), unless another node has removed it already.
     if let Some(left) = ttl_through(&http, &cluster, 0, &key).await {
-        assert!(left > SKEW_MS && left <= SKEW_MS + ttl, "node 0: {left}");
+        assert!(left > ttl && left <= SKEW_MS + ttl, "node 0: {left}");
     }
     until_missing(&http, &cluster, 1, &key).await;
     gone_everywhere(&http, &cluster, &key).await;
@@ -407,7 +408,7 @@ async fn a_replica_that_missed_an_expiry_does_not_resurrect_the_key(transport: T
     let (status, put) = http
         .put(
             &format!("{}/kv/{key}", cluster.url(primary)),
-            r#"{"value": "lived", "ttl_ms": 300}"#,
+            r#"{"value": "lived", "ttl_ms": 2000}"#,
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{put}");
@@ -424,7 +425,8 @@ async fn a_replica_that_missed_an_expiry_does_not_resurrect_the_key(transport: T
     );
 
     // The restarted replica copies from both others, the stale one included; the primary stays
-    // cut off from the stale one, so nothing repairs it before the copy.
+    // cut off from the stale one, so nothing repairs it before the copy. (The test's runtime
+    // has one thread: no message moves between these two calls.)
     cluster.stop_node(restarted).await;
     faults.heal();
     faults.partition(&[NodeId(primary as u32)], &[NodeId(stale as u32)]);
