@@ -197,7 +197,8 @@ fn yes() -> bool {
     true
 }
 
-/// One key of a batch that failed: `{"key", "error": {"code", "message"}}` in the API.
+/// One key of a batch that failed: `{"key", "error": {"code", "message"}}` in the API, with
+/// `"current"` when a write's condition failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message} ({code})")]
 pub struct KeyError {
@@ -207,6 +208,10 @@ pub struct KeyError {
     pub code: ErrorCode,
     /// The node's explanation, for people.
     pub message: String,
+    /// For a write whose condition failed ([`ErrorCode::VersionMismatch`],
+    /// [`ErrorCode::KeyExists`]): what the key held then (`None` if it did not exist). `None`
+    /// for every other error.
+    pub current: Option<Entry>,
 }
 
 impl KeyError {
@@ -494,7 +499,12 @@ impl<'a> From<&'a SetItem> for MsetEntry<'a> {
 #[serde(untagged)]
 pub(crate) enum Slot {
     // First: an entry has no `error`, so it never reads as a failure.
-    Failed { key: String, error: ErrorDetail },
+    Failed {
+        key: String,
+        error: ErrorDetail,
+        #[serde(default)]
+        current: Option<Entry>,
+    },
     Found(Entry),
 }
 
@@ -502,10 +512,15 @@ impl Slot {
     pub fn into_result(self) -> Result<Entry, KeyError> {
         match self {
             Slot::Found(entry) => Ok(entry),
-            Slot::Failed { key, error } => Err(KeyError {
+            Slot::Failed {
+                key,
+                error,
+                current,
+            } => Err(KeyError {
                 key,
                 code: error.code,
                 message: error.message,
+                current,
             }),
         }
     }

@@ -586,12 +586,21 @@ async fn batch_items_carry_their_own_conditions_and_expiry() {
         .await
         .unwrap();
     assert_eq!(written[0].as_ref().unwrap().value, Value::integer(2));
+    // A failed condition says what the key held instead.
+    let moved = written[1].as_ref().unwrap_err();
+    assert_eq!(moved.code, ErrorCode::VersionMismatch);
+    let current = moved.current.as_ref().expect("the key's entry");
     assert_eq!(
-        written[1].as_ref().unwrap_err().code,
-        ErrorCode::VersionMismatch
+        (&current.value, current.version),
+        (&Value::integer(2), stale.next())
     );
     assert_eq!(written[2].as_ref().unwrap().version, Version(1));
-    assert_eq!(written[3].as_ref().unwrap_err().code, ErrorCode::KeyExists);
+    let taken = written[3].as_ref().unwrap_err();
+    assert_eq!(taken.code, ErrorCode::KeyExists);
+    assert_eq!(
+        taken.current.as_ref().map(|e| &e.value),
+        Some(&Value::string("t"))
+    );
     let kept = written[4].as_ref().unwrap().ttl;
     assert!(
         kept.is_some_and(|t| t > Duration::from_secs(500)),
