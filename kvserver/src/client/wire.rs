@@ -211,7 +211,7 @@ pub struct KeyError {
     /// For a write whose condition failed ([`ErrorCode::VersionMismatch`],
     /// [`ErrorCode::KeyExists`]): what the key held then (`None` if it did not exist). `None`
     /// for every other error.
-    pub current: Option<Entry>,
+    pub current: Option<Box<Entry>>,
 }
 
 impl KeyError {
@@ -520,7 +520,7 @@ impl Slot {
                 key,
                 code: error.code,
                 message: error.message,
-                current,
+                current: current.map(Box::new),
             }),
         }
     }

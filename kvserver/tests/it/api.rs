@@ -1,16 +1,17 @@
 //! The HTTP contract: every endpoint, every error, the seed's own curl call.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use kvcore::{ErrorCode, NodeId, NodeInfo};
+use kvcore::ErrorCode;
 use kvnet::rpc::Get;
-use kvnet::{Header, HttpTransport, HttpTransportConfig, Peers, MAX_HOPS};
+use kvnet::{Header, MAX_HOPS};
 use kvserver::LocalCluster;
 use serde_json::json;
 
-use crate::util::{encode_key, poll, raw_exchange, Http};
+use crate::util::{
+    encode_key, node_info, peer_header, peers_of, poll, raw_exchange, unreplicated, Http,
+};
 
 async fn two_nodes() -> LocalCluster {
     LocalCluster::builder().nodes(2).start().await.unwrap()
@@ -386,32 +387,18 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
 
 #[tokio::test]
 async fn a_forged_hop_count_cannot_make_a_request_loop() {
-    let cluster = LocalCluster::builder()
-        .nodes(3)
-        .configure(|c| c.replicas = 1)
-        .start()
-        .await
-        .unwrap();
+    let cluster = unreplicated(3).await;
     let http = Http::new();
     // A key node 0 does not own, sent to node 0 as a peer request with the hop budget spent.
     let key = (0..)
         .map(|i| format!("k{i}"))
         .find(|k| cluster.node(0).owner(k).0 != 0)
         .unwrap();
-    let peers = Peers::new(Arc::new(HttpTransport::new(HttpTransportConfig {
-        secret: cluster.secret().cloned(),
-        ..Default::default()
-    })));
-    let node0 = NodeInfo {
-        id: NodeId(0),
-        addr: cluster.addr(0).to_string(),
-    };
+    let peers = peers_of(&cluster);
+    let node0 = node_info(&cluster, 0);
     let header = |hops| Header {
-        from: NodeId(1),
-        incarnation: cluster.node(1).incarnation(),
-        epoch: 1,
-        request_id: 7,
         hops,
+        ..peer_header(&cluster, 1)
     };
     let get = Get { key: key.clone() };
     for hops in [0, MAX_HOPS + 1, 255] {

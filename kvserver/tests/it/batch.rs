@@ -4,17 +4,16 @@
 //! messages behind them refusing forged input.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use kvcore::{ErrorCode, NodeId, NodeInfo, Precondition, Store, Value, MAX_KEY_BYTES};
+use kvcore::{ErrorCode, NodeId, Precondition, Store, Value, MAX_KEY_BYTES};
 use kvnet::rpc::{MultiGet, MultiSet, ScanKeys, Set, MAX_BATCH_ITEMS};
-use kvnet::{CallError, Header, HttpTransport, HttpTransportConfig, Peers};
+use kvnet::{CallError, Header};
 use kvserver::LocalCluster;
 use serde_json::{json, Value as Json};
 
-use crate::util::{encode_key, poll, Http};
+use crate::util::{encode_key, node_info, peer_header, peers_of, poll, Http};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -694,27 +693,11 @@ async fn a_scan_survives_a_node_down_while_every_key_keeps_a_majority_and_fails_
     }
 }
 
-fn peer_header(cluster: &LocalCluster, from: usize) -> Header {
-    Header {
-        from: NodeId(from as u32),
-        incarnation: cluster.node(from).incarnation(),
-        epoch: cluster.node(from).map().epoch(),
-        request_id: 7,
-        hops: 1,
-    }
-}
-
 #[tokio::test]
 async fn forged_batch_and_scan_messages_are_refused_and_change_nothing() {
     let cluster = cluster(3, 3).await;
-    let peers = Peers::new(Arc::new(HttpTransport::new(HttpTransportConfig {
-        secret: cluster.secret().cloned(),
-        ..Default::default()
-    })));
-    let to = NodeInfo {
-        id: NodeId(0),
-        addr: cluster.addr(0).to_string(),
-    };
+    let peers = peers_of(&cluster);
+    let to = node_info(&cluster, 0);
     let header = peer_header(&cluster, 1);
     let remote_code = |e: CallError| e.remote_code();
 

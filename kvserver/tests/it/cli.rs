@@ -358,12 +358,7 @@ async fn write_keys(cluster: &LocalCluster, prefix: &str, count: usize) -> Vec<S
 
 #[tokio::test]
 async fn keys_lists_a_clusters_keys_over_several_pages() {
-    let cluster = LocalCluster::builder()
-        .nodes(3)
-        .configure(|c| c.replicas = 1)
-        .start()
-        .await
-        .unwrap();
+    let cluster = crate::util::unreplicated(3).await;
     // More than two of the node's default pages (100 keys), held one copy each: every node
     // holds some, so every page gathers keys from every node.
     let mut expected = write_keys(&cluster, "user:", 250).await;

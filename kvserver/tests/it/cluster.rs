@@ -89,12 +89,7 @@ async fn keys_set_through_any_node_are_read_through_every_node_in_process() {
 
 #[tokio::test]
 async fn an_unreachable_owner_gives_503_and_the_rest_keeps_working() {
-    let mut cluster = LocalCluster::builder()
-        .nodes(3)
-        .configure(|c| c.replicas = 1)
-        .start()
-        .await
-        .unwrap();
+    let mut cluster = crate::util::unreplicated(3).await;
     let http = Http::new();
     let owned_by = |n: u32| {
         let node = cluster.node(0).clone();

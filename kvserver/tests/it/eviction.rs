@@ -8,17 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use kvcore::{
-    Ballot, ErrorCode, Eviction, NodeId, NodeInfo, Register, StoreConfig, Value, Version,
-};
+use kvcore::{Ballot, ErrorCode, Eviction, Register, StoreConfig, Value, Version};
 use kvnet::rpc::Evict;
-use kvnet::{Header, HttpTransport, HttpTransportConfig, Peers};
 use kvserver::LocalCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
 
-use crate::util::{poll, Http};
+use crate::util::{node_info, peer_header, peers_of, poll, Http};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const BUDGET: u64 = 256 << 10;
@@ -418,21 +415,9 @@ async fn an_eviction_removes_only_the_state_it_names() {
         value: Some(Value::string(value)),
         expires: None,
     };
-    let peers = Peers::new(Arc::new(HttpTransport::new(HttpTransportConfig {
-        secret: cluster.secret().cloned(),
-        ..Default::default()
-    })));
-    let to = NodeInfo {
-        id: NodeId(1),
-        addr: cluster.addr(1).to_string(),
-    };
-    let header = Header {
-        from: NodeId(2),
-        incarnation: cluster.node(2).incarnation(),
-        epoch: cluster.node(2).map().epoch(),
-        request_id: 7,
-        hops: 1,
-    };
+    let peers = peers_of(&cluster);
+    let to = node_info(&cluster, 1);
+    let header = peer_header(&cluster, 2);
     let evict = |version: Version, digest: u64| Evict {
         key: "k".into(),
         version,

@@ -321,12 +321,7 @@ fn the_parser_refuses_what_prometheus_would() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_endpoint_method_and_status_class() {
-    let cluster = LocalCluster::builder()
-        .nodes(3)
-        .configure(|c| c.replicas = 1)
-        .start()
-        .await
-        .unwrap();
+    let cluster = crate::util::unreplicated(3).await;
     let base = cluster.url(0);
     let node = cluster.node(0);
     // A key this node owns, and one another node owns; their names must never show up.

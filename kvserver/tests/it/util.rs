@@ -135,6 +135,47 @@ where
     }
 }
 
+/// A started cluster of `nodes` nodes holding one copy of each key: every node owns some keys
+/// and none holds another's.
+pub async fn unreplicated(nodes: usize) -> kvserver::LocalCluster {
+    kvserver::LocalCluster::builder()
+        .nodes(nodes)
+        .configure(|c| c.replicas = 1)
+        .start()
+        .await
+        .expect("cluster starts")
+}
+
+/// A peer-protocol client over HTTP that signs with `cluster`'s secret, as its nodes do.
+pub fn peers_of(cluster: &kvserver::LocalCluster) -> kvnet::Peers {
+    kvnet::Peers::new(std::sync::Arc::new(kvnet::HttpTransport::new(
+        kvnet::HttpTransportConfig {
+            secret: cluster.secret().cloned(),
+            ..Default::default()
+        },
+    )))
+}
+
+/// Node `i` of `cluster`, as a peer message addresses it.
+pub fn node_info(cluster: &kvserver::LocalCluster, i: usize) -> kvcore::NodeInfo {
+    kvcore::NodeInfo {
+        id: kvcore::NodeId(i as u32),
+        addr: cluster.addr(i).to_string(),
+    }
+}
+
+/// The header node `from` of `cluster` sends a forwarded request under: its incarnation, the
+/// epoch of its map, one hop.
+pub fn peer_header(cluster: &kvserver::LocalCluster, from: usize) -> kvnet::Header {
+    kvnet::Header {
+        from: kvcore::NodeId(from as u32),
+        incarnation: cluster.node(from).incarnation(),
+        epoch: cluster.node(from).map().epoch(),
+        request_id: 7,
+        hops: 1,
+    }
+}
+
 /// Percent-encodes a key for use in a URL path.
 pub fn encode_key(key: &str) -> String {
     let mut out = String::new();
