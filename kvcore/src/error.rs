@@ -45,8 +45,8 @@ pub enum Error {
         needed: u64,
         /// Bytes still free under the budget.
         available: u64,
-        /// The budget (for a write checked against the store's
-        /// [ceiling](crate::StoreConfig::ceiling), the ceiling).
+        /// The limit the write was checked against: the budget, or for a new write in cache
+        /// mode its [admission limit](crate::StoreConfig::admission).
         max_memory: u64,
     },
     /// The cluster map is not usable (no nodes, duplicate ids, ...).

@@ -20,10 +20,10 @@
 //!   recorded on the replicas that see them: every replica for writes, the majority asked for
 //!   reads. So every replica has a view of the key, and a node over budget evicts by its own.
 //! - **When.** The evictor looks at its store's byte count every tick (10 ms); once it passes
-//!   the high-water mark ([`HIGH_WATER`] of the budget) it evicts until it is back under the
-//!   low-water mark ([`LOW_WATER`]), a batch of at most [`BATCH`] deletes at a time, about as
-//!   many bytes as it is over. A write that found no room wakes it at once ([`Room::want`]), and
-//!   it then makes room for that write too.
+//!   the high-water mark ([`HIGH_WATER`] of the admission limit, the budget less a sixteenth)
+//!   it evicts until it is back under the low-water mark ([`LOW_WATER`] of it), a batch of at
+//!   most [`BATCH`] deletes at a time, about as many bytes as it is over. A write that found no
+//!   room wakes it at once ([`Room::want`]), and it then makes room for that write too.
 //! - **Writes wait for room rather than fail.** In cache mode a prepare that does not fit is
 //!   still refused by the replica (`memory_full`, which changes nothing), but the proposer does
 //!   not pass that on to the client: it waits for this node's evictor to free something, or a
@@ -33,13 +33,14 @@
 //!   proposer, not in the replica, because a replica answers its own node's messages in place,
 //!   without awaiting, and because a replica holding a peer's prepare open would hold its
 //!   connection too.
-//! - **Bytes stay within a bound.** A write is admitted against `--max-memory` in its prepare;
-//!   its accept, a one-round write's accept (which has no prepare) and copies to lagging
-//!   replicas are checked against the store's [ceiling](kvcore::StoreConfig::ceiling), the
-//!   budget and a sixteenth, so that writes prepared together do not refuse each other's
-//!   accepts (a write accepted by some replicas only has an unknown outcome). A node's bytes
-//!   therefore never pass the ceiling, and fall back under the budget once the evictor catches
-//!   up. Deletes, and so evictions, add no bytes and never wait: they cannot deadlock on full
+//! - **Bytes never pass the budget.** A write is admitted in its prepare against the store's
+//!   [admission limit](kvcore::StoreConfig::admission), the budget less a sixteenth; its
+//!   accept, a one-round write's accept (which has no prepare) and copies to lagging replicas
+//!   are checked against the budget itself (the [ceiling](kvcore::StoreConfig::ceiling)), so
+//!   that writes prepared together do not refuse each other's accepts (a write accepted by
+//!   some replicas only has an unknown outcome). A node's bytes therefore never pass
+//!   `--max-memory`, and fall back under the admission limit once the evictor catches up.
+//!   Deletes, and so evictions, add no bytes and never wait: they cannot deadlock on full
 //!   replicas.
 //! - **Tombstones.** An eviction leaves a tombstone on each replica (the key and the entry
 //!   overhead) until it is collected. Rather than leave that to the next anti-entropy pass,
@@ -76,10 +77,10 @@ use crate::readiness::Readiness;
 use crate::seed::is_seed_key;
 use crate::topology::{is_reserved, Topology};
 
-/// Percent of the budget above which the evictor starts.
+/// Percent of the admission limit above which the evictor starts.
 pub const HIGH_WATER: u64 = 95;
 
-/// Percent of the budget the evictor brings a node back under.
+/// Percent of the admission limit the evictor brings a node back under.
 pub const LOW_WATER: u64 = 90;
 
 /// Evictions in flight at once.
@@ -179,7 +180,9 @@ impl Evictor {
     /// Looks at the store every `interval` (and whenever a write found no room) until the node
     /// stops.
     pub async fn run(self, interval: Duration) {
-        let Some(max) = self.store.config().max_memory else {
+        // Marks of the admission limit, below which new writes fit (the budget's last
+        // sixteenth is left to writes already admitted): see `StoreConfig::admission`.
+        let Some(max) = self.store.config().admission() else {
             return;
         };
         let high = max / 100 * HIGH_WATER;

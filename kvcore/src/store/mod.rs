@@ -164,23 +164,30 @@ pub struct StoreConfig {
     pub limits: Limits,
     /// What the keys' access words record, for a caller that evicts keys to stay within the
     /// budget (see [`Store::sample`]). The store itself never drops a key; with a policy set,
-    /// accepted writes may use the [headroom](StoreConfig::ceiling) above the budget.
+    /// new writes are admitted a sixteenth below the budget (see [`StoreConfig::admission`]).
     pub eviction: Eviction,
 }
 
 impl StoreConfig {
-    /// The most [`Store::used_bytes`] can reach: the budget, and with an eviction policy the
-    /// budget and a sixteenth more.
-    ///
-    /// In cache mode a write is admitted against the budget when it is prepared, and a prepare
-    /// that does not fit waits for evictions; its accept, and copies to lagging replicas, are
-    /// checked against the ceiling instead, so that writes prepared together do not refuse each
-    /// other's accepts (a write half accepted has an unknown outcome) and replicas do not miss
-    /// copies. The headroom is the room those writes share until evictions catch up.
+    /// The most [`Store::used_bytes`] can reach: the budget, `max_memory`.
     pub fn ceiling(&self) -> Option<u64> {
+        self.max_memory
+    }
+
+    /// What a write that adds bytes is admitted against when it is prepared (and a write
+    /// through the map API, and a lone replica's round): the budget, and with an eviction
+    /// policy the budget less a sixteenth.
+    ///
+    /// In cache mode a write is admitted when it is prepared, and a prepare that does not fit
+    /// waits for evictions; its accept, and copies to lagging replicas, are checked against
+    /// the [ceiling](StoreConfig::ceiling) instead, so that writes prepared together do not
+    /// refuse each other's accepts (a write half accepted has an unknown outcome) and replicas
+    /// do not miss copies. The last sixteenth of the budget is the room those writes share
+    /// until evictions catch up, so bytes never pass the budget itself.
+    pub fn admission(&self) -> Option<u64> {
         let max = self.max_memory?;
         Some(if self.eviction.evicts() {
-            max.saturating_add(max / 16)
+            max - max / 16
         } else {
             max
         })
@@ -269,7 +276,8 @@ struct PaddedShard(RwLock<Shard>);
 /// Memory is accounted per entry as key bytes + encoded value bytes + [`ENTRY_OVERHEAD`]. With a
 /// budget set, a write that would take the total over it fails with [`Error::MemoryFull`] and
 /// changes nothing; reads, deletes and writes that shrink an entry always go through. (With an
-/// [`Eviction`] policy, accepts may use some headroom: see [`StoreConfig::ceiling`].)
+/// [`Eviction`] policy, new writes are admitted below the budget, leaving its last sixteenth to
+/// accepts of writes already admitted: see [`StoreConfig::admission`].)
 ///
 /// ```
 /// use kvcore::{Store, StoreConfig, Value};
@@ -387,7 +395,7 @@ impl Store {
             at,
             &next,
             Some(&value),
-            self.config.max_memory,
+            self.config.admission(),
         )?;
         Ok(Ok(version))
     }
@@ -446,11 +454,12 @@ impl Store {
     /// Phase 1 of a proposal: promises `ballot` if it is higher than anything promised or
     /// accepted for `key`, returning the accepted register; otherwise returns the higher ballot.
     ///
-    /// `grow` is how many value bytes the proposal may add; if the budget cannot take them the
-    /// promise is refused with [`Error::MemoryFull`] and nothing changes, so a write that cannot
-    /// fit is refused before any replica accepts it. A prepare that adds no value bytes (a read
-    /// or a delete) is checked against the [ceiling](StoreConfig::ceiling) only, so that in
-    /// cache mode the rounds that make room are not refused for want of it.
+    /// `grow` is how many value bytes the proposal may add; if the [admission
+    /// limit](StoreConfig::admission) cannot take them the promise is refused with
+    /// [`Error::MemoryFull`] and nothing changes, so a write that cannot fit is refused before
+    /// any replica accepts it. A prepare that adds no value bytes (a read or a delete) is
+    /// checked against the [ceiling](StoreConfig::ceiling) only, so that in cache mode the
+    /// rounds that make room are not refused for want of it.
     pub fn prepare(
         &self,
         key: &str,
@@ -469,7 +478,7 @@ impl Store {
         let after = charge(key, value_len.max(grow));
         if after > before {
             let limit = if grow > 0 {
-                self.config.max_memory
+                self.config.admission()
             } else {
                 self.config.ceiling()
             };
@@ -572,7 +581,7 @@ impl Store {
         self.config.limits.check_value(value)?;
         next.ballot = ballot;
         let meta = Meta::accepted(&next, ballot);
-        let limit = self.config.max_memory;
+        let limit = self.config.admission();
         self.apply(&mut shard, h, key, at, &meta, next.value.as_ref(), limit)?;
         Ok(Ok(answer))
     }

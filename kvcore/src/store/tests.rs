@@ -1461,12 +1461,19 @@ fn the_pool_over_many_small_samples_finds_the_least_recently_used() {
 }
 
 #[test]
-fn in_cache_mode_accepts_may_use_the_headroom_and_prepares_that_grow_may_not() {
+fn in_cache_mode_writes_are_admitted_below_the_budget_and_accepts_stop_at_it() {
     let max = 10_000;
     let s = cache(Eviction::Lru, Some(max));
-    assert_eq!(s.config().ceiling(), Some(max + max / 16));
+    let admitted = max - max / 16;
+    assert_eq!(
+        (s.config().admission(), s.config().ceiling()),
+        (Some(admitted), Some(max))
+    );
     let strict = store_with_budget(max);
-    assert_eq!(strict.config().ceiling(), Some(max));
+    assert_eq!(
+        (strict.config().admission(), strict.config().ceiling()),
+        (Some(max), Some(max))
+    );
     let entry = charge("k0000", 100);
     let b = ballot(1, 1);
     let write = |s: &Store, i: usize, prepare: bool| -> Result<()> {
@@ -1483,21 +1490,21 @@ fn in_cache_mode_accepts_may_use_the_headroom_and_prepares_that_grow_may_not() {
         s.accept(&key, r)?.unwrap();
         Ok(())
     };
-    // Whole writes fill the budget and no more: the prepare refuses the first that does not
-    // fit, in either mode.
-    for store in [&s, &strict] {
+    // Whole writes fill the admission limit and no more: the prepare refuses the first that
+    // does not fit, in either mode.
+    for (store, limit) in [(&s, admitted), (&strict, max)] {
         let n = (0..).find(|&i| write(store, i, true).is_err()).unwrap();
-        assert_eq!(n as u64, max / entry);
-        assert!(store.used_bytes() <= max);
+        assert_eq!(n as u64, limit / entry);
+        assert!(store.used_bytes() <= limit);
     }
-    // A prepare that adds nothing (a delete, a read) goes through up to the ceiling.
+    // A prepare that adds nothing (a delete, a read) goes through up to the budget.
     assert!(s.prepare("other", ballot(2, 1), 0).unwrap().is_ok());
-    // Accepts of writes prepared earlier take the headroom, and stop at the ceiling.
-    let first = max as usize / entry as usize + 1;
+    // Accepts of writes prepared earlier take the last sixteenth, and stop at the budget.
+    let first = admitted as usize / entry as usize + 1;
     let more = (first..).find(|&i| write(&s, i, false).is_err()).unwrap() - first;
-    assert!(more > 0 && s.used_bytes() > max && s.used_bytes() <= max + max / 16);
-    assert!(s.used_bytes() + entry > max + max / 16);
-    assert!(write(&strict, first, false).is_err());
+    assert!(more > 0 && s.used_bytes() > admitted && s.used_bytes() <= max);
+    assert!(s.used_bytes() + entry > max);
+    assert!(write(&strict, max as usize / entry as usize + 1, false).is_err());
     assert_eq!(recount(&s), s.used_bytes());
 }
 

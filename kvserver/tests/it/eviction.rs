@@ -35,14 +35,15 @@ async fn cache(nodes: usize, policy: Eviction) -> LocalCluster {
         .expect("cluster starts")
 }
 
-/// The most a node in cache mode may hold: the budget and its headroom for accepts.
-fn ceiling() -> u64 {
+/// What new writes are admitted up to in cache mode: the budget less the sixteenth left to
+/// the accepts of writes admitted already.
+fn admitted() -> u64 {
     StoreConfig {
         max_memory: Some(BUDGET),
         eviction: Eviction::Lru,
         ..StoreConfig::default()
     }
-    .ceiling()
+    .admission()
     .unwrap()
 }
 
@@ -109,11 +110,11 @@ impl Watcher {
     }
 }
 
-/// Polls until every node holds at most its budget.
-async fn until_within_budget(cluster: &LocalCluster) {
-    poll("every node within its budget", TIMEOUT, || async {
+/// Polls until every node is back under the limit new writes are admitted against.
+async fn until_under_admission(cluster: &LocalCluster) {
+    poll("every node under its admission limit", TIMEOUT, || async {
         (0..cluster.len())
-            .all(|i| cluster.node(i).store().used_bytes() <= BUDGET)
+            .all(|i| cluster.node(i).store().used_bytes() <= admitted())
             .then_some(())
     })
     .await;
@@ -234,17 +235,13 @@ async fn a_cache_over_its_budget_keeps_taking_writes_and_never_serves_an_evicted
     assert!(reads > 0);
 
     // Five times the budget was written to every node, over twice as many keys as fit; the
-    // nodes stayed under their ceiling all along, and are back within the budget once the
-    // writes stop.
+    // nodes stayed within their budget all along, and are back under the admission limit once
+    // the writes stop.
     let written = WRITERS * KEYS_PER_WRITER * ROUNDS * VALUE as u64;
     assert!(written > 5 * BUDGET);
-    until_within_budget(&cluster).await;
+    until_under_admission(&cluster).await;
     let highest = watcher.stop().await;
-    assert!(
-        highest <= ceiling(),
-        "{highest} bytes against {}",
-        ceiling()
-    );
+    assert!(highest <= BUDGET, "{highest} bytes against {BUDGET}");
     assert!(evictions(&http, &cluster, "lru").await > 0);
 
     // Every key reads as its last write or as missing, the same through every node.
@@ -323,7 +320,7 @@ async fn hot_keys_left(cluster: &LocalCluster, hot: u64, warm: u64, cold: u64) -
     }
     writing.store(false, Ordering::Relaxed);
     reader.await.unwrap();
-    until_within_budget(cluster).await;
+    until_under_admission(cluster).await;
     let mut left = 0;
     for h in 0..hot {
         left += usize::from(get(&http, &urls[0], &format!("hot-{h}")).await.is_some());
@@ -382,8 +379,8 @@ async fn a_lone_cache_node_evicts_too_and_refuses_only_what_cannot_fit() {
         let (status, answer) = put(&http, &url, &format!("k{n}"), n).await;
         assert_eq!(status, StatusCode::OK, "k{n}: {answer}");
     }
-    until_within_budget(&cluster).await;
-    assert!(watcher.stop().await <= ceiling());
+    until_under_admission(&cluster).await;
+    assert!(watcher.stop().await <= BUDGET);
     assert!(evictions(&http, &cluster, "lfu").await > 0);
     assert!(cluster.node(0).store().len() < 300);
     // An entry of more than half the budget is refused at once: evicting is not done for it.
