@@ -747,6 +747,13 @@ impl Proposer {
         {
             return Fast::NotApplied;
         }
+        if !self.store.admits(key, op.grow() as usize) {
+            // A write this node's store has no room for takes the full round, whose prepares
+            // admit it (or refuse it cleanly, or in cache mode wait for room): sent straight
+            // to the accepts it would take room kept for writes admitted already, and an
+            // accept refused for room after others took it leaves the outcome unknown.
+            return Fast::NotApplied;
+        }
         bump(&self.metrics.rounds);
         let quorum = placement.quorum();
         let (next, reply) = apply_at(op, &current, self.clock.now_ms());

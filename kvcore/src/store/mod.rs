@@ -445,6 +445,19 @@ impl Store {
         self.read_touching(key, |shard, at| shard.register_at(at))
     }
 
+    /// Whether a write of `value_len` value bytes to `key` fits now: what a
+    /// [`prepare`](Store::prepare) growing the key to that size would find against the
+    /// [admission limit](StoreConfig::admission). Always, without a budget.
+    pub fn admits(&self, key: &str, value_len: usize) -> bool {
+        let Some(limit) = self.config.admission() else {
+            return true;
+        };
+        let held = self.read(key, |shard, at| at.map(|at| shard.record(at).value_len()));
+        let before = held.map_or(0, |len| charge(key, len));
+        let after = charge(key, held.unwrap_or(0).max(value_len));
+        after <= before || self.used_bytes().saturating_add(after - before) <= limit
+    }
+
     /// The highest ballot `key` promised on this replica (or accepted: accepting promises
     /// too); for a key with no record, its shard's floor.
     pub fn promise(&self, key: &str) -> Ballot {

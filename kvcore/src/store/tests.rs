@@ -1506,6 +1506,15 @@ fn in_cache_mode_writes_are_admitted_below_the_budget_and_accepts_stop_at_it() {
     assert!(s.used_bytes() + entry > max);
     assert!(write(&strict, max as usize / entry as usize + 1, false).is_err());
     assert_eq!(recount(&s), s.used_bytes());
+    // What a prepare would admit: nothing that grows in the full stores, a write that does not
+    // grow its key still; anything without a budget.
+    for store in [&s, &strict] {
+        assert!(!store.admits("new", 100));
+        assert!(!store.admits("k0000", 200));
+        assert!(store.admits("k0000", 100));
+        assert!(store.admits("k0000", 0));
+    }
+    assert!(Store::new(StoreConfig::default()).admits("new", 1 << 20));
 }
 
 #[test]
