@@ -35,7 +35,8 @@
 //!   connection too.
 //! - **Bytes never pass the budget.** A write is admitted in its prepare against the store's
 //!   [admission limit](kvcore::StoreConfig::admission), the budget less a sixteenth; its
-//!   accept, a one-round write's accept (which has no prepare) and copies to lagging replicas
+//!   accept, a one-round write's accept (which has no prepare, and is tried only while the
+//!   coordinator's store [admits](kvcore::Store::admits) it) and copies to lagging replicas
 //!   are checked against the budget itself (the [ceiling](kvcore::StoreConfig::ceiling)), so
 //!   that writes prepared together do not refuse each other's accepts (a write accepted by
 //!   some replicas only has an unknown outcome). A node's bytes therefore never pass
