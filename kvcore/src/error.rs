@@ -43,7 +43,7 @@ pub enum Error {
     MemoryFull {
         /// Additional bytes the write needs.
         needed: u64,
-        /// Bytes still free under the budget.
+        /// Bytes still free under that limit.
         available: u64,
         /// The limit the write was checked against: the budget, or for a new write in cache
         /// mode its [admission limit](crate::StoreConfig::admission).

@@ -39,8 +39,11 @@
 //!   coordinator's store [admits](kvcore::Store::admits) it) and copies to lagging replicas
 //!   are checked against the budget itself (the [ceiling](kvcore::StoreConfig::ceiling)), so
 //!   that writes prepared together do not refuse each other's accepts (a write accepted by
-//!   some replicas only has an unknown outcome). A node's bytes therefore never pass
-//!   `--max-memory`, and fall back under the admission limit once the evictor catches up.
+//!   some replicas only has an unknown outcome) while they need less than that sixteenth
+//!   together (nothing is reserved between a prepare and its accept). A node's bytes
+//!   therefore never pass `--max-memory` through writes, and fall back under the admission
+//!   limit once the evictor catches up; only copies (catch-up after a restart, keys gained in
+//!   a membership change) are taken whatever the budget.
 //!   Deletes, and so evictions, add no bytes and never wait: they cannot deadlock on full
 //!   replicas.
 //! - **Tombstones.** An eviction leaves a tombstone on each replica (the key and the entry
@@ -124,9 +127,14 @@ impl Room {
     }
 
     /// Whether a write that needs `bytes` more is worth waiting for: in cache mode, and no more
-    /// than half the budget (evicting down to less than half is not done for one write).
+    /// than half the [admission limit](StoreConfig::admission) (evicting down to less than
+    /// half is not done for one write).
     pub fn worth_waiting(&self, bytes: u64) -> bool {
-        self.config.eviction.evicts() && self.config.max_memory.is_some_and(|max| bytes <= max / 2)
+        self.config.eviction.evicts()
+            && self
+                .config
+                .admission()
+                .is_some_and(|limit| bytes <= limit / 2)
     }
 
     /// A write found no room for `bytes` more in this node's store: wakes the evictor, which
@@ -205,7 +213,7 @@ impl Evictor {
                 continue;
             }
             let wanted = self.room.take_wanted();
-            // Room for the write that asked, but never below half the budget for it.
+            // Room for the write that asked, but never below half the admission limit for it.
             let target = low.min(max.saturating_sub(wanted)).max(max / 2);
             if self.store.used_bytes() > high || wanted > 0 {
                 self.evict_to(target, &mut rng, &mut pool, &mut tombstones)
@@ -440,9 +448,11 @@ mod tests {
             eviction: Eviction::Lru,
             ..StoreConfig::default()
         };
+        // Half of what writes are admitted up to (1000 less a sixteenth, 938): what the
+        // evictor makes room for at most.
         let room = Room::new(cache);
-        assert!(room.worth_waiting(500));
-        assert!(!room.worth_waiting(501));
+        assert!(room.worth_waiting(469));
+        assert!(!room.worth_waiting(470));
         room.want(10);
         room.want(300);
         room.want(20);

@@ -183,7 +183,8 @@ impl StoreConfig {
     /// the [ceiling](StoreConfig::ceiling) instead, so that writes prepared together do not
     /// refuse each other's accepts (a write half accepted has an unknown outcome) and replicas
     /// do not miss copies. The last sixteenth of the budget is the room those writes share
-    /// until evictions catch up, so bytes never pass the budget itself.
+    /// until evictions catch up, so writes never take the bytes past the budget itself
+    /// ([`restore`](Store::restore), a recovering replica's copy, is not limited).
     pub fn admission(&self) -> Option<u64> {
         let max = self.max_memory?;
         Some(if self.eviction.evicts() {
@@ -502,7 +503,18 @@ impl Store {
             promised: ballot,
             ..meta
         };
-        self.apply(&mut shard, h, key, at, &next, register.value.as_ref(), None)?;
+        // The record a new key's promise takes is charged against the ceiling as it is made:
+        // prepares of other keys may have taken the room checked above meanwhile.
+        let limit = self.config.ceiling();
+        self.apply(
+            &mut shard,
+            h,
+            key,
+            at,
+            &next,
+            register.value.as_ref(),
+            limit,
+        )?;
         Ok(Ok(register))
     }
 
