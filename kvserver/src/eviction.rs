@@ -40,7 +40,9 @@
 //!   are checked against the budget itself (the [ceiling](kvcore::StoreConfig::ceiling)), so
 //!   that writes prepared together do not refuse each other's accepts (a write accepted by
 //!   some replicas only has an unknown outcome) while they need less than that sixteenth
-//!   together (nothing is reserved between a prepare and its accept). A node's bytes
+//!   together. Nothing is reserved between a prepare and its accept: an accept refused for
+//!   room after another replica took it is sent again, unchanged, once there may be some,
+//!   until the operation's deadline (see the proposer's full round). A node's bytes
 //!   therefore never pass `--max-memory` through writes, and fall back under the admission
 //!   limit once the evictor catches up; only copies (catch-up after a restart, keys gained in
 //!   a membership change) are taken whatever the budget.

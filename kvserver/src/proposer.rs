@@ -123,6 +123,9 @@ struct Tally {
     targets: Vec<NodeId>,
     accepted: Vec<NodeId>,
     refused: Vec<NodeId>,
+    /// Of `refused`, those that refused only for want of room (`memory_full`): the same accept
+    /// may be sent to them again once they have made some.
+    full: Vec<NodeId>,
     /// Replicas whose accept may or may not have been applied.
     unknown: Vec<NodeId>,
     /// Replicas that also promised the next ballot, with their incarnations.
@@ -137,6 +140,7 @@ impl Tally {
             targets,
             accepted: Vec::with_capacity(n),
             refused: Vec::new(),
+            full: Vec::new(),
             unknown: Vec::new(),
             promised_next: Vec::with_capacity(n),
         }
@@ -165,7 +169,12 @@ impl Tally {
                     ballots.observe(key, promised);
                     self.refused.push(node);
                 }
-                Ok(Some((node, Err(e)))) if !e.may_have_applied() => self.refused.push(node),
+                Ok(Some((node, Err(e)))) if !e.may_have_applied() => {
+                    if e.remote_code() == Some(ErrorCode::MemoryFull) {
+                        self.full.push(node);
+                    }
+                    self.refused.push(node);
+                }
                 Ok(Some((node, _))) => self.unknown.push(node),
                 Ok(None) | Err(_) => {
                     let silent: Vec<NodeId> = self.pending().collect();
@@ -195,6 +204,40 @@ impl Tally {
     /// Whether nothing was or may have been accepted by these replicas.
     fn none_applied(&self) -> bool {
         self.accepted.is_empty() && self.unknown.is_empty()
+    }
+
+    /// Whether the replicas that accepted, those still to answer and those that refused only
+    /// for want of room could still make a quorum of `placement`.
+    fn room_would_do(&self, placement: &Placement) -> bool {
+        let mut could: Vec<NodeId> = self.pending().collect();
+        could.extend_from_slice(&self.accepted);
+        could.extend_from_slice(&self.full);
+        placement.is_quorum(&could)
+    }
+
+    /// The replicas that refused for want of room, to be asked again: they count as not
+    /// having answered from now on.
+    fn take_full(&mut self) -> Vec<NodeId> {
+        let full = std::mem::take(&mut self.full);
+        self.refused.retain(|n| !full.contains(n));
+        full
+    }
+
+    /// A sender for the answers of accepts sent again. They come on a new channel, which the
+    /// answers still due from the first sends are passed on to, so the tally hears both and
+    /// knows, as before, when no answer can come any more (every sender gone).
+    fn listen_again(&mut self) -> mpsc::UnboundedSender<Answer<Accept>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut earlier = std::mem::replace(&mut self.rx, rx);
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            while let Some(answer) = earlier.recv().await {
+                if forward.send(answer).is_err() {
+                    break;
+                }
+            }
+        });
+        tx
     }
 }
 
@@ -706,9 +749,36 @@ impl Proposer {
                 promisers: promises.iter().map(|&(n, inc, _)| (n, inc)).collect(),
                 promise_next: next,
             };
-            let rx = self.quorum.broadcast(placement, request_id, accept);
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.quorum
+                .send(placement, request_id, &accept, &placement.replicas, &tx);
+            drop(tx);
             let mut tally = Tally::new(rx, placement.replicas.clone());
             tally.until(key, placement, deadline, &self.ballots).await;
+            // In cache mode, replicas that refused the accept only for want of room are asked
+            // again, with the same ballot and register, once their evictors may have made
+            // some: a late copy of an accept is safe in Paxos (a replica that has promised a
+            // higher ballot since refuses it), and otherwise a write that some replicas took
+            // would end with its outcome unknown. Not when nothing was accepted: a new round
+            // is then safe, and its prepares wait for room.
+            let needed = kvcore::store::charge(key, op.grow() as usize);
+            let mut asked_again = 0;
+            while !placement.is_quorum(&tally.accepted)
+                && !tally.full.is_empty()
+                && !tally.none_applied()
+                && tally.room_would_do(placement)
+                && self.room.worth_waiting(needed)
+                && Instant::now() < deadline
+            {
+                self.wait_for_room(asked_again, deadline).await;
+                asked_again += 1;
+                let again = tally.take_full();
+                let tx = tally.listen_again();
+                self.quorum
+                    .send(placement, request_id, &accept, &again, &tx);
+                drop(tx);
+                tally.until(key, placement, deadline, &self.ballots).await;
+            }
             let accepted = tally.accepted.len();
             if placement.is_quorum(&tally.accepted) {
                 if let Some(next) = next {

@@ -67,19 +67,20 @@ impl Quorum {
         self.client.me()
     }
 
-    /// Sends `request` to every replica at once and returns a channel of their answers.
-    pub fn broadcast<R: AcceptorRpc>(
+    /// Sends `request` to `targets` (replicas of `placement`) at once; their answers come on
+    /// `tx`, so a request some replicas must be asked again shares one channel.
+    pub fn send<R: AcceptorRpc>(
         &self,
         placement: &Placement,
         request_id: u64,
-        request: R,
-    ) -> mpsc::UnboundedReceiver<Answer<R>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        request: &R,
+        targets: &[NodeId],
+        tx: &mpsc::UnboundedSender<Answer<R>>,
+    ) {
         let frame = self
             .client
-            .frame_at(placement.map.epoch(), request_id, 1, &request);
-        self.send_to(placement, &placement.replicas, &request, &frame, &tx);
-        rx
+            .frame_at(placement.map.epoch(), request_id, 1, request);
+        self.send_to(placement, targets, request, &frame, tx);
     }
 
     /// The acceptor of this node's own replica.

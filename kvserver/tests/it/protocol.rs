@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvcore::{ErrorCode, NodeId, NodeInfo, Precondition, Register, Value, Version};
+use kvcore::{
+    Ballot, ErrorCode, Eviction, NodeId, NodeInfo, Precondition, Register, Value, Version,
+};
 use kvnet::rpc::{Accept, AcceptReply, Kind, Prepare, PrepareReply};
 use kvnet::{Faults, Header, InProcessNetwork, Peers};
 use kvserver::{Config, Error, Node};
@@ -33,7 +35,17 @@ impl Sim {
 
     /// The same, with the primary's kept promises (one-round-trip writes) on or off.
     async fn start_with(n: usize, replicas: usize, seed: u64, cached_promises: bool) -> Sim {
-        let config = Config {
+        Sim::start_configured(n, replicas, seed, |c| c.cached_promises = cached_promises).await
+    }
+
+    /// The same, with the configuration changed by `configure` first.
+    async fn start_configured(
+        n: usize,
+        replicas: usize,
+        seed: u64,
+        configure: impl FnOnce(&mut Config),
+    ) -> Sim {
+        let mut config = Config {
             peers: (0..n).map(|i| format!("10.9.0.{}:5100", i + 1)).collect(),
             replicas,
             seed_keys: false,
@@ -42,9 +54,9 @@ impl Sim {
             anti_entropy_ms: 200,
             forward_timeout_ms: 500,
             op_timeout_ms: 3000,
-            cached_promises,
             ..Config::default()
         };
+        configure(&mut config);
         let mut sim = Sim {
             net: InProcessNetwork::new(config.forward_timeout()),
             faults: Faults::new(seed),
@@ -219,6 +231,66 @@ async fn crash_between_accepts(cached_promises: bool) {
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     assert!(seen[0] == 410 || seen[0] == 411, "{seen:?}");
     assert_linearizable(&history);
+    sim.stop().await;
+}
+
+/// In cache mode, a replica that refuses a write's accept for want of room after another replica
+/// took it is asked again once its evictor has made some: the write is acknowledged, where it
+/// would otherwise have ended with its outcome unknown.
+#[tokio::test(start_paused = true)]
+async fn an_accept_refused_for_want_of_room_is_sent_again_once_there_is_some() {
+    let sim = Sim::start_configured(3, 3, 1, |c| {
+        c.cached_promises = false;
+        c.max_memory = Some(64 << 10);
+        c.eviction = Eviction::Lru;
+    })
+    .await;
+    let key = "k";
+    let replicas = sim.replicas(key);
+    let (p, others) = (replicas[0], replicas[1..].to_vec());
+    for &o in &others {
+        let (from, to) = (NodeId(p as u32), NodeId(o as u32));
+        sim.faults.hold(Some(from), Some(to), Some(Kind::Accept));
+    }
+    let write = {
+        let node = sim.node(p).clone();
+        let value = Value::string("w".repeat(1000));
+        tokio::spawn(async move { node.set(key, value, Precondition::None).await })
+    };
+    let primary = sim.node(p).clone();
+    until("the primary's own replica took the accept", || {
+        primary.store().get(key).is_some()
+    })
+    .await;
+    // Prepared on every replica (so admitted there), but before their accepts arrive the other
+    // replicas fill up to their budget with keys of their own.
+    for &o in &others {
+        let store = sim.node(o).store();
+        let filler = || Register {
+            ballot: Ballot::new(1, NodeId(o as u32)),
+            version: Version(1),
+            value: Some(Value::string("f".repeat(1000))),
+            expires: None,
+        };
+        let mut i = 0;
+        while store.accept(&format!("fill-{o}-{i}"), filler()).is_ok() {
+            i += 1;
+        }
+        assert!(
+            store.accept(&format!("more-{o}"), filler()).is_err(),
+            "node {o} is full"
+        );
+    }
+    sim.faults.release();
+    let written = write.await.unwrap();
+    assert!(written.is_ok(), "{written:?}");
+    for &o in &others {
+        let node = sim.node(o).clone();
+        until(&format!("node {o} holds the write"), || {
+            node.store().get(key).is_some()
+        })
+        .await;
+    }
     sim.stop().await;
 }
 
