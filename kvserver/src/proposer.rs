@@ -762,7 +762,7 @@ impl Proposer {
             // would end with its outcome unknown. Not when nothing was accepted: a new round
             // is then safe, and its prepares wait for room.
             let needed = kvcore::store::charge(key, op.grow() as usize);
-            let mut asked_again = 0;
+            let mut asked_again: u32 = 0;
             while !placement.is_quorum(&tally.accepted)
                 && !tally.full.is_empty()
                 && !tally.none_applied()
@@ -770,18 +770,35 @@ impl Proposer {
                 && self.room.worth_waiting(needed)
                 && Instant::now() < deadline
             {
-                self.wait_for_room(asked_again, deadline).await;
+                // Not holding the key's turn meanwhile: an eviction this node coordinates may
+                // queue on the same lock stripe, and the room waited for is its to make. A
+                // round of this node on the key may run meanwhile; it outbids this one, whose
+                // copies are then refused and its outcome unknown, as with any other proposer.
+                drop(turn);
+                // From about a round trip on: the room comes from other nodes' evictors.
+                self.wait_for_room(asked_again + 3, deadline).await;
+                let lock = self.turn(key).lock();
+                let Ok(relocked) = tokio::time::timeout_at(deadline, lock).await else {
+                    return Err(unknown_outcome(tally.accepted.len(), placement));
+                };
+                turn = relocked;
                 asked_again += 1;
-                let again = tally.take_full();
+                // Without the promise of the next ballot: that one may be this node's next
+                // round's by now, and the promise is kept only from a first wave (below).
+                let again = Accept {
+                    promise_next: None,
+                    ..accept.clone()
+                };
+                let targets = tally.take_full();
                 let tx = tally.listen_again();
                 self.quorum
-                    .send(placement, request_id, &accept, &again, &tx);
+                    .send(placement, request_id, &again, &targets, &tx);
                 drop(tx);
                 tally.until(key, placement, deadline, &self.ballots).await;
             }
             let accepted = tally.accepted.len();
             if placement.is_quorum(&tally.accepted) {
-                if let Some(next) = next {
+                if let (Some(next), 0) = (next, asked_again) {
                     self.keep_promise(placement, key, ballot, next, tally.promised_next);
                 }
                 return reply;
