@@ -106,7 +106,7 @@ impl Expirer {
         // A read round removes the value if it is still the expired one; a failure leaves it for
         // the next pass (or for the next read, which removes it the same way).
         let mut rounds = futures_util::stream::iter(expired)
-            .map(|(key, _)| async move {
+            .map(|key| async move {
                 let removed = self.coordinator.settle(&key, new_request_id()).await;
                 (key, removed)
             })

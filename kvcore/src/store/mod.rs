@@ -453,10 +453,14 @@ impl Store {
         let Some(limit) = self.config.admission() else {
             return true;
         };
+        let used = self.used_bytes();
+        if used.saturating_add(charge(key, value_len)) <= limit {
+            return true; // fits even as a new key: no need to look the key up
+        }
         let held = self.read(key, |shard, at| at.map(|at| shard.record(at).value_len()));
         let before = held.map_or(0, |len| charge(key, len));
         let after = charge(key, held.unwrap_or(0).max(value_len));
-        after <= before || self.used_bytes().saturating_add(after - before) <= limit
+        after <= before || used.saturating_add(after - before) <= limit
     }
 
     /// The highest ballot `key` promised on this replica (or accepted: accepting promises
@@ -799,7 +803,7 @@ impl Store {
     }
 
     /// Up to `max` keys of shard `shard` whose value expired at or before `now_ms` and that
-    /// `keep` accepts, with the version that holds it: what a background sweep removes (through
+    /// `keep` accepts: what a background sweep removes (through
     /// a replicated round; the store never drops a value because of its expiry time). Walks the
     /// shard under its read lock, so a sweep goes one shard at a time; a shard with no value
     /// that expires is not walked at all, so a store without expiry times costs a sweep nothing.
@@ -809,7 +813,7 @@ impl Store {
         now_ms: u64,
         max: usize,
         mut keep: impl FnMut(&str) -> bool,
-    ) -> Vec<(String, Version)> {
+    ) -> Vec<String> {
         let Some(shard) = self.shards.get(shard) else {
             return Vec::new();
         };
@@ -822,7 +826,7 @@ impl Store {
             .filter(|r| r.has_value() && r.expires().is_some_and(|at| at <= now_ms))
             .filter(|r| keep(r.key_str()))
             .take(max)
-            .map(|r| (r.key_str().to_owned(), r.version()))
+            .map(|r| r.key_str().to_owned())
             .collect()
     }
 

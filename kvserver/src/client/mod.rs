@@ -50,9 +50,9 @@
 //! learned anew. A client given one node thus keeps working when that node goes down, once it
 //! has talked to the cluster. Discovery never fails or delays a call: a node that does not
 //! answer `GET /cluster` as a kv node does leaves the list as it was (and is asked again after
-//! the next call it serves). Turn it off with
-//! [`ClientBuilder::discover`] to use only the nodes given (behind a proxy or a load balancer,
-//! say, where the members' own addresses cannot be reached).
+//! the next call it serves). Turn it off with [`ClientBuilder::discover`] to use only the
+//! nodes given (behind a proxy or a load balancer, say, where the members' own addresses cannot
+//! be reached).
 //!
 //! Each call goes to the node that answered last (the first one at the start); when it cannot
 //! be used the call moves on to the next node, trying every node once without waiting, then
